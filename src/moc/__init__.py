@@ -1,9 +1,9 @@
 """moc: Mixture of Chapters — transformers with a large, routed, learnable memory bank.
 
-    import moc
-    cfg = moc.load_config("tiny-moc", overrides=["memory.routing=causal"])
-    model = moc.build_model(cfg)
-    out = model(input_ids)          # out.logits (B, L, V), out.aux_loss, out.routing
+import moc
+cfg = moc.load_config("tiny-moc", overrides=["memory.routing=causal"])
+model = moc.build_model(cfg)
+out = model(input_ids)          # out.logits (B, L, V), out.aux_loss, out.routing
 """
 
 from moc.config import ConfigError, MoCConfig, load_config, preset_names

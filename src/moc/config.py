@@ -267,9 +267,7 @@ def validate(cfg: MoCConfig) -> None:
     if attn_dim % mem.n_heads:
         raise ConfigError(f"memory.n_heads={mem.n_heads} does not divide {where}={attn_dim}")
     if mem.n_heads % mem.n_kv_heads:
-        raise ConfigError(
-            f"memory.n_kv_heads={mem.n_kv_heads} does not divide memory.n_heads={mem.n_heads}"
-        )
+        raise ConfigError(f"memory.n_kv_heads={mem.n_kv_heads} does not divide memory.n_heads={mem.n_heads}")
     if mem.bank_type == "factorized" and mem.bank_rank <= 0:
         raise ConfigError(f"memory.bank_rank must be positive, got {mem.bank_rank}")
     if mem.bank_type == "reduced" and mem.bank_dim <= 0:
@@ -412,7 +410,9 @@ def _apply_overrides(d: dict[str, Any], overrides: list[str] | dict[str, Any] | 
             raise ConfigError(f"override key {key!r} must be section.key, e.g. memory.top_k")
         section, name = parts
         if section not in _SECTIONS:
-            raise ConfigError(f"unknown section {section!r} in override {key!r}{_suggest(section, _SECTIONS)}")
+            raise ConfigError(
+                f"unknown section {section!r} in override {key!r}{_suggest(section, _SECTIONS)}"
+            )
         d.setdefault(section, {})
         if d[section] is None:
             d[section] = {}

@@ -1,0 +1,248 @@
+"""The decoder: Llama-style blocks, some of which read the memory bank (block variant A or B).
+
+    variant A:  h += SelfAttn(norm(h));  h += Memory(h);  h += MLP(norm(h))
+    variant B:  h += SelfAttn(norm(h));  h += MLP(norm(h));  h += Memory(h);  h += MLP2(norm(h))
+
+Dense baselines are the same code with ``memory.enabled = false``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from moc.config import MoCConfig
+from moc.model.layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
+from moc.model.memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo
+
+
+@dataclass
+class MoCOutput:
+    """logits: (B, L, V). ``loss`` is the LM cross-entropy when labels are given (aux loss excluded)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    routing: list[RoutingInfo] = field(default_factory=list)
+    past_key_values: Any = None
+
+
+class MoCCache:
+    """Self-attention KV cache (Hugging Face's ``update`` API) plus per-memory-layer decode state."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.memory: dict[int, MemoryState] = {}
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, kv_heads, L_new, hd) -> all cached (B, kv_heads, L_past + L_new, hd)."""
+        if layer_idx == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], k], dim=2)
+            self.values[layer_idx] = torch.cat([self.values[layer_idx], v], dim=2)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.keys[layer_idx].shape[2] if len(self.keys) > layer_idx else 0
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MoCConfig, layer_idx: int, has_memory: bool) -> None:
+        super().__init__()
+        m = cfg.model
+        self.layer_idx = layer_idx
+        self.variant = cfg.memory.block_variant
+        self.input_layernorm = RMSNorm(m.d_model, m.norm_eps)
+        self.self_attn = SelfAttention(m.d_model, m.n_heads, m.n_kv_heads)
+        self.post_attention_layernorm = RMSNorm(m.d_model, m.norm_eps)
+        self.mlp = SwiGLU(m.d_model, m.d_ff)
+        self.memory = MemoryLayer(m.d_model, m.norm_eps, cfg.memory, layer_idx) if has_memory else None
+        if has_memory and self.variant == "B":
+            self.mem_mlp_norm = RMSNorm(m.d_model, m.norm_eps)
+            self.mem_mlp = SwiGLU(m.d_model, m.d_ff)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        valid: torch.Tensor,
+        bank: MemoryBank | None,
+        cache: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
+        """h: (B, L, d) -> (h, aux loss, routing info)."""
+        h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
+        aux, info = h.new_zeros((), dtype=torch.float32), None
+        if self.memory is None:
+            return h + self.mlp(self.post_attention_layernorm(h)), aux, info
+        state = None
+        if cache is not None:
+            state = cache.memory.setdefault(self.layer_idx, MemoryState())
+        if self.variant == "B":
+            h = h + self.mlp(self.post_attention_layernorm(h))
+            update, aux, info = self.memory(h, bank, position_ids, valid, state)
+            h = h + update
+            return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
+        update, aux, info = self.memory(h, bank, position_ids, valid, state)
+        h = h + update
+        return h + self.mlp(self.post_attention_layernorm(h)), aux, info
+
+
+class MoCModel(nn.Module):
+    """A decoder-only LM with Mixture-of-Chapters memory layers (or none: the dense baseline)."""
+
+    def __init__(self, cfg: MoCConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        m, mem = cfg.model, cfg.memory
+        self.memory_layers = cfg.memory_layers
+        self.embed_tokens = nn.Embedding(m.vocab_size, m.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i, i in self.memory_layers) for i in range(m.n_layers))
+        self.norm = RMSNorm(m.d_model, m.norm_eps)
+        self.lm_head = None if m.tie_embeddings else nn.Linear(m.d_model, m.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(m.head_dim, m.rope_theta)
+        # Which bank each memory layer reads.
+        n_mem = len(self.memory_layers)
+        if mem.bank_sharing == "shared":
+            owner = [0] * n_mem
+        elif mem.bank_sharing == "per_layer":
+            owner = list(range(n_mem))
+        else:
+            owner = [j // mem.bank_group_size for j in range(n_mem)]
+        self.bank_of_layer = dict(zip(self.memory_layers, owner, strict=True))
+        bank_dim = mem.bank_dim if mem.bank_type == "reduced" else m.d_model
+        self.banks = nn.ModuleList(
+            MemoryBank(
+                mem.n_tokens, mem.n_chapters, bank_dim, mem.bank_type, mem.bank_rank, mem.bank_init_std
+            )
+            for _ in range(len(set(owner)))
+        )
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        m = self.config.model
+        std = m.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                if name.endswith("self_attn.o_proj") and m.attn_out_init_std is not None:
+                    nn.init.normal_(module.weight, std=m.attn_out_init_std)
+                if name.endswith("down_proj") and m.mlp_down_init_std is not None:
+                    nn.init.normal_(module.weight, std=m.mlp_down_init_std)
+                if name.endswith("memory.o_proj"):
+                    nn.init.zeros_(module.weight)  # a new memory layer starts as the identity
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: MoCCache | Any = None,
+        use_cache: bool = False,
+    ) -> MoCOutput:
+        """input_ids: (B, L); attention_mask: (B, L_past + L), 1 = real token, 0 = padding.
+
+        ``labels`` follow Hugging Face: aligned with input_ids, shifted inside, -100 ignored.
+        """
+        self._check_inputs(input_ids, attention_mask, labels)
+        B, L = input_ids.shape
+        cache = past_key_values if past_key_values is not None else (MoCCache() if use_cache else None)
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            full_mask = torch.ones(B, past + L, dtype=torch.bool, device=input_ids.device)
+        else:
+            full_mask = attention_mask.bool()
+        valid = full_mask[:, past:]
+        if position_ids is None:
+            position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        if int(position_ids.max()) >= self.config.model.max_seq_len:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond model.max_seq_len="
+                f"{self.config.model.max_seq_len}; shorten the input or raise model.max_seq_len"
+            )
+        attn_mask = None
+        if attention_mask is not None or past > 0:
+            # key j is visible to query i if it is a real token at or before i; a query always sees
+            # itself so that padding rows stay finite (their outputs are never used).
+            qi = torch.arange(L, device=input_ids.device)[:, None] + past
+            kj = torch.arange(past + L, device=input_ids.device)[None, :]
+            attn_mask = (kj <= qi)[None, None] & full_mask[:, None, None, :]
+            attn_mask = attn_mask | (kj == qi)[None, None]
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary(position_ids)
+        aux = h.new_zeros((), dtype=torch.float32)
+        routing: list[RoutingInfo] = []
+        for block in self.layers:
+            bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
+            args = (h, rope, attn_mask, position_ids, valid, bank, cache)
+            if self.gradient_checkpointing and self.training and cache is None:
+                h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
+            else:
+                h, layer_aux, info = block(*args)
+            aux = aux + layer_aux
+            if info is not None:
+                routing.append(info)
+        logits = F.linear(self.norm(h), self.output_weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return MoCOutput(logits=logits, loss=loss, aux_loss=aux, routing=routing, past_key_values=cache)
+
+    def _check_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        if input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.model.vocab_size:
+                bad, vocab = hi if hi >= 0 else lo, self.config.model.vocab_size
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary [0, {vocab}); "
+                    "the tokenizer and model.vocab_size disagree"
+                )
+        if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"attention_mask batch {attention_mask.shape[0]} != input_ids batch {input_ids.shape[0]}"
+            )
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts by part: total, backbone, bank, memory_layers (shared tensors once)."""
+        from moc.model.params import param_category
+
+        counts = {"backbone": 0, "bank": 0, "memory": 0}
+        for name, p in self.named_parameters():  # named_parameters() de-duplicates shared tensors
+            counts[param_category(name)] += p.numel()
+        return {
+            "total": sum(counts.values()),
+            "backbone": counts["backbone"],
+            "bank": counts["bank"],
+            "memory_layers": counts["memory"],
+        }

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny, seeded models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import moc
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def tiny_model(*overrides: str, live_memory: bool = True) -> moc.model.MoCModel:
+    """A tiny MoC model. With ``live_memory`` the memory output projections get random weights, so
+    memory reads change the logits from the first step (they start at zero, as in the paper)."""
+    model = moc.build_model(moc.load_config("tiny-moc", list(overrides)))
+    if live_memory:
+        for name, p in model.named_parameters():
+            if name.endswith("memory.o_proj.weight"):
+                torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+@pytest.fixture
+def make_model():  # noqa: ANN201
+    """Factory fixture: ``make_model("memory.routing=token", live_memory=True)``."""
+    return tiny_model
