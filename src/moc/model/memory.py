@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moc.config import MemoryConfig
-from moc.model.layers import RMSNorm, rms_normalize
+from .layers import RMSNorm, rms_normalize
+
+if TYPE_CHECKING:
+    from moc.config import MemoryConfig
 
 
 class MemoryBank(nn.Module):
@@ -209,10 +212,12 @@ class MemoryLayer(nn.Module):
         position_ids: torch.Tensor,
         valid: torch.Tensor,
         state: MemoryState | None = None,
+        sequence_route_len: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d); position_ids, valid: (B, L) -> (memory update (B, L, d), aux loss, routing info).
 
         With ``state`` (incremental decoding) the routing decisions and their K/V are kept in it.
+        ``sequence_route_len`` (sequence routing only) pools just the positions below it, e.g. the prompt.
         """
         x = self.norm(h)
         B, L, _ = x.shape
@@ -223,7 +228,8 @@ class MemoryLayer(nn.Module):
             return self.o_proj(out.reshape(B, L, -1)), x.new_zeros((), dtype=torch.float32), None
         mode = self.cfg.routing
         if mode == "sequence":
-            out, aux, info = self._read_sequence(x, q, bank, valid, state)
+            pool = valid if sequence_route_len is None else valid & (position_ids < sequence_route_len)
+            out, aux, info = self._read_sequence(x, q, bank, pool, state)
         elif mode == "causal":
             out, aux, info = self._read_causal(x, q, bank, position_ids, valid, state)
         else:

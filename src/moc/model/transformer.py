@@ -9,16 +9,19 @@ Dense baselines are the same code with ``memory.enabled = false``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from moc.config import MoCConfig
-from moc.model.layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
-from moc.model.memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo
+from .layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
+from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo
+from .params import param_category
+
+if TYPE_CHECKING:  # the model only reads attributes, so exported copies need no `moc` install
+    from moc.config import MoCConfig
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Block(nn.Module):
         valid: torch.Tensor,
         bank: MemoryBank | None,
         cache: Any = None,
+        sequence_route_len: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d) -> (h, aux loss, routing info)."""
         h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
@@ -89,10 +93,10 @@ class Block(nn.Module):
             state = cache.memory.setdefault(self.layer_idx, MemoryState())
         if self.variant == "B":
             h = h + self.mlp(self.post_attention_layernorm(h))
-            update, aux, info = self.memory(h, bank, position_ids, valid, state)
+            update, aux, info = self.memory(h, bank, position_ids, valid, state, sequence_route_len)
             h = h + update
             return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
-        update, aux, info = self.memory(h, bank, position_ids, valid, state)
+        update, aux, info = self.memory(h, bank, position_ids, valid, state, sequence_route_len)
         h = h + update
         return h + self.mlp(self.post_attention_layernorm(h)), aux, info
 
@@ -158,10 +162,14 @@ class MoCModel(nn.Module):
         labels: torch.Tensor | None = None,
         past_key_values: MoCCache | Any = None,
         use_cache: bool = False,
+        sequence_route_len: int | None = None,
     ) -> MoCOutput:
         """input_ids: (B, L); attention_mask: (B, L_past + L), 1 = real token, 0 = padding.
 
         ``labels`` follow Hugging Face: aligned with input_ids, shifted inside, -100 ignored.
+        ``past_key_values``: a MoCCache, or any Hugging Face-style cache (``update``/``get_seq_length``)
+        given a ``memory`` dict attribute for the memory layers' decode state.
+        ``sequence_route_len``: with sequence routing, route on positions below it only (a prompt).
         """
         self._check_inputs(input_ids, attention_mask, labels)
         B, L = input_ids.shape
@@ -193,7 +201,7 @@ class MoCModel(nn.Module):
         routing: list[RoutingInfo] = []
         for block in self.layers:
             bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
-            args = (h, rope, attn_mask, position_ids, valid, bank, cache)
+            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len)
             if self.gradient_checkpointing and self.training and cache is None:
                 h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -235,8 +243,6 @@ class MoCModel(nn.Module):
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts by part: total, backbone, bank, memory_layers (shared tensors once)."""
-        from moc.model.params import param_category
-
         counts = {"backbone": 0, "bank": 0, "memory": 0}
         for name, p in self.named_parameters():  # named_parameters() de-duplicates shared tensors
             counts[param_category(name)] += p.numel()

@@ -1,0 +1,399 @@
+"""Parameter and FLOP accounting: the paper's figures exactly, and how each term scales.
+
+Expected differences are written out from SPEC section 3 here, not taken from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import moc
+from moc.accounting import primitives
+from moc.flops import count_flops, count_params, isoflop, isoflop_config, mfu, training_flops_per_token
+
+PAPER = moc.load_config("paper-moc")
+D, V, FF, L = 768, 49152, 2304, 1024  # paper width, vocab, MLP width, sequence length
+C, T, K = 4097, 64, 64  # chapters, chapter size, top-k
+LAYER, MEM_EXTRA, HEAD = 17_424_982_016, 25_702_029_150, 77_563_973_632
+
+
+def cfg(preset: str = "paper-moc", **overrides: object) -> moc.MoCConfig:
+    return moc.load_config(preset, overrides={k.replace("__", "."): v for k, v in overrides.items()})
+
+
+def mem_parts(c: moc.MoCConfig, seq_len: int | None = None) -> dict[str, int]:
+    return count_flops(c, seq_len)["breakdown"]["memory_layer"]["parts"]
+
+
+def mem_terms(c: moc.MoCConfig, seq_len: int | None = None) -> dict[str, int]:
+    return count_flops(c, seq_len)["breakdown"]["memory_layer"]["terms"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def test_paper_param_counts() -> None:
+    assert count_params("paper-moc") == {
+        "total": 371_292_932,
+        "backbone": 147_874_560,
+        "bank": 201_375_744,
+        "memory_layers": 22_042_628,
+    }
+    assert count_params("paper-dense-iso") == {
+        "total": 202_937_088,
+        "backbone": 202_937_088,
+        "bank": 0,
+        "memory_layers": 0,
+    }
+    assert count_params("paper-dense-backbone")["total"] == 147_874_560
+
+
+def test_params_accept_config_objects_and_overrides() -> None:
+    assert count_params(PAPER) == count_params("paper-moc")
+    # Two memory layers instead of four: half the memory-layer parameters, same bank.
+    p = count_params(cfg(memory__layers=[2, 6]))
+    assert p["memory_layers"] == 22_042_628 // 2
+    assert p["bank"] == 201_375_744
+
+
+def test_untied_embeddings_add_an_lm_head() -> None:
+    p = count_params(cfg(model__tie_embeddings=False))
+    assert p["backbone"] == 147_874_560 + V * D
+
+
+@pytest.mark.parametrize(
+    ("sharing", "group", "banks"),
+    [("shared", 2, 1), ("per_layer", 2, 4), ("grouped", 2, 2), ("grouped", 3, 2), ("grouped", 4, 1)],
+)
+def test_bank_sharing_multiplies_the_bank(sharing: str, group: int, banks: int) -> None:
+    p = count_params(cfg(memory__bank_sharing=sharing, memory__bank_group_size=group))
+    assert p["bank"] == banks * 262_208 * D
+    assert p["memory_layers"] == 22_042_628
+
+
+def test_factorized_bank_params() -> None:
+    p = count_params(cfg(memory__bank_type="factorized", memory__bank_rank=128))
+    assert p["bank"] == 262_208 * 128 + D * 128
+    assert p["memory_layers"] == 22_042_628  # the bank is reconstructed to d, attention unchanged
+
+
+def test_reduced_bank_params() -> None:
+    r = 384
+    p = count_params(cfg(memory__bank_type="reduced", memory__bank_dim=r, memory__n_kv_heads=4))
+    kv = 4 * (r // 12)
+    per_layer = D + D * r + 2 * r * kv + r * D + (D * C + C)
+    assert p["bank"] == 262_208 * r
+    assert p["memory_layers"] == 4 * per_layer
+
+
+def test_block_variant_b_counts_second_mlp_as_memory() -> None:
+    p = count_params(cfg(memory__block_variant="B"))
+    assert p["memory_layers"] == 22_042_628 + 4 * (3 * D * FF + D)
+    assert p["backbone"] == 147_874_560
+
+
+def test_tiny_params_by_hand() -> None:
+    # tiny-moc: V=256, d=64, 4 layers, 4 heads / 2 KV heads, d_ff=160, tied; bank 512 tokens,
+    # 32 chapters, memory layers [1, 3] with 4 heads / 4 KV heads.
+    layer = 64 * 64 * 2 + 2 * 64 * 32 + 2 * 64 + 3 * 64 * 160
+    mem_layer = 64 + 4 * 64 * 64 + 64 * 32 + 32
+    assert count_params("tiny-moc") == {
+        "total": 256 * 64 + 4 * layer + 64 + 512 * 64 + 2 * mem_layer,
+        "backbone": 256 * 64 + 4 * layer + 64,
+        "bank": 512 * 64,
+        "memory_layers": 2 * mem_layer,
+    }
+
+
+def test_params_match_the_built_model() -> None:
+    """The analytic count equals the real model's parameters, split by ``param_category``."""
+    pytest.importorskip("moc.model")
+    try:
+        from moc.model import MoCModel  # noqa: F401
+    except ImportError:
+        pytest.skip("moc.model.MoCModel is not available yet")
+    from moc.model.params import param_category
+
+    variants = [
+        {},
+        {"memory.bank_type": "factorized", "memory.bank_rank": 8},
+        {"memory.bank_type": "reduced", "memory.bank_dim": 32, "memory.n_kv_heads": 2},
+        {"memory.bank_sharing": "per_layer"},
+        {"memory.bank_sharing": "grouped", "memory.layers": [0, 1, 3], "memory.bank_group_size": 2},
+        {"memory.block_variant": "B", "model.tie_embeddings": False},
+        {"memory.enabled": False, "memory.layers": []},
+    ]
+    for overrides in variants:
+        c = moc.load_config("tiny-moc", overrides=overrides)
+        model = moc.build_model(c)
+        got = {"backbone": 0, "memory": 0, "bank": 0}
+        for name, p in model.named_parameters():
+            got[param_category(name)] += p.numel()
+        want = count_params(c)
+        assert (got["backbone"], got["memory"], got["bank"]) == (
+            want["backbone"],
+            want["memory_layers"],
+            want["bank"],
+        ), overrides
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs: the paper's figures
+# ------------------------------------------------------------------------------------------------
+
+
+def test_paper_forward_totals() -> None:
+    assert count_flops("paper-dense-backbone")["forward"] == 356_363_685_888
+    assert count_flops("paper-dense-iso")["forward"] == 495_763_542_016
+    r = count_flops("paper-moc")
+    assert r["forward"] == 459_171_802_488
+    assert r["backward"] == 2 * 459_171_802_488
+    assert r["total"] == 3 * 459_171_802_488
+    assert all(type(r[k]) is int for k in ("forward", "backward", "total"))
+
+
+def test_paper_components() -> None:
+    b = count_flops(PAPER)["breakdown"]
+    assert (b["layer"]["count"], b["layer"]["each"]) == (16, LAYER)
+    assert (b["memory_layer"]["count"], b["memory_layer"]["each"]) == (4, MEM_EXTRA)
+    assert (b["head"]["count"], b["head"]["each"]) == (1, HEAD)
+    assert b["memory_layer"]["parts"] == {
+        "router": 7_124_491,
+        "router_loss": 331_859,
+        "preprocess": 15_991_040,
+        "memory_attention": 25_674_645_504,
+        "norm": L * (4 * D + 4),
+        "residual": L * D,
+    }
+    for comp in b.values():
+        assert sum(comp["terms"].values()) == comp["each"] == sum(comp["parts"].values())
+        assert comp["total"] == comp["count"] * comp["each"]
+
+
+def test_router_loss_formula_matches_spec() -> None:
+    assert primitives.router_loss(1, C, K) == 331_859
+    # The SPEC expression simplifies to s*c*(k+12) + 5c + 2s.
+    for s, c, k in [(1, 7, 1), (3, 32, 4), (16, 4097, 64), (1024, 100, 9)]:
+        assert primitives.router_loss(s, c, k) == s * c * (k + 12) + 5 * c + 2 * s
+
+
+def test_ceil_log2_is_exact() -> None:
+    assert [primitives.ceil_log2(k) for k in (1, 2, 3, 4, 5, 63, 64, 65)] == [0, 1, 2, 2, 3, 6, 6, 7]
+    assert primitives.ceil_log2(2**60 + 1) == 61
+    with pytest.raises(ValueError):
+        primitives.ceil_log2(0)
+
+
+def test_dense_has_no_memory_terms() -> None:
+    r = count_flops("paper-dense-backbone")
+    assert set(r["breakdown"]) == {"layer", "head"}
+    assert "routing" not in r
+    assert r["forward"] == 16 * LAYER + HEAD
+
+
+def test_seq_len_defaults_to_max_seq_len_and_is_validated() -> None:
+    assert count_flops(PAPER)["seq_len"] == 1024
+    assert count_flops(PAPER, 1024) == count_flops(PAPER)
+    for bad in (0, -5, 1.5, "1024", True):
+        with pytest.raises(ValueError, match="seq_len"):
+            count_flops(PAPER, bad)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs: scaling, from the formulas
+# ------------------------------------------------------------------------------------------------
+
+
+def test_dense_seq_len_scaling() -> None:
+    l1, l2 = 512, 2048
+    a, b = count_flops("paper-dense-backbone", l1), count_flops("paper-dense-backbone", l2)
+    dl = l2 - l1
+    # head: final norm, LM head and cross-entropy are all linear in L.
+    assert b["breakdown"]["head"]["each"] - a["breakdown"]["head"]["each"] == dl * (
+        (4 * D + 4) + 2 * D * V + 5 * V
+    )
+    assert b["breakdown"]["head"]["terms"]["lm_head"] == 4 * a["breakdown"]["head"]["terms"]["lm_head"]
+    # layer: projections, RoPE, norms, MLP and residuals are linear; attention scores quadratic.
+    kv = 4 * 64
+    linear_per_token = 2 * (2 * D * D + 2 * D * kv) + 3 * (D + kv) + 2 * (4 * D + 4)
+    linear_per_token += 3 * 2 * D * FF + 5 * FF + 2 * D
+    quad = (4 * D + 12 * 7) * (l2 * l2 - l1 * l1)
+    assert b["breakdown"]["layer"]["each"] - a["breakdown"]["layer"]["each"] == dl * linear_per_token + quad
+
+
+def test_moc_seq_len_scaling_sequence_routing() -> None:
+    l1, l2 = 1024, 1536
+    n_sel = (K + 1) * T
+    a, b = mem_parts(PAPER, l1), mem_parts(PAPER, l2)
+    dl = l2 - l1
+    assert b["router"] - a["router"] == D * dl  # only the mean pooling grows
+    assert b["router_loss"] == a["router_loss"]
+    assert b["preprocess"] == a["preprocess"]  # the same N_sel memory vectors per sequence
+    # Q and O projections, matmuls and softmax grow with L; K and V projections do not.
+    assert b["memory_attention"] - a["memory_attention"] == dl * (
+        2 * 2 * D * D + 4 * n_sel * D + 12 * n_sel * 7
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "d_sel"),
+    [
+        ({"memory.top_k": 32}, (32 - 64) * 64),
+        ({"memory.n_shared_chapters": 3}, 2 * 64),
+        ({"memory.n_tokens": 4097 * 32}, (64 + 1) * (32 - 64)),  # chapter size 64 -> 32
+    ],
+)
+def test_chapter_geometry_scales_memory_terms(overrides: dict, d_sel: int) -> None:
+    c = PAPER.replace(overrides)
+    assert c.memory.n_selected_tokens - PAPER.memory.n_selected_tokens == d_sel
+    a, b = mem_parts(PAPER), mem_parts(c)
+    # Preprocessing (weighting + RMSNorm) and memory attention are linear in N_sel.
+    assert b["preprocess"] - a["preprocess"] == d_sel * (D + 4 * D + 4)
+    kv_proj = 2 * 2 * D * D  # K and V, each 2 * d * kv_dim per memory vector (kv_dim = d here)
+    assert b["memory_attention"] - a["memory_attention"] == d_sel * (kv_proj + 4 * L * D + 12 * L * 7)
+    # The router scores all C chapters: only top_k changes its cost (top-k sort and the loss's k term).
+    dk = c.memory.top_k - K
+    assert b["router"] - a["router"] == C * (math.ceil(math.log2(c.memory.top_k)) - 6)
+    assert b["router_loss"] - a["router_loss"] == C * dk
+    # Nothing outside the memory layers moves.
+    ra, rb = count_flops(PAPER)["breakdown"], count_flops(c)["breakdown"]
+    assert (ra["layer"], ra["head"]) == (rb["layer"], rb["head"])
+
+
+def test_more_chapters_widen_the_router() -> None:
+    c = PAPER.replace({"memory.n_chapters": 4097 * 2, "memory.n_tokens": 4097 * 2 * 32})
+    a, b = mem_parts(PAPER), mem_parts(c)
+    assert b["router"] - a["router"] == 4097 * (2 * D + 5 + 6)
+    assert b["router_loss"] - a["router_loss"] == 4097 * (1 * (K + 12) + 5)
+    assert b["memory_attention"] < a["memory_attention"]  # 65 chapters of 32 tokens instead of 64
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs: routing modes and bank variants
+# ------------------------------------------------------------------------------------------------
+
+
+def test_causal_routing_counts() -> None:
+    c = PAPER.replace({"memory.routing": "causal", "memory.causal_chunk_size": 64})
+    seq, n_sel = 1000, (K + 1) * T
+    g = 16  # ceil(1000 / 64)
+    t, ref = mem_terms(c, seq), mem_terms(PAPER, seq)
+    assert t["router.pooling"] == D * seq + D * g  # running sum + one division per chunk
+    assert t["router.linear"] == g * 2 * D * C
+    assert t["router.softmax"] == g * 5 * C
+    assert t["router.topk"] == g * C * 6
+    assert t["router_loss"] == g * C * (K + 12) + 5 * C + 2 * g
+    n_proj = g * n_sel  # 66,560 < 262,208 memory tokens
+    assert t["preprocess.weighting"] == n_proj * D
+    assert t["preprocess.rmsnorm"] == n_proj * (4 * D + 4)
+    assert t["memory_attention.k_proj"] == t["memory_attention.v_proj"] == 2 * n_proj * D * D
+    # Every query still sees N_sel keys: matmuls, softmax, Q and O are the same as sequence routing.
+    for key in ("matmul", "softmax", "q_proj", "o_proj"):
+        assert t[f"memory_attention.{key}"] == ref[f"memory_attention.{key}"]
+    r = count_flops(c, seq)["routing"]
+    assert r == {"mode": "causal", "decisions": g, "selected_tokens": n_sel, "projected_tokens": n_proj}
+
+
+def test_causal_projection_is_capped_at_the_bank() -> None:
+    # 8-token chunks at L=1024: 128 decisions * 4160 = 532,480 > 262,208 bank tokens.
+    c = PAPER.replace({"memory.routing": "causal", "memory.causal_chunk_size": 8})
+    assert count_flops(c)["routing"]["projected_tokens"] == 262_208
+    assert mem_terms(c)["memory_attention.k_proj"] == 2 * 262_208 * D * D
+
+
+def test_token_routing_counts() -> None:
+    c = PAPER.replace({"memory.routing": "token"})
+    t = mem_terms(c, 8)
+    assert t["router.pooling"] == 0  # each token routes from its own hidden state
+    assert t["router.linear"] == 8 * 2 * D * C
+    assert t["router_loss"] == 8 * C * (K + 12) + 5 * C + 2 * 8
+    assert count_flops(c, 8)["routing"]["projected_tokens"] == 8 * (K + 1) * T
+    assert count_flops(c)["routing"]["projected_tokens"] == 262_208  # 1024 * 4160 capped at N_m
+    assert count_flops(c)["routing"]["decisions"] == 1024
+
+
+def test_sequence_routing_order_of_modes() -> None:
+    f = {
+        mode: count_flops(PAPER.replace({"memory.routing": mode}))["forward"]
+        for mode in ("sequence", "causal", "token")
+    }
+    assert f["sequence"] < f["causal"] < f["token"]
+
+
+def test_factorized_bank_flops() -> None:
+    c = PAPER.replace({"memory.bank_type": "factorized", "memory.bank_rank": 128})
+    t, ref = mem_terms(c), mem_terms(PAPER)
+    assert t["reconstruct"] == 2 * (K + 1) * T * 128 * D
+    assert "reconstruct" not in ref
+    assert sum(t.values()) - sum(ref.values()) == t["reconstruct"]
+
+
+def test_reduced_bank_flops() -> None:
+    r, n_sel = 384, (K + 1) * T
+    c = PAPER.replace({"memory.bank_type": "reduced", "memory.bank_dim": r})
+    t = mem_terms(c)
+    kv = 12 * (r // 12)
+    assert t["memory_attention.q_proj"] == 2 * L * D * r
+    assert t["memory_attention.o_proj"] == 2 * L * r * D
+    assert t["memory_attention.k_proj"] == 2 * n_sel * r * kv
+    assert t["memory_attention.matmul"] == 4 * L * n_sel * r
+    assert t["memory_attention.softmax"] == 12 * L * n_sel * 7
+    assert t["preprocess.weighting"] == n_sel * r
+    assert t["preprocess.rmsnorm"] == n_sel * (4 * r + 4)
+    assert t["norm"] == L * (4 * D + 4)  # the hidden-state norm stays d wide
+
+
+def test_block_variant_b_flops() -> None:
+    c = PAPER.replace({"memory.block_variant": "B"})
+    a, b = mem_parts(PAPER), mem_parts(c)
+    assert b["mlp"] == 3 * 2 * L * D * FF + 5 * L * FF + L * (4 * D + 4) + L * D
+    assert {k: v for k, v in b.items() if k != "mlp"} == a
+
+
+# ------------------------------------------------------------------------------------------------
+# Iso-FLOP and MFU
+# ------------------------------------------------------------------------------------------------
+
+
+def test_isoflop_paper() -> None:
+    iso = isoflop("paper-moc")
+    assert iso["dense_layers"] == 22
+    assert iso["moc_forward"] == 459_171_802_488
+    assert iso["dense_forward"] == 22 * LAYER + HEAD
+    assert iso["mismatch"] == pytest.approx(0.0038, abs=5e-5)
+    # Neither neighbour depth is closer.
+    for n in (21, 23):
+        assert abs(n * LAYER + HEAD - iso["moc_forward"]) > abs(iso["dense_forward"] - iso["moc_forward"])
+    # The paper's 24-layer baseline costs about 8% more than MoC.
+    assert pytest.approx(0.0797, abs=5e-4) == (495_763_542_016 - 459_171_802_488) / 459_171_802_488
+
+
+def test_isoflop_config_is_a_dense_model_of_that_depth() -> None:
+    d = isoflop_config(PAPER)
+    assert not d.memory.enabled and d.memory_layers == []
+    assert d.model.n_layers == 22
+    assert d.model.d_model == PAPER.model.d_model and d.model.d_ff == PAPER.model.d_ff
+    assert count_flops(d)["forward"] == isoflop(PAPER)["dense_forward"]
+    assert isoflop("paper-dense-iso") == {
+        "seq_len": 1024,
+        "moc_forward": 495_763_542_016,
+        "dense_layers": 24,
+        "dense_forward": 495_763_542_016,
+        "mismatch": 0.0,
+        "layer_forward": LAYER,
+    }
+
+
+def test_mfu_reproduces_spec_anchors() -> None:
+    # SPEC section 4: the authors' code on one H100, sequences of 1024 tokens.
+    assert round(100 * mfu(41_000, "paper-moc", 1024), 1) == 5.6
+    assert round(100 * mfu(52_100, "paper-dense-iso", 1024), 1) == 7.7
+    assert round(100 * mfu(38_900, "paper-moc", 1024), 1) == 5.3
+    assert training_flops_per_token(PAPER, 1024) == 3 * 459_171_802_488 / 1024
+    assert mfu(1000, PAPER, 1024, peak_flops=1e12) == pytest.approx(1000 * 3 * 459_171_802_488 / 1024 / 1e12)
+    with pytest.raises(ValueError, match="peak_flops"):
+        mfu(1000, PAPER, 1024, peak_flops=0)
