@@ -106,10 +106,14 @@ class ChapterRouter(nn.Module):
     are always read, so their scores only enter the z-loss. Top-k runs over the routed chapters.
     """
 
+    disabled: torch.Tensor
+
     def __init__(self, d_model: int, cfg: MemoryConfig) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, cfg.n_chapters)
         self.n_shared, self.top_k, self.scale = cfg.n_shared_chapters, cfg.top_k, cfg.routed_scaling_factor
+        # Chapters removed for ablation (see moc.analysis): never selected, never read.
+        self.register_buffer("disabled", torch.zeros(cfg.n_chapters, dtype=torch.bool), persistent=False)
 
     def forward(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """summary: (..., d) -> (indices, weights, logits, probs).
@@ -117,13 +121,18 @@ class ChapterRouter(nn.Module):
         indices, weights: (..., n_shared + k); logits: (..., C); probs: (..., C_routed).
         """
         logits = self.proj(summary).float()
-        probs = logits[..., self.n_shared :].softmax(dim=-1)
+        routed = logits[..., self.n_shared :]
+        shared = torch.arange(self.n_shared, device=logits.device)
+        if self.disabled.any():
+            routed = routed.masked_fill(self.disabled[self.n_shared :], float("-inf"))
+            shared = shared[~self.disabled[: self.n_shared]]
+        probs = routed.softmax(dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         routed_w = self.scale * top_p / top_p.sum(dim=-1, keepdim=True)
-        shared_w = routed_w.new_ones(*routed_w.shape[:-1], self.n_shared)
+        shared_w = routed_w.new_ones(*routed_w.shape[:-1], len(shared))
         weights = torch.cat([shared_w, routed_w], dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True)
-        shared_i = torch.arange(self.n_shared, device=top_i.device).expand(*top_i.shape[:-1], self.n_shared)
+        shared_i = shared.expand(*top_i.shape[:-1], len(shared))
         return torch.cat([shared_i, top_i + self.n_shared], dim=-1), weights, logits, probs
 
 
@@ -132,6 +141,8 @@ def router_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load-balance loss, z-loss and per-chapter selection counts over the valid decisions.
 
+    indices: (..., n_shared + k) with the ``n_shared`` shared-chapter columns first.
+
     Load balance = C_routed * sum_i f_i * P_i, with f_i the fraction of all top-k picks that went to
     chapter i and P_i its mean router probability: exactly 1 at uniform routing, whatever k is.
     z-loss = mean over decisions of logsumexp(scores)^2.
@@ -139,7 +150,8 @@ def router_losses(
     n_routed = probs.shape[-1]
     w = valid.to(probs.dtype).reshape(-1)
     n = w.sum().clamp(min=1)
-    routed_idx = indices[..., n_shared:].reshape(-1, indices.shape[-1] - n_shared) - n_shared
+    first_routed = logits.shape[-1] - n_routed  # routed chapter ids start after the shared ones
+    routed_idx = indices[..., n_shared:].reshape(-1, indices.shape[-1] - n_shared) - first_routed
     picks = torch.zeros(routed_idx.shape[0], n_routed, device=probs.device, dtype=probs.dtype)
     picks.scatter_(1, routed_idx, 1.0)
     counts = (picks * w[:, None]).sum(0)
@@ -196,7 +208,8 @@ class MemoryLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """summary: (B, G, d); valid: (B, G) -> indices, weights, aux loss, stats."""
         indices, weights, logits, probs = self.router(summary)
-        lb, z, counts = router_losses(logits, probs, indices, valid, self.cfg.n_shared_chapters)
+        n_shared = indices.shape[-1] - self.cfg.top_k
+        lb, z, counts = router_losses(logits, probs, indices, valid, n_shared)
         aux = self.cfg.load_balance_coef * lb + self.cfg.z_loss_coef * z
         entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
         entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
