@@ -125,3 +125,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_model) -> None:
         (out.loss + out.aux_loss).backward()
         grads.append(model.banks[0].weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("mode", ["causal", "sequence", "token"])
+def test_bf16_autocast_runs_forward_and_backward(make_model, mode: str) -> None:
+    # The CUDA recipe is bf16 autocast; the CPU autocast exercises the same dtype handling.
+    model = make_model(f"memory.routing={mode}")
+    ids = torch.randint(0, 256, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, attention_mask=mask, labels=ids)
+    (out.loss + out.aux_loss).backward()
+    reference = model(ids, attention_mask=mask, labels=ids).loss
+    assert out.logits.dtype == torch.bfloat16
+    assert abs(out.loss.item() - reference.item()) < 0.05
+    assert model.banks[0].weight.grad.abs().sum() > 0
