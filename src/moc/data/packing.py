@@ -1,0 +1,117 @@
+"""Turn a prepared split into fixed-length training examples.
+
+:class:`PackedSequences` (pretraining and packed chat): the split's token stream is cut into
+non-overlapping windows with stride ``seq_len``; window ``i`` reads tokens ``[i*L, i*L + L + 1)``, so
+``input_ids = t[i*L : i*L+L]`` and ``labels = t[i*L+1 : i*L+L+1]`` (already shifted: ``labels[j]`` is the
+token after ``input_ids[j]``). Every token except the first is a target exactly once; fewer than ``L``
+tokens at the end of the stream are dropped. Documents run across window borders, separated by eos.
+Where the loss mask of a target token is 0, its label is -100.
+
+:class:`ChatSequences` (optional, unpacked): one conversation per item, truncated to ``seq_len``, padded
+with the pad id, with an ``attention_mask``.
+
+Both return ``dict(input_ids=LongTensor[L], labels=LongTensor[L])`` (+ ``attention_mask`` for chat),
+to be fed as ``loss = cross_entropy(logits.view(-1, V), labels.view(-1), ignore_index=-100)`` with no
+further shift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moc.data.errors import DataError
+from moc.data.prepared import TokenData
+
+IGNORE_INDEX = -100
+
+
+def _check_seq_len(seq_len: int) -> None:
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise DataError(f"seq_len must be a positive integer, got {seq_len!r}")
+
+
+class PackedSequences:
+    """Non-overlapping windows of ``seq_len`` inputs over a prepared split (see the module docstring)."""
+
+    def __init__(self, data: TokenData, seq_len: int) -> None:
+        _check_seq_len(seq_len)
+        if data.n_tokens < seq_len + 1:
+            raise DataError(
+                f"split {data.split!r} of {data.path} has {data.n_tokens} tokens, fewer than one window of "
+                f"seq_len + 1 = {seq_len + 1}; lower train.seq_len (e.g. --set train.seq_len="
+                f"{max(data.n_tokens - 1, 1)}) or add data"
+            )
+        self.data = data
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return (self.data.n_tokens - 1) // self.seq_len
+
+    @property
+    def n_target_tokens(self) -> int:
+        """Targets per epoch before masking: ``len(self) * seq_len``."""
+        return len(self) * self.seq_len
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"window {i} out of range for {n} windows")
+        lo = i * self.seq_len
+        window = torch.from_numpy(np.asarray(self.data.tokens[lo : lo + self.seq_len + 1], dtype=np.int64))
+        labels = window[1:].clone()
+        if self.data.loss_mask is not None:
+            keep = torch.from_numpy(
+                np.asarray(self.data.loss_mask[lo + 1 : lo + self.seq_len + 1], dtype=bool)
+            )
+            labels[~keep] = IGNORE_INDEX
+        return {"input_ids": window[:-1], "labels": labels}
+
+
+class ChatSequences:
+    """One conversation per item, truncated to ``seq_len`` and right-padded (unpacked chat training).
+
+    ``input_ids``/``labels``/``attention_mask``: LongTensor[L]. Padding has attention 0 and label -100.
+    ``n_truncated`` counts conversations longer than ``seq_len + 1`` tokens (their tail is dropped).
+    """
+
+    def __init__(self, data: TokenData, seq_len: int, pad_id: int | None = None) -> None:
+        _check_seq_len(seq_len)
+        self.data = data
+        self.seq_len = seq_len
+        self.pad_id = int(data.meta.get("pad_id", data.eos_id)) if pad_id is None else pad_id
+        self._ends = np.append(data.doc_starts[1:], data.n_tokens)
+
+    def __len__(self) -> int:
+        return self.data.n_documents
+
+    @property
+    def n_truncated(self) -> int:
+        # Each conversation is followed by eos, which is not part of the example.
+        return int(np.sum(self._ends - self.data.doc_starts - 1 > self.seq_len + 1))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"conversation {i} out of range for {n}")
+        lo, hi = int(self.data.doc_starts[i]), int(self._ends[i]) - 1  # drop the separating eos
+        hi = min(hi, lo + self.seq_len + 1)
+        ids = torch.from_numpy(np.asarray(self.data.tokens[lo:hi], dtype=np.int64))
+        labels = ids[1:].clone()
+        if self.data.loss_mask is not None:
+            keep = torch.from_numpy(np.asarray(self.data.loss_mask[lo + 1 : hi], dtype=bool))
+            labels[~keep] = IGNORE_INDEX
+        m = len(ids) - 1
+        out = {
+            "input_ids": torch.full((self.seq_len,), self.pad_id, dtype=torch.long),
+            "labels": torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros(self.seq_len, dtype=torch.long),
+        }
+        out["input_ids"][:m] = ids[:-1]
+        out["labels"][:m] = labels
+        out["attention_mask"][:m] = 1
+        return out
