@@ -172,6 +172,7 @@ class TrainConfig:
     nan_policy: Literal["stop", "skip"] = "stop"
     tensorboard: bool = True
     wandb: bool = False
+    wandb_project: str = "moc"
     progress: bool = True
 
 
@@ -185,6 +186,11 @@ class DataConfig:
     text_field: str = "text"
     val_fraction: float = 0.01
     chat_template: str | None = None
+    # How a .txt source splits into documents: the whole file, each non-blank line, or each
+    # blank-line-separated paragraph.
+    txt_mode: Literal["file", "line", "paragraph"] = "file"
+    # Seeds only the choice of held-out documents, so runs with different train.seed share one val set.
+    split_seed: int = 0
 
 
 @dataclass
