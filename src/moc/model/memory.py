@@ -35,7 +35,11 @@ from torch import nn
 from .layers import RMSNorm, rms_normalize
 
 if TYPE_CHECKING:
-    from moc.config import MemoryConfig
+    # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
+    try:
+        from moc.config import MemoryConfig
+    except ImportError:
+        pass
 
 
 class MemoryBank(nn.Module):
@@ -225,7 +229,7 @@ class MemoryLayer(nn.Module):
         position_ids: torch.Tensor,
         valid: torch.Tensor,
         state: MemoryState | None = None,
-        sequence_route_len: int | None = None,
+        sequence_route_len: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d); position_ids, valid: (B, L) -> (memory update (B, L, d), aux loss, routing info).
 

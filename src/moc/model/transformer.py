@@ -20,8 +20,12 @@ from .layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
 from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo
 from .params import param_category
 
-if TYPE_CHECKING:  # the model only reads attributes, so exported copies need no `moc` install
-    from moc.config import MoCConfig
+if TYPE_CHECKING:
+    # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
+    try:
+        from moc.config import MoCConfig
+    except ImportError:
+        pass
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Block(nn.Module):
         valid: torch.Tensor,
         bank: MemoryBank | None,
         cache: Any = None,
-        sequence_route_len: int | None = None,
+        sequence_route_len: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d) -> (h, aux loss, routing info)."""
         h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
@@ -162,14 +166,15 @@ class MoCModel(nn.Module):
         labels: torch.Tensor | None = None,
         past_key_values: MoCCache | Any = None,
         use_cache: bool = False,
-        sequence_route_len: int | None = None,
+        sequence_route_len: int | torch.Tensor | None = None,
     ) -> MoCOutput:
         """input_ids: (B, L); attention_mask: (B, L_past + L), 1 = real token, 0 = padding.
 
         ``labels`` follow Hugging Face: aligned with input_ids, shifted inside, -100 ignored.
         ``past_key_values``: a MoCCache, or any Hugging Face-style cache (``update``/``get_seq_length``)
         given a ``memory`` dict attribute for the memory layers' decode state.
-        ``sequence_route_len``: with sequence routing, route on positions below it only (a prompt).
+        ``sequence_route_len``: with sequence routing, route on positions below it only (a prompt);
+        an int, or a (B, 1) tensor of per-row lengths.
         """
         self._check_inputs(input_ids, attention_mask, labels)
         B, L = input_ids.shape

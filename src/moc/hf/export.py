@@ -1,0 +1,150 @@
+"""``moc export``: a training checkpoint -> a self-contained Hugging Face model folder.
+
+The folder holds ``config.json`` (with ``auto_map``), ``model.safetensors``, ``generation_config.json``,
+the tokenizer files, and the model code (``configuration_moc.py``, ``modeling_moc.py`` and moc's core
+``transformer.py``, ``memory.py``, ``layers.py``, ``params.py``), so that anyone can run::
+
+    AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+
+without installing moc. The folder is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import moc
+from moc.hf.convert import check_tokenizer_fits, load_given_tokenizer, load_model, resolve_tokenizer
+from moc.hf.errors import HFError
+from moc.hf.modeling_moc import MoCForCausalLM
+
+HF_DIR = Path(__file__).parent
+MODEL_DIR = HF_DIR.parent / "model"
+AUTO_MAP = {
+    "AutoConfig": "configuration_moc.MoCConfig",
+    "AutoModelForCausalLM": "modeling_moc.MoCForCausalLM",
+}
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", flags=re.MULTILINE)
+_CORE_IMPORT = "from ..model."
+
+
+def core_model_files(entry: str = "transformer.py") -> list[Path]:
+    """``moc/model`` files the network needs: ``entry`` and what it imports relatively, recursively."""
+    seen: list[Path] = []
+    todo = [MODEL_DIR / entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        todo += [MODEL_DIR / f"{name}.py" for name in _RELATIVE_IMPORT.findall(path.read_text())]
+    return sorted(seen)
+
+
+def write_model_code(out_dir: Path) -> list[str]:
+    """Copy the model code into ``out_dir``; ``modeling_moc.py``'s ``..model.`` imports become ``.``."""
+    names = []
+    for path in core_model_files():
+        shutil.copyfile(path, out_dir / path.name)
+        names.append(path.name)
+    shutil.copyfile(HF_DIR / "configuration_moc.py", out_dir / "configuration_moc.py")
+    modeling = (HF_DIR / "modeling_moc.py").read_text()
+    if _CORE_IMPORT not in modeling:
+        raise RuntimeError("modeling_moc.py no longer imports the core model via `from ..model.`")
+    (out_dir / "modeling_moc.py").write_text(modeling.replace(_CORE_IMPORT, "from ."))
+    return ["configuration_moc.py", "modeling_moc.py", *names]
+
+
+def _model_card(model: MoCForCausalLM, source: str) -> str:
+    c = model.config
+    kind = (
+        f"{len(c.memory_layers)} memory layers, {c.memory['routing']} routing" if c.memory_layers else "dense"
+    )
+    return (
+        f"# {c.moc_name}\n\n"
+        f"A Mixture-of-Chapters language model exported by moc {moc.__version__} from `{source}` "
+        f"({model.num_parameters():,} parameters, {c.num_hidden_layers} layers, {kind}).\n\n"
+        "```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)\n"
+        "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)  # reads config.json\n"
+        "```\n"
+    )
+
+
+def export(
+    checkpoint: str | Path | MoCForCausalLM,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    no_tokenizer: bool = False,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a self-contained Hugging Face folder for ``checkpoint`` (a training checkpoint, run dir,
+    Hugging Face folder, or a loaded ``MoCForCausalLM``). Returns ``out_dir``.
+
+    ``tokenizer``: a tokenizer folder (or object); by default the one found with the checkpoint (see
+    :func:`moc.hf.convert.resolve_tokenizer`). ``no_tokenizer`` exports the model alone.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise HFError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+    if isinstance(checkpoint, MoCForCausalLM):
+        model, source_name = checkpoint, getattr(checkpoint.config, "name_or_path", "") or "a model object"
+        source = None
+    else:
+        model, source = load_model(checkpoint, dtype=dtype)
+        source_name = str(source.path)
+    tok = None
+    if not no_tokenizer:
+        if source is None and tokenizer is None:
+            raise HFError("exporting a model object needs tokenizer=DIR (or no_tokenizer=True)")
+        tok = resolve_tokenizer(source, tokenizer) if source is not None else load_given_tokenizer(tokenizer)
+        check_tokenizer_fits(tok, model.config.vocab_size)
+    if dtype is not None:
+        model = model.to(dtype)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        _write(model, tok, tmp, source_name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(model: MoCForCausalLM, tok: Any, out: Path, source_name: str) -> None:
+    config = model.config
+    previous_auto_map = getattr(config, "auto_map", None)
+    config.auto_map = dict(AUTO_MAP)
+    config.architectures = [MoCForCausalLM.__name__]
+    gen = model.generation_config
+    if tok is not None:
+        from moc.hf.generation import chat_stop_ids
+
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(config, key, getattr(tok, key))
+        stops = chat_stop_ids(tok)
+        gen.bos_token_id, gen.pad_token_id = tok.bos_token_id, tok.pad_token_id
+        gen.eos_token_id = stops if len(stops) > 1 else tok.eos_token_id
+    model.save_pretrained(str(out))
+    write_model_code(out)
+    if tok is not None:
+        max_len = tok.model_max_length
+        tok.model_max_length = config.max_position_embeddings  # lm-eval and pipelines truncate to it
+        try:
+            tok.save_pretrained(str(out))
+        finally:
+            tok.model_max_length = max_len
+    (out / "README.md").write_text(_model_card(model, source_name))
+    config.auto_map = previous_auto_map  # the in-memory model stays a plain moc model

@@ -1,0 +1,127 @@
+"""lm-evaluation-harness on moc models, offline, with a local multiple-choice task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from moc.cli import main
+from moc.hf import HFError, evaluation, export, from_moc_model
+from moc.hf.evaluation import SEQUENCE_ROUTING_WARNING, _check_tasks, evaluate
+
+QUESTIONS = [
+    ("France", ["Paris", "Rome", "Madrid"], 0),
+    ("Italy", ["Paris", "Rome", "Madrid"], 1),
+    ("Spain", ["Paris", "Rome", "Madrid"], 2),
+    ("Peru", ["Lima", "Rome", "Madrid"], 0),
+]
+
+
+@pytest.fixture
+def task_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    d = tmp_path / "tasks"
+    d.mkdir()
+    data = d / "capitals.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is the capital of {c}?", "choices": ch, "label": y}) + "\n"
+            for c, ch, y in QUESTIONS
+        )
+    )
+    (d / "local_capitals.yaml").write_text(
+        "task: local_capitals\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {data}}}}}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: label\n"
+        "metric_list: [{metric: acc}, {metric: acc_norm}]\n"
+    )
+    return d
+
+
+def test_moc_eval_writes_results_next_to_the_checkpoint(make_checkpoint, task_dir: Path, capsys) -> None:
+    ckpt, _ = make_checkpoint()
+    args = [
+        "eval",
+        str(ckpt),
+        "--tasks",
+        "local_capitals",
+        "--include-path",
+        str(task_dir),
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--limit", "4", "--batch-size", "2"]) == 0
+    summary = json.loads((ckpt / "eval_results.json").read_text())
+    result = summary["results"]["local_capitals"]
+    assert 0 <= result["acc,none"] <= 1 and 0 <= result["acc_norm,none"] <= 1
+    assert summary["n-samples"]["local_capitals"]["effective"] == 4
+    assert summary["config"]["routing"] == "causal" and summary["config"]["loglikelihood_valid"]
+    assert "local_capitals" in capsys.readouterr().out
+
+
+def test_sequence_routed_models_are_evaluated_with_a_warning(
+    make_core, tok_dir, task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evaluation, "_warned", False)  # the warning is once per process
+    model = from_moc_model(make_core("memory.routing=sequence"))
+    with pytest.warns(UserWarning, match="sequence routing, which is not causal"):
+        summary = evaluate(model, ["local_capitals"], include_path=task_dir, tokenizer=tok_dir, limit=2)
+    assert summary["config"]["loglikelihood_valid"] is False
+    assert summary["n-samples"]["local_capitals"]["effective"] == 2
+    assert "continuation" in SEQUENCE_ROUTING_WARNING
+
+
+def test_eval_errors_name_the_fix(make_checkpoint, tmp_path: Path) -> None:
+    with pytest.raises(HFError, match="did you mean local_capitals"):
+        _check_tasks(SimpleNamespace(all_tasks=["local_capitals"]), ["local_capital"], None)
+    with pytest.raises(HFError, match="not a folder of lm-eval task YAML"):
+        evaluate(tmp_path, "x", include_path=tmp_path / "none")
+    with pytest.raises(HFError, match="no tasks given"):
+        evaluate(tmp_path, " , ")
+
+
+@pytest.mark.skipif(not os.environ.get("MOC_SLOW_TESTS"), reason="~40 s: set MOC_SLOW_TESTS=1 to run")
+def test_lm_eval_cli_runs_an_exported_model(make_checkpoint, task_dir: Path, tmp_path: Path) -> None:
+    ckpt, _ = make_checkpoint()
+    out = export(ckpt, tmp_path / "export")
+    lm_eval = Path(sys.executable).parent / "lm_eval"
+    proc = subprocess.run(
+        [
+            str(lm_eval),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={out},trust_remote_code=True",
+            "--tasks",
+            "local_capitals",
+            "--include_path",
+            str(task_dir),
+            "--device",
+            "cpu",
+            "--limit",
+            "4",
+            "--output_path",
+            str(tmp_path / "lm_eval_out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = evaluate(out, "local_capitals", include_path=task_dir, limit=4)["results"]["local_capitals"]
+    files = list((tmp_path / "lm_eval_out").rglob("results_*.json"))
+    got = json.loads(files[0].read_text())["results"]["local_capitals"]
+    assert got["acc,none"] == expected["acc,none"] and got["acc_norm,none"] == expected["acc_norm,none"]
