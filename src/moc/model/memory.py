@@ -36,7 +36,7 @@ from .layers import RMSNorm, rms_normalize
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
-    try:
+    try:  # noqa: SIM105 - the import check skips try blocks, not contextlib.suppress
         from moc.config import MemoryConfig
     except ImportError:
         pass

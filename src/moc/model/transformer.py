@@ -22,7 +22,7 @@ from .params import param_category
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
-    try:
+    try:  # noqa: SIM105 - the import check skips try blocks, not contextlib.suppress
         from moc.config import MoCConfig
     except ImportError:
         pass
