@@ -81,3 +81,9 @@ def test_unknown_preset_suggests() -> None:
 def test_dense_config_skips_memory_checks() -> None:
     cfg = load_config("tiny-dense", ["memory.top_k=1000"])
     assert cfg.memory_layers == []
+
+
+def test_float_overrides_accept_exponent_without_dot() -> None:
+    assert load_config("tiny-moc", ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config("tiny-moc", ["train.lr=fast"])

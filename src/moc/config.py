@@ -168,11 +168,16 @@ class TrainConfig:
     eval_batches: int = 20
     save_every: int = 200
     keep_last: int = 2
+    # A fresh (not --resume) run refuses an out_dir that already holds checkpoints unless this is true,
+    # in which case the old checkpoints are deleted.
+    overwrite: bool = False
     log_every: int = 10
     nan_policy: Literal["stop", "skip"] = "stop"
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "moc"
+    # Peak FLOP/s of one accelerator for the MFU readout (H100/H200 dense bf16: 989 TFLOP/s).
+    mfu_peak_flops: float = 989.0e12
     progress: bool = True
 
 
@@ -347,6 +352,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -1,0 +1,335 @@
+"""Atomic, resumable checkpoints: one directory per step, written to a temp dir and renamed into place.
+
+Layout of ``OUT_DIR/checkpoints/``::
+
+    step_000123/
+        model.safetensors   full (unsharded) weights; shared tensors stored once, aliases in metadata
+        optimizer.pt        full optimizer state, keyed by parameter name (any world size can load it)
+        trainer_state.pt    step, scheduler, RNG states, data-sampler position, counters
+        config.yaml         the run's full config
+        metrics.json        metrics at this step (train loss, val loss if evaluated)
+    latest                  name of the newest complete checkpoint (atomically replaced)
+    best                    name of the checkpoint with the lowest validation loss
+
+A checkpoint directory only ever appears under its final name after every file in it was written and
+fsynced, so a crash or SIGKILL mid-save leaves at worst a ``.tmp-*`` directory, which is ignored and
+cleaned up. Pruning keeps the last ``keep_last`` checkpoints plus the best one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from moc.train.errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+TRAINER_STATE = "trainer_state.pt"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+REQUIRED_FILES = (WEIGHTS, OPTIMIZER, TRAINER_STATE, CONFIG, METRICS)
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_ALIASES_KEY = "moc_aliases"
+# Config sections that define the network: a checkpoint only fits a model with the same values.
+MODEL_SECTIONS = ("model", "memory")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: fsync and atomic replace
+# --------------------------------------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename then delete, so a crash mid-delete never leaves a half-empty ``step_*`` directory."""
+    trash = path.with_name(f".tmp-trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights: shared tensors stored once
+# --------------------------------------------------------------------------------------------------
+
+
+def shared_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: canonical}`` for parameters/buffers reachable under several names (tied embeddings,
+    a bank shared by several layers). The canonical name is the first in ``named_parameters`` order."""
+    aliases: dict[str, str] = {}
+    first: dict[int, str] = {}
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, t in tensors:
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, str]) -> None:
+    """Save a full state dict with safetensors; aliased names are dropped and listed in the metadata."""
+    aliases = {a: c for a, c in aliases.items() if a in state and c in state}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
+    save_file(tensors, str(path), metadata={_ALIASES_KEY: json.dumps(aliases)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load what :func:`save_weights` wrote, with every alias restored (pointing at the same tensor)."""
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    for alias, canonical in json.loads(meta.get(_ALIASES_KEY, "{}")).items():
+        state[alias] = state[canonical]
+    return state
+
+
+def check_state_fits(
+    model_state: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], source: str
+) -> None:
+    """Raise naming the missing, unexpected and wrongly-shaped keys if ``loaded`` cannot load."""
+    missing = sorted(set(model_state) - set(loaded))
+    unexpected = sorted(set(loaded) - set(model_state))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(model_state[k].shape)}"
+        for k in set(model_state) & set(loaded)
+        if tuple(loaded[k].shape) != tuple(model_state[k].shape)
+    )
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            parts.append(f"{label}: {', '.join(items[:8])}{more}")
+    raise CheckpointError(
+        f"the weights in {source} do not fit this model ({'; '.join(parts)}); "
+        "use a checkpoint trained with the same model/memory config"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Config compatibility
+# --------------------------------------------------------------------------------------------------
+
+
+def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``section.key: checkpoint X vs config Y`` for every model/memory key that differs.
+
+    Keys missing on one side count as their default (configs written by older versions still load);
+    the memory settings of two dense models (memory.enabled false) are irrelevant and not compared.
+    """
+    from moc.config import MoCConfig
+
+    defaults = MoCConfig().to_dict()
+    out = []
+    for section in MODEL_SECTIONS:
+        a = {**defaults[section], **(saved.get(section) or {})}
+        b = {**defaults[section], **(current.get(section) or {})}
+        if section == "memory" and not a["enabled"] and not b["enabled"]:
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{section}.{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+    return out
+
+
+def check_config_compatible(ckpt_dir: Path, current: dict[str, Any]) -> None:
+    """Raise if the checkpoint's config.yaml describes a different network than ``current``."""
+    path = ckpt_dir / CONFIG
+    if not path.exists():
+        return  # a bare weights file: the state-dict check still catches shape mismatches
+    saved = yaml.safe_load(path.read_text()) or {}
+    bad = config_mismatches(saved, current)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} was trained with a different model config: {'; '.join(bad)}. "
+            "Load it with the same model/memory settings (or start a new out_dir)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Directory management
+# --------------------------------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint dir, a run's out_dir, its checkpoints/ dir, or a
+    ``model.safetensors`` file (returned as is)."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    if (p / WEIGHTS).is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        latest = CheckpointManager(root).latest()
+        if latest is not None:
+            return latest
+    raise CheckpointError(
+        f"no checkpoint found at {p}: pass a checkpoint directory (containing {WEIGHTS}), "
+        "a run's out_dir, or a .safetensors file"
+    )
+
+
+class CheckpointManager:
+    """Writes, finds and prunes the checkpoints of one run (call only on the main process)."""
+
+    def __init__(self, root: str | Path, keep_last: int = 2) -> None:
+        self.root = Path(root)  # usually OUT_DIR/checkpoints
+        self.keep_last = keep_last
+
+    def complete_steps(self) -> list[tuple[int, Path]]:
+        """``(step, dir)`` of every complete checkpoint, oldest first; temp dirs are ignored."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            m = _STEP_DIR.match(child.name)
+            if m and is_complete(child):
+                found.append((int(m.group(1)), child))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint (the ``latest`` pointer is for people; we trust the dirs)."""
+        steps = self.complete_steps()
+        return steps[-1][1] if steps else None
+
+    def best(self) -> Path | None:
+        scored = [(v, s, p) for s, p in self.complete_steps() if (v := _val_loss(p)) is not None]
+        return min(scored)[2] if scored else None
+
+    def clean_temp(self) -> None:
+        """Remove leftovers of interrupted saves or deletions."""
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if child.name.startswith(".tmp-") and child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Run ``write(tmp_dir)`` to fill a temp dir, fsync it, rename it to ``step_NNNNNN``, update the
+        ``latest``/``best`` pointers and prune. Returns the final path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        write(tmp)
+        missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint writer did not produce {missing}")
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        if final.exists():  # re-saving a step (e.g. after resuming from it): replace the old one
+            _remove_dir(final)
+        os.rename(tmp, final)
+        _fsync_path(self.root)
+        _write_text_atomic(self.root / "latest", final.name + "\n")
+        self.prune()
+        best = self.best()
+        if best is not None:
+            _write_text_atomic(self.root / "best", best.name + "\n")
+        return final
+
+    def remove_all(self) -> None:
+        """Delete every checkpoint and pointer (a fresh run with ``train.overwrite``)."""
+        for _, p in self.complete_steps():
+            _remove_dir(p)
+        for name in ("latest", "best"):
+            (self.root / name).unlink(missing_ok=True)
+        self.clean_temp()
+
+    def prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        steps = self.complete_steps()
+        keep = {p for _, p in steps[-self.keep_last :]}
+        best = self.best()
+        if best is not None:
+            keep.add(best)
+        for _, p in steps:
+            if p not in keep:
+                _remove_dir(p)
+
+
+def _val_loss(ckpt: Path) -> float | None:
+    try:
+        v = json.loads((ckpt / METRICS).read_text()).get("val_loss")
+    except (OSError, ValueError):
+        return None
+    return float(v) if v is not None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG states (stored in trainer_state.pt, loadable with weights_only=True)
+# --------------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(_tuples(state["python"]))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    """random.setstate wants nested tuples; a round trip may have turned them into lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x

@@ -1,0 +1,454 @@
+"""The training loop behind ``moc pretrain`` / ``moc ift``: :func:`train` runs one job in-process.
+
+One optimizer step = ``grad_accum_steps`` micro-batches per process. The LM loss of a step is
+token-weighted over the whole global batch (sum of token losses / number of target tokens, across
+micro-batches and processes), so the step's gradient does not depend on how the batch is split; the
+router aux loss (``out.aux_loss``) is averaged over micro-batches and added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import moc
+from moc.config import ConfigError, MoCConfig, load_config
+from moc.train import batches as B
+from moc.train import checkpoint as C
+from moc.train import parallel as P
+from moc.train.errors import DivergenceError, TrainError
+from moc.train.logger import RunLogger
+from moc.train.optim import apply_freezing, build_optimizer, group_lrs, optimizer_state_bytes
+from moc.train.schedule import lr_multiplier
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. Histories cover the whole run, including steps before a resume."""
+
+    out_dir: str
+    step: int  # optimizer steps completed
+    loss_history: list[float]  # LM loss of steps 1..step (index i is step i + 1; NaN where skipped)
+    aux_loss_history: list[float]  # router aux loss per step
+    val_history: list[dict[str, float]]  # {"step", "val_loss", "val_ppl"} per evaluation
+    final: dict[str, Any]  # the last train row (loss, lr_*, grad_norm, ...) and the last eval
+    checkpoints: list[str] = field(default_factory=list)  # kept checkpoint dirs, oldest first
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None  # lowest val_loss among kept checkpoints
+    resumed_from: str | None = None
+    initialized_from: str | None = None
+    n_params: int = 0
+    n_trainable_params: int = 0
+    optimizer_state_bytes: int = 0  # Adam state on this process (frozen parameters have none)
+    nan_skips: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training time (steps only), summed over resumes
+
+
+def train(
+    cfg: MoCConfig | str | dict,
+    *,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Train ``cfg`` (a config, preset name or YAML path) and return the run's metrics.
+
+    - ``resume``: continue exactly from the newest complete checkpoint in ``train.out_dir`` (weights,
+      optimizer, schedule, RNG and data position), or start fresh if there is none.
+    - ``init_from``: start from these weights only (a checkpoint dir, a run's out_dir or a
+      .safetensors file; used for IFT). Its model/memory config must match ``cfg``. A checkpoint in
+      ``out_dir`` found by ``resume`` takes precedence.
+    - ``model``: train this module instead of ``moc.build_model(cfg)`` (it must match ``cfg``).
+
+    Under ``torchrun`` every process calls this; the process group is created and destroyed here.
+    """
+    if not isinstance(cfg, MoCConfig):
+        cfg = load_config(cfg)
+    info = P.init_distributed()
+    try:
+        return _Run(cfg, info, model).execute(init_from=init_from, resume=resume)
+    finally:
+        P.shutdown(info)
+
+
+def check_train_config(cfg: MoCConfig) -> None:
+    t = cfg.train
+    for key in ("seq_len", "micro_batch_size", "grad_accum_steps", "max_steps"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(
+            f"train.seq_len={t.seq_len} is longer than model.max_seq_len={cfg.model.max_seq_len}; "
+            f"lower train.seq_len or raise model.max_seq_len"
+        )
+    lr_multiplier(t)  # validates the schedule
+
+
+@dataclass
+class _Progress:
+    """Counters and histories that a checkpoint carries across resumes."""
+
+    step: int = 0
+    loss_history: list[float] = field(default_factory=list)
+    aux_history: list[float] = field(default_factory=list)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    nan_skips: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+
+
+class _Run:
+    """One training job: setup (data, model, resume/init, wrapping, optimizer), the loop, the result."""
+
+    def __init__(self, cfg: MoCConfig, info: P.DistInfo, model: nn.Module | None) -> None:
+        check_train_config(cfg)
+        self.cfg, self.t, self.info = cfg, cfg.train, info
+        self.out_dir = Path(self.t.out_dir)
+        self.manager = C.CheckpointManager(self.out_dir / "checkpoints", self.t.keep_last)
+        _seed_everything(self.t.seed)
+        self.train_ds = B.windows(B.open_split(cfg, "train", required=True), self.t.seq_len)
+        if len(self.train_ds) == 0:
+            raise TrainError(f"no windows of train.seq_len={self.t.seq_len} in {cfg.data.prepared_dir}")
+        val = B.open_split(cfg, "val", required=False)
+        self.val_ds = B.windows(val, self.t.seq_len) if val is not None else None
+        self.model = model if model is not None else moc.build_model(cfg)
+        self.aliases = C.shared_aliases(self.model)  # before wrapping changes the parameters
+        self.autocast_dtype = _autocast_dtype(self.t.dtype, info.device)
+        self.mfu_per_token_s = _mfu_per_token_per_s(cfg, info.device)
+        self.progress = _Progress()
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    def execute(self, init_from: str | Path | None, resume: bool) -> TrainResult:
+        t, info = self.t, self.info
+        ckpt = self._find_resume_checkpoint() if resume else None
+        stale = [d for _, d in self.manager.complete_steps()] if ckpt is None else []
+        if stale and not t.overwrite:
+            raise TrainError(
+                f"{self.manager.root} already holds checkpoints (newest: {stale[-1].name}) from an earlier "
+                "run; pass --resume to continue it, choose another train.out_dir, or set "
+                "train.overwrite=true to delete them and start over"
+            )
+        initialized_from = None
+        if ckpt is not None:
+            C.check_config_compatible(ckpt, self.cfg.to_dict())
+            self._load_weights(ckpt / C.WEIGHTS, str(ckpt))
+        elif init_from is not None:
+            src = C.resolve_checkpoint(init_from)
+            C.check_config_compatible(src.parent if src.is_file() else src, self.cfg.to_dict())
+            self._load_weights(src if src.is_file() else src / C.WEIGHTS, str(src))
+            initialized_from = str(src)
+
+        if stale and info.is_main:  # after loading --init-from, which may point into this out_dir
+            self.manager.remove_all()
+        P.barrier(info)
+
+        model = self.model
+        frozen = apply_freezing(model, t)
+        if t.activation_checkpointing:
+            if hasattr(model, "gradient_checkpointing"):
+                model.gradient_checkpointing = True  # MoCModel checkpoints each block itself
+            else:
+                P.apply_activation_checkpointing(model)
+        model.to(info.device)
+        if t.compile:
+            P.compile_blocks(model)
+        self.wrapped = P.wrap_model(model, t.parallel, info)
+        self.opt = build_optimizer(model, t)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_multiplier(t))
+        self.batches = B.TrainBatches(self.train_ds, self.cfg, info)
+        if ckpt is not None:
+            self._load_training_state(ckpt)
+
+        self.log = RunLogger(self.cfg, self.out_dir, info.is_main, self.progress.step)
+        try:
+            if info.is_main:
+                (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            start = (
+                f"resuming from {ckpt} at step {self.progress.step}"
+                if ckpt
+                else f"initialized from {initialized_from}"
+                if initialized_from
+                else "from scratch"
+            )
+            n_params = sum(p.numel() for p in model.parameters())
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.log.message(
+                f"moc train: {self.cfg.name}, {n_params:,} parameters ({n_train:,} trainable"
+                f"{f', {len(frozen)} frozen bank tensors' if frozen else ''}), {info.world_size} "
+                f"process(es) on {info.device}, global batch {self.batches.global_batch} x {t.seq_len} "
+                f"tokens, {start}"
+            )
+            final = self._loop()
+        finally:
+            self.log.close()
+
+        latest, best = self.manager.latest(), self.manager.best()
+        p = self.progress
+        return TrainResult(
+            out_dir=str(self.out_dir),
+            step=p.step,
+            loss_history=list(p.loss_history),
+            aux_loss_history=list(p.aux_history),
+            val_history=list(p.val_history),
+            final=final,
+            checkpoints=[str(d) for _, d in self.manager.complete_steps()],
+            last_checkpoint=str(latest) if latest else None,
+            best_checkpoint=str(best) if best else None,
+            resumed_from=str(ckpt) if ckpt else None,
+            initialized_from=initialized_from,
+            n_params=n_params,
+            n_trainable_params=n_train,
+            optimizer_state_bytes=optimizer_state_bytes(self.opt),
+            nan_skips=p.nan_skips,
+            tokens_seen=p.tokens_seen,
+            elapsed_s=p.elapsed_s,
+        )
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> dict[str, Any]:
+        t, p = self.t, self.progress
+        val_batches = None
+        if self.val_ds is not None and t.eval_batches > 0:
+            val_batches = B.eval_batches(self.val_ds, self.cfg, self.info)
+        else:
+            self.log.message("no validation split (or train.eval_batches=0): skipping evaluation")
+        final: dict[str, Any] = {}
+        if p.loss_history:  # resuming a run that may already be finished
+            final = {"step": p.step, "loss": p.loss_history[-1]}
+            final.update({k: v for k, v in (p.val_history[-1:] or [{}])[0].items() if k != "step"})
+        tokens_per_step = self.batches.global_batch * t.seq_len
+        window_tokens, window_time = 0, 0.0
+        while p.step < t.max_steps:
+            t0 = time.perf_counter()
+            loss, aux, gnorm = self._train_step(self.batches.next_step())
+            step = p.step + 1
+            if math.isfinite(loss) and math.isfinite(aux) and math.isfinite(gnorm):
+                self.opt.step()
+            else:
+                self._non_finite(step, loss, aux, gnorm)
+            lrs = group_lrs(self.opt)  # the learning rates this step used
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            p.step, p.tokens_seen, p.elapsed_s = step, p.tokens_seen + tokens_per_step, p.elapsed_s + dt
+            p.loss_history.append(loss)
+            p.aux_history.append(aux)
+
+            window_tokens, window_time = window_tokens + tokens_per_step, window_time + dt
+            row = self._train_row(step, loss, aux, gnorm, lrs, window_tokens / max(window_time, 1e-9))
+            final.update({k: v for k, v in row.items() if k != "kind"})
+            if step % max(t.log_every, 1) == 0 or step in (1, t.max_steps):
+                self.log.log(row)
+                window_tokens, window_time = 0, 0.0
+            if step == 1:
+                mib = optimizer_state_bytes(self.opt) / 2**20
+                self.log.message(f"optimizer state: {mib:.1f} MiB on this process")
+
+            last = step == t.max_steps
+            evaluated = False
+            if val_batches is not None and ((t.eval_every > 0 and step % t.eval_every == 0) or last):
+                final.update(self._eval_and_log(step, val_batches))
+                evaluated = True
+            if (t.save_every > 0 and step % t.save_every == 0) or last:
+                metrics = {"step": step, "loss": loss, "aux_loss": aux}
+                if evaluated:
+                    metrics.update(p.val_history[-1])
+                self._save(step, metrics)
+        return final
+
+    def _train_row(
+        self, step: int, loss: float, aux: float, gnorm: float, lrs: dict[str, float], tok_s: float
+    ) -> dict[str, Any]:
+        row = {"kind": "train", "step": step, "loss": loss, "aux_loss": aux, "grad_norm": gnorm}
+        row.update({f"lr_{k}": v for k, v in lrs.items()})
+        row.update(tokens_per_s=tok_s, tokens_seen=self.progress.tokens_seen)
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{next(iter(lrs.values())):.2e}", "tok/s": f"{tok_s:,.0f}"}
+        if self.mfu_per_token_s is not None:  # MFU per device against the peak in train.mfu_peak_flops
+            row["mfu"] = tok_s / self.info.world_size * self.mfu_per_token_s
+            postfix["mfu"] = f"{100 * row['mfu']:.1f}%"
+        self.log.progress(step, postfix)
+        return row
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=self.autocast_dtype)
+
+    def _train_step(self, micro: list[B.Batch]) -> tuple[float, float, float]:
+        """Forward/backward over this rank's micro-batches, then clip. Returns (loss, aux, grad_norm)."""
+        info, accum, model = self.info, len(micro), self.model
+        n_local = float(sum(b.n_targets for b in micro))
+        count = torch.tensor([n_local], dtype=torch.float64, device=info.device)  # NCCL needs device tensors
+        n_targets = float(P.all_reduce_sum(count, info).item())
+        # DDP/FSDP average gradients over ranks, so each rank scales its token-loss sum by world / total.
+        scale = info.world_size / max(n_targets, 1.0)
+        sums = torch.zeros(2, dtype=torch.float64, device=info.device)
+        for j, b in enumerate(micro):
+            with P.grad_sync(self.wrapped, model, sync=j == accum - 1):
+                with self._autocast():
+                    out = self.wrapped(b.input_ids)
+                    ce = F.cross_entropy(
+                        out.logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100, reduction="sum"
+                    )
+                aux = out.aux_loss if out.aux_loss is not None else ce.new_zeros(())
+                (ce * scale + aux / accum).backward()
+            sums += torch.stack([ce.detach().double(), aux.detach().double()])
+        P.all_reduce_sum(sums, info)
+        params = [q for q in model.parameters() if q.grad is not None]
+        clip = self.t.grad_clip if self.t.grad_clip > 0 else float("inf")  # inf: just measure the norm
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros(())
+        if hasattr(gnorm, "full_tensor"):  # FSDP2 returns a DTensor
+            gnorm = gnorm.full_tensor()
+        loss, aux_sum, gn = torch.stack([sums[0] / max(n_targets, 1.0), sums[1], gnorm.to(sums)]).tolist()
+        return loss, aux_sum / (accum * info.world_size), gn
+
+    def _non_finite(self, step: int, loss: float, aux: float, gnorm: float) -> None:
+        what = (
+            "loss"
+            if not math.isfinite(loss)
+            else "router aux loss"
+            if not math.isfinite(aux)
+            else "gradient norm"
+        )
+        desc = f"non-finite {what} at step {step} (loss={loss}, aux_loss={aux}, grad_norm={gnorm})"
+        if self.t.nan_policy == "skip":
+            self.progress.nan_skips += 1
+            n = self.progress.nan_skips
+            self.log.message(f"{desc}: skipped this update (train.nan_policy=skip; {n} skipped so far)")
+            return
+        last = self.manager.latest()
+        raise DivergenceError(
+            f"{desc}; stopped before applying it (train.nan_policy=stop). Last good checkpoint: "
+            f"{last if last else 'none written yet'}. Lower the learning rate or lengthen warmup and resume "
+            "with --resume, or set train.nan_policy=skip to skip such steps"
+        )
+
+    @torch.no_grad()
+    def _evaluate(self, batches: list[B.Batch]) -> tuple[float, int]:
+        """Token-weighted validation loss: sum of token losses / number of target tokens (all ranks)."""
+        model = self.model  # unwrapped: DDP's forward hooks are for training (FSDP shards in place)
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.info.device)
+        for b in batches:
+            with self._autocast():
+                logits = model(b.input_ids).logits
+                ce = F.cross_entropy(
+                    logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100, reduction="sum"
+                )
+            sums[0] += ce.double()
+            sums[1] += b.n_targets
+        P.all_reduce_sum(sums, self.info)
+        model.train(was_training)
+        total, n = sums.tolist()
+        return total / max(n, 1.0), int(n)
+
+    def _eval_and_log(self, step: int, batches: list[B.Batch]) -> dict[str, Any]:
+        val_loss, n_tok = self._evaluate(batches)
+        ev = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+        self.progress.val_history.append(dict(ev))
+        self.log.log({"kind": "eval", **ev, "val_tokens": n_tok})
+        self.log.message(f"step {step}: val_loss {val_loss:.4f}, val_ppl {ev['val_ppl']:.2f}")
+        return {"val_loss": val_loss, "val_ppl": ev["val_ppl"], "val_tokens": n_tok}
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def _find_resume_checkpoint(self) -> Path | None:
+        found = None
+        if self.info.is_main:
+            self.manager.clean_temp()  # leftovers of a save that was killed
+            latest = self.manager.latest()
+            found = str(latest) if latest else None
+        found = P.broadcast_object(found, self.info)
+        if found is None and self.info.is_main:
+            print(f"moc train: --resume found no complete checkpoint in {self.manager.root}; starting fresh")
+        return Path(found) if found else None
+
+    def _load_weights(self, path: Path, source: str) -> None:
+        if not path.is_file():
+            raise C.CheckpointError(f"{path} does not exist")
+        state = C.load_weights(path)
+        C.check_state_fits(self.model.state_dict(), state, source)
+        self.model.load_state_dict(state, strict=True)
+
+    def _load_training_state(self, ckpt: Path) -> None:
+        osd = torch.load(ckpt / C.OPTIMIZER, map_location="cpu", weights_only=True)
+        try:
+            P.load_full_optimizer_state(self.model, self.opt, osd)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise C.CheckpointError(
+                f"the optimizer state in {ckpt} does not fit this run ({e}); was train.freeze_bank or the "
+                "set of trainable parameters changed? Start a new out_dir or use --init-from for weights only"
+            ) from e
+        ts = torch.load(ckpt / C.TRAINER_STATE, map_location="cpu", weights_only=True)
+        self.sched.load_state_dict(ts["scheduler"])
+        self.batches.sampler.load_state_dict(ts["sampler"])
+        C.restore_rng(ts["rng"])
+        self.progress = _Progress(**ts["progress"])
+        if ts.get("global_batch") != self.batches.global_batch and self.info.is_main:
+            print(
+                f"moc train: the checkpoint used a global batch of {ts.get('global_batch')} windows, this "
+                f"run uses {self.batches.global_batch}; continuing from the same data position"
+            )
+
+    def _save(self, step: int, metrics: dict[str, Any]) -> None:
+        msd = P.full_model_state(self.model)  # collectives under FSDP: every rank must call these
+        osd = P.full_optimizer_state(self.model, self.opt)
+        if self.info.is_main:
+            ts = {
+                "progress": asdict(self.progress),
+                "scheduler": self.sched.state_dict(),
+                "sampler": self.batches.sampler.state_dict(),
+                "rng": C.capture_rng(),
+                "world_size": self.info.world_size,
+                "global_batch": self.batches.global_batch,
+            }
+
+            def write(d: Path) -> None:
+                C.save_weights(msd, d / C.WEIGHTS, self.aliases)
+                torch.save(osd, d / C.OPTIMIZER)
+                torch.save(ts, d / C.TRAINER_STATE)
+                (d / C.CONFIG).write_text(self.cfg.to_yaml())
+                (d / C.METRICS).write_text(json.dumps(metrics, default=str))
+
+            self.manager.save(step, write)
+        P.barrier(self.info)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default, fp32 elsewhere; ``train.dtype`` forces one or the other."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if dtype == "bfloat16" else None
+
+
+def _mfu_per_token_per_s(cfg: MoCConfig, device: torch.device) -> float | None:
+    """MFU of one device at 1 token/s (MFU is linear in throughput); None off-GPU or without moc.flops."""
+    if device.type != "cuda":
+        return None
+    try:
+        from moc.flops import mfu
+
+        return float(mfu(1.0, cfg, cfg.train.seq_len, peak_flops=cfg.train.mfu_peak_flops))
+    except Exception:  # accounting may not cover every config; never fail a run over a metric
+        return None

@@ -1,0 +1,258 @@
+"""The training loop end to end on a tiny model: learning, exact resume, IFT, metrics, faults."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import moc
+from moc.config import ConfigError
+from moc.data import PackedSequences, load_prepared
+from moc.train import CheckpointError, DivergenceError, TrainError, train
+from moc.train import checkpoint as C
+from moc.train.schedule import lr_multiplier
+
+
+class Stop(Exception):
+    """Simulates a crash in the middle of a run."""
+
+
+def hooked_model(cfg: moc.MoCConfig, hook: Callable[[int, object], object]) -> torch.nn.Module:
+    """``moc.build_model(cfg)`` seeded like train() does, with ``hook(train_call_no, out)`` on each
+    training forward (it may raise or return a modified output)."""
+    torch.manual_seed(cfg.train.seed)
+    model = moc.build_model(cfg)
+    forward, calls = model.forward, [0]
+
+    def hooked(*args: object, **kwargs: object) -> object:
+        out = forward(*args, **kwargs)
+        if model.training:
+            calls[0] += 1
+            out = hook(calls[0], out) or out
+        return out
+
+    model.forward = hooked
+    return model
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return C.load_weights(path / C.WEIGHTS)
+
+
+def test_loss_decreases(tiny_cfg) -> None:
+    cfg = tiny_cfg("train.max_steps=30", "train.eval_every=30", "train.save_every=0", "train.log_every=10")
+    r = train(cfg)
+    assert len(r.loss_history) == 30 and r.step == 30
+    first, last = sum(r.loss_history[:5]) / 5, sum(r.loss_history[-5:]) / 5
+    assert last < first - 0.5, r.loss_history
+    assert r.final["val_loss"] < math.log(64) - 0.7  # well below the uniform-guess loss
+    assert r.final["val_ppl"] == pytest.approx(math.exp(r.final["val_loss"]))
+
+
+def test_resume_is_bit_identical(tiny_cfg) -> None:
+    """Stop after step 3's checkpoint (crash during step 4), resume: same per-step losses, same weights."""
+    extra = ("train.max_steps=6", "train.grad_accum_steps=2", "train.save_every=3", "train.eval_every=3")
+    ref = train(tiny_cfg(*extra, out="ref"))
+
+    cfg = tiny_cfg(*extra, out="crash")
+
+    def crash(n: int, out: object) -> None:
+        if n > 3 * 2:  # 2 micro-batches per step: the first forward of step 4
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, model=hooked_model(cfg, crash))
+    done = C.CheckpointManager(Path(cfg.train.out_dir) / "checkpoints").latest()
+    assert done is not None and done.name == "step_000003"
+
+    resumed = train(cfg, resume=True)
+    assert resumed.resumed_from == str(done)
+    assert resumed.loss_history == ref.loss_history  # bit-identical, all six steps
+    assert resumed.aux_loss_history == ref.aux_loss_history
+    assert resumed.val_history == ref.val_history
+    a, b = state_of(Path(ref.last_checkpoint)), state_of(Path(resumed.last_checkpoint))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # metrics.jsonl holds one history: rows of the crashed attempt past step 3 were dropped
+    rows = [json.loads(x) for x in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_rows_and_group_lrs(tiny_cfg) -> None:
+    cfg = tiny_cfg(
+        "train.max_steps=5",
+        "train.warmup_steps=2",
+        "train.decay_start=3",
+        "train.lr=0.001",
+        "train.memory_lr=0.002",
+        "train.bank_lr=0.0005",
+        "train.eval_every=5",
+        "train.save_every=5",
+    )
+    r = train(cfg)
+    rows = [json.loads(x) for x in (Path(r.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [x for x in rows if x["kind"] == "train"]
+    f = lr_multiplier(cfg.train)
+    for row in train_rows:
+        m = f(row["step"] - 1)  # the LR used by step s was set after s - 1 scheduler steps
+        assert row["lr_backbone"] == pytest.approx(0.001 * m)
+        assert row["lr_memory"] == pytest.approx(0.002 * m)
+        assert row["lr_bank"] == pytest.approx(0.0005 * m)
+        assert {"loss", "aux_loss", "grad_norm", "tokens_per_s"} <= row.keys()
+    assert [x["loss"] for x in train_rows] == r.loss_history
+    (ev,) = [x for x in rows if x["kind"] == "eval"]
+    assert ev["step"] == 5 and ev["val_ppl"] == pytest.approx(math.exp(ev["val_loss"]))
+
+
+def test_val_loss_is_token_weighted_over_masked_targets(tiny_cfg, tmp_path, prepared_writer) -> None:
+    """Chat data: the loss covers only mask=1 targets, and val loss = sum of token losses / count."""
+    docs = prepared_writer.docs(120, 3)
+    masks = [(torch.arange(len(d)) >= len(d) // 2).numpy().astype("uint8") for d in docs]
+    data = prepared_writer(
+        tmp_path / "chat",
+        {"train": docs[:100], "val": docs[100:]},
+        {"train": masks[:100], "val": masks[100:]},
+    )
+    cfg = tiny_cfg(
+        "train.max_steps=2",
+        "train.eval_batches=3",
+        "train.eval_every=2",
+        "train.micro_batch_size=3",
+        data=data,
+    )
+    r = train(cfg)
+    model = moc.build_model(cfg)
+    model.load_state_dict(state_of(Path(r.last_checkpoint)))
+    model.eval()
+    ds = PackedSequences(load_prepared(data, "val"), cfg.train.seq_len)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(min(len(ds), 9)):
+            item = ds[i]
+            logits = model(item["input_ids"][None]).logits[0]
+            total += F.cross_entropy(logits, item["labels"], ignore_index=-100, reduction="sum").item()
+            count += int((item["labels"] != -100).sum())
+    assert 0 < count < min(len(ds), 9) * cfg.train.seq_len  # some targets are masked out
+    assert r.final["val_loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_ift_from_checkpoint_with_frozen_bank(tiny_cfg) -> None:
+    pre = train(tiny_cfg("train.max_steps=3", "train.save_every=3", out="pre"))
+    cfg = tiny_cfg("train.max_steps=3", "train.freeze_bank=true", "train.schedule=cosine", out="ift")
+    r = train(cfg, init_from=pre.out_dir)  # a run dir resolves to its newest checkpoint
+    assert r.initialized_from == pre.last_checkpoint
+    before, after = state_of(Path(pre.last_checkpoint)), state_of(Path(r.last_checkpoint))
+    assert torch.equal(before["banks.0.weight"], after["banks.0.weight"])  # bit-identical bank
+    assert not torch.equal(before["layers.0.mlp.up_proj.weight"], after["layers.0.mlp.up_proj.weight"])
+    assert r.n_trainable_params == r.n_params - before["banks.0.weight"].numel()
+    osd = torch.load(Path(r.last_checkpoint) / C.OPTIMIZER, weights_only=True)
+    assert "banks.0.weight" not in osd["state"] and "layers.1.memory.q_proj.weight" in osd["state"]
+    unfrozen = train(
+        tiny_cfg("train.max_steps=1", "train.save_every=0", out="unfrozen"), init_from=pre.out_dir
+    )
+    bank_bytes = before["banks.0.weight"].numel() * 4
+    assert unfrozen.optimizer_state_bytes - r.optimizer_state_bytes >= 2 * bank_bytes
+
+
+def test_nan_stops_and_leaves_last_good_checkpoint(tiny_cfg) -> None:
+    cfg = tiny_cfg("train.max_steps=6", "train.save_every=3")
+
+    def poison(n: int, out: object) -> None:
+        if n == 5:
+            out.logits = out.logits * float("nan")
+
+    with pytest.raises(DivergenceError, match=r"non-finite loss at step 5.*step_000003"):
+        train(cfg, model=hooked_model(cfg, poison))
+    mgr = C.CheckpointManager(Path(cfg.train.out_dir) / "checkpoints")
+    assert [p.name for _, p in mgr.complete_steps()] == ["step_000003"]
+    assert all(torch.isfinite(t).all() for t in state_of(mgr.latest()).values())
+
+
+def test_nan_skip_policy_skips_and_counts(tiny_cfg) -> None:
+    cfg = tiny_cfg("train.max_steps=4", "train.nan_policy=skip", "train.save_every=4")
+
+    def poison(n: int, out: object) -> None:
+        if n == 2:
+            out.logits = out.logits * float("nan")
+
+    r = train(cfg, model=hooked_model(cfg, poison))
+    assert r.nan_skips == 1 and r.step == 4
+    assert math.isnan(r.loss_history[1]) and all(
+        math.isfinite(x) for i, x in enumerate(r.loss_history) if i != 1
+    )
+    assert all(torch.isfinite(t).all() for t in state_of(Path(r.last_checkpoint)).values())
+
+
+# --- clear errors ---------------------------------------------------------------------------------
+
+
+def test_missing_or_empty_data(tiny_cfg, tmp_path, prepared_writer) -> None:
+    with pytest.raises(TrainError, match="data.prepared_dir is not set"):
+        train(tiny_cfg("data.prepared_dir=null"))
+    with pytest.raises(TrainError, match="does not exist"):
+        train(tiny_cfg(f"data.prepared_dir={tmp_path / 'nope'}"))
+    empty = prepared_writer(tmp_path / "empty", {"train": [], "val": prepared_writer.docs(5, 0)})
+    with pytest.raises(TrainError, match="train split.*no tokens"):
+        train(tiny_cfg(data=empty))
+
+
+def test_token_ids_beyond_vocab(tiny_cfg, tmp_path, prepared_writer) -> None:
+    docs = prepared_writer.docs(20, 0)
+    docs[7][3] = 70  # the meta claims vocab 64 but the data holds id 70
+    bad = prepared_writer(tmp_path / "bad", {"train": docs, "val": docs[:3]})
+    with pytest.raises(TrainError, match="token id 70.*model.vocab_size is 64"):
+        train(tiny_cfg(data=bad))
+
+
+def test_tokenizer_vocab_mismatch(tiny_cfg, tmp_path, prepared_writer) -> None:
+    big = prepared_writer(tmp_path / "big", {"train": prepared_writer.docs(20, 0)}, vocab_size=100)
+    with pytest.raises(ConfigError, match="model.vocab_size=100"):
+        train(tiny_cfg(data=big))
+
+
+def test_seq_len_beyond_model(tiny_cfg) -> None:
+    with pytest.raises(ConfigError, match="train.seq_len=128 is longer than model.max_seq_len=64"):
+        train(tiny_cfg("train.seq_len=128"))
+
+
+def test_checkpoint_from_a_different_config(tiny_cfg, tmp_path) -> None:
+    pre = train(tiny_cfg("train.max_steps=1", out="pre"))
+    with pytest.raises(CheckpointError, match=r"model.d_ff: checkpoint 64 vs config 96"):
+        train(tiny_cfg("model.d_ff=96", out="other"), init_from=pre.last_checkpoint)
+    with pytest.raises(CheckpointError, match=r"memory.n_tokens"):  # --resume into the same out_dir
+        train(tiny_cfg("memory.n_tokens=64", "train.max_steps=2", out="pre"), resume=True)
+    # a bare weights file without a config.yaml next to it: the state-dict check names the keys
+    bare = tmp_path / "bare" / "weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(Path(pre.last_checkpoint) / C.WEIGHTS, bare)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: layers.0.mlp.down_proj.weight"):
+        train(tiny_cfg("model.d_ff=96", out="other2"), init_from=bare)
+
+
+def test_activation_checkpointing_gives_the_same_losses(tiny_cfg) -> None:
+    plain = train(tiny_cfg("train.max_steps=3", "train.save_every=0", out="a"))
+    ckpt = train(
+        tiny_cfg("train.max_steps=3", "train.save_every=0", "train.activation_checkpointing=true", out="b")
+    )
+    assert ckpt.loss_history == plain.loss_history
+
+
+def test_bf16_autocast_and_tensorboard(tiny_cfg) -> None:
+    r = train(tiny_cfg("train.max_steps=2", "train.dtype=bfloat16", "train.tensorboard=true"))
+    assert all(math.isfinite(x) for x in r.loss_history)
+    assert list((Path(r.out_dir) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_fresh_run_refuses_an_out_dir_with_checkpoints(tiny_cfg) -> None:
+    first = train(tiny_cfg("train.max_steps=2", "train.save_every=1", "train.keep_last=0"))
+    assert len(first.checkpoints) == 2
+    with pytest.raises(TrainError, match=r"already holds checkpoints \(newest: step_000002\).*--resume"):
+        train(tiny_cfg("train.max_steps=1"))
+    again = train(tiny_cfg("train.max_steps=1", "train.overwrite=true"))
+    assert [Path(p).name for p in again.checkpoints] == ["step_000001"] and again.step == 1
