@@ -102,7 +102,7 @@ def chapters_removed(
         if not 0 <= c < mem.n_chapters:
             raise ValueError(f"chapter {c} does not exist; chapters are 0..{mem.n_chapters - 1}")
     n_routed_removed = len({c for c in chapters if c >= mem.n_shared_chapters})
-    if mem.n_routed_chapters - n_routed_removed < mem.top_k:
+    if mem.n_chapters - mem.n_shared_chapters - n_routed_removed < mem.top_k:
         raise ValueError(
             f"removing {n_routed_removed} routed chapters leaves fewer than top_k={mem.top_k} to choose from"
         )
