@@ -94,8 +94,11 @@ def test_sigkill_during_save_never_leaves_a_loadable_half_checkpoint(tiny_cfg) -
     import torch.distributed.checkpoint.state_dict  # noqa: F401
 
     root = Path(cfg.train.out_dir) / "checkpoints"
-    # A forked child (no torch re-import) trains and saves at every step; kill it mid-save of step 2.
-    child = mp.get_context("fork").Process(target=train, args=(cfg,))
+    # A child (from a fork server: no torch re-import, no fork of this threaded process) trains and
+    # saves at every step; kill it mid-save of step 2.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["moc.train"])
+    child = ctx.Process(target=train, args=(cfg,))
     child.start()
     deadline = time.monotonic() + 120
     try:

@@ -31,11 +31,13 @@ def _worker(rank: int, port: int, cfg: moc.MoCConfig, resume: bool) -> None:
 def run_two_processes(cfg: moc.MoCConfig, resume: bool = False) -> None:
     """Two gloo ranks running moc.train.train, like `torchrun --nproc_per_node 2 -m moc pretrain`.
 
-    Forked (not spawned) so the children do not re-import torch, which costs ~5 s each on 2 cores."""
+    Started from a fork server (a fresh, single-threaded process that has imported moc.train once):
+    forking the test process itself can deadlock on its thread pools, spawning re-imports torch."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["moc.train"])
     procs = [ctx.Process(target=_worker, args=(rank, port, cfg, resume)) for rank in range(2)]
     for p in procs:
         p.start()
