@@ -24,7 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from moc.config import ConfigError, MemoryConfig, MoCConfig, ModelConfig, _section_from_dict
-from moc.model.memory import MemoryBank, MemoryLayer, MemoryState
+from moc.model.memory import MemoryLayer, MemoryState, bank_owners, build_banks
 
 ADAPTER_CONFIG = "moc_adapter.json"
 ADAPTER_WEIGHTS = "moc_adapter.safetensors"
@@ -54,25 +54,9 @@ class MemoryAdapter(nn.Module):
         self.config, self.d_model, self.n_layers, self.norm_eps = memory, d_model, n_layers, norm_eps
         self.layer_ids = layers
         self.memory = nn.ModuleDict({str(i): MemoryLayer(d_model, norm_eps, memory, i) for i in layers})
-        if memory.bank_sharing == "shared":
-            owner = [0] * len(layers)
-        elif memory.bank_sharing == "per_layer":
-            owner = list(range(len(layers)))
-        else:
-            owner = [j // memory.bank_group_size for j in range(len(layers))]
+        owner = bank_owners(memory, len(layers))
         self.bank_of_layer = dict(zip(layers, owner, strict=True))
-        dim = memory.bank_dim if memory.bank_type == "reduced" else d_model
-        self.banks = nn.ModuleList(
-            MemoryBank(
-                memory.n_tokens,
-                memory.n_chapters,
-                dim,
-                memory.bank_type,
-                memory.bank_rank,
-                memory.bank_init_std,
-            )
-            for _ in range(len(set(owner)))
-        )
+        self.banks = build_banks(memory, d_model, len(set(owner)))
         for layer in self.memory.values():
             nn.init.normal_(layer.q_proj.weight, std=0.02)
             nn.init.normal_(layer.k_proj.weight, std=0.02)

@@ -74,6 +74,24 @@ class MemoryBank(nn.Module):
         return self.weight.view(self.n_chapters, self.chapter_size, self.dim)[idx]
 
 
+def bank_owners(cfg: MemoryConfig, n_memory_layers: int) -> list[int]:
+    """Which bank each memory layer reads (in layer order): one shared, one each, or one per group."""
+    if cfg.bank_sharing == "shared":
+        return [0] * n_memory_layers
+    if cfg.bank_sharing == "per_layer":
+        return list(range(n_memory_layers))
+    return [j // cfg.bank_group_size for j in range(n_memory_layers)]
+
+
+def build_banks(cfg: MemoryConfig, d_model: int, n_banks: int) -> nn.ModuleList:
+    """``n_banks`` memory banks as the config describes (a reduced bank lives in ``bank_dim`` dims)."""
+    dim = cfg.bank_dim if cfg.bank_type == "reduced" else d_model
+    return nn.ModuleList(
+        MemoryBank(cfg.n_tokens, cfg.n_chapters, dim, cfg.bank_type, cfg.bank_rank, cfg.bank_init_std)
+        for _ in range(n_banks)
+    )
+
+
 @dataclass
 class RoutingInfo:
     """What one memory layer's router decided (detached), for losses' logging and inspection.

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
-from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo
+from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo, bank_owners, build_banks
 from .params import param_category
 
 if TYPE_CHECKING:
@@ -119,21 +119,9 @@ class MoCModel(nn.Module):
         self.lm_head = None if m.tie_embeddings else nn.Linear(m.d_model, m.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(m.head_dim, m.rope_theta)
         # Which bank each memory layer reads.
-        n_mem = len(self.memory_layers)
-        if mem.bank_sharing == "shared":
-            owner = [0] * n_mem
-        elif mem.bank_sharing == "per_layer":
-            owner = list(range(n_mem))
-        else:
-            owner = [j // mem.bank_group_size for j in range(n_mem)]
+        owner = bank_owners(mem, len(self.memory_layers))
         self.bank_of_layer = dict(zip(self.memory_layers, owner, strict=True))
-        bank_dim = mem.bank_dim if mem.bank_type == "reduced" else m.d_model
-        self.banks = nn.ModuleList(
-            MemoryBank(
-                mem.n_tokens, mem.n_chapters, bank_dim, mem.bank_type, mem.bank_rank, mem.bank_init_std
-            )
-            for _ in range(len(set(owner)))
-        )
+        self.banks = build_banks(mem, m.d_model, len(set(owner)))
         self.gradient_checkpointing = False
         self.reset_parameters()
 
