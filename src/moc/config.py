@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -453,7 +454,7 @@ def load_config(
         d = dict(name_or_path)
     else:
         d = _read_yaml_or_preset(str(name_or_path))
-    d = _resolve_base(d, seen=set())
+    d = resolve_base(d, _read_yaml_or_preset)
     _apply_overrides(d, overrides)
     return from_dict(d)
 
@@ -479,17 +480,26 @@ def _read_yaml_or_preset(spec: str) -> dict[str, Any]:
     return data
 
 
-def _resolve_base(d: dict[str, Any], seen: set[str]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, merging nested mappings key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_base(
+    d: dict[str, Any],
+    read: Callable[[str], dict[str, Any]],
+    what: str = "config",
+    seen: set[str] | None = None,
+) -> dict[str, Any]:
+    """Follow ``base: NAME_OR_PATH`` chains (read with ``read``), merging each child over its parent."""
+    seen = set() if seen is None else seen
     base = d.pop("base", None)
     if base is None:
         return d
     if base in seen:
-        raise ConfigError(f"config 'base' chain loops at {base!r}")
+        raise ConfigError(f"{what} 'base' chain loops at {base!r}")
     seen.add(base)
-    merged = _resolve_base(_read_yaml_or_preset(base), seen)
-    for key, value in d.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
+    return deep_merge(resolve_base(read(str(base)), read, what, seen), d)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from moc.config import ConfigError, MoCConfig, _check_type, _suggest, load_config
+from moc.config import ConfigError, MoCConfig, _check_type, _suggest, load_config, resolve_base
 
 EXPERIMENT_PRESET_DIR = Path(__file__).parent / "presets"
 IFT_VARIANTS = ("frozen", "low_lr")
@@ -286,23 +286,11 @@ def _read(spec: str) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _resolve_base(d: dict[str, Any], seen: set[str]) -> dict[str, Any]:
-    base = d.pop("base", None)
-    if base is None:
-        return d
-    if base in seen:
-        raise ConfigError(f"experiment 'base' chain loops at {base!r}")
-    seen.add(base)
-    parent = _resolve_base(_read(str(base)), seen)
-    parent.pop("name", None)
-    return _merge(parent, d)
+def _read_parent(spec: str) -> dict[str, Any]:
+    """A ``base:`` parent: its name is not inherited by the child."""
+    data = _read(spec)
+    data.pop("name", None)
+    return data
 
 
 def _set_path(d: dict[str, Any], key: str, value: Any) -> None:
@@ -373,6 +361,6 @@ def load_experiment(
         d = dict(spec)
     else:
         d = _read(str(spec))
-    d = _resolve_base(d, seen=set())
+    d = resolve_base(d, _read_parent, what="experiment")
     apply_overrides(d, overrides)
     return experiment_from_dict(d)
