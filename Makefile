@@ -4,13 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # On this CPU machine torch==2.13.0 installs the CPU build from local disk. A GPU user keeps the same
 # pin (PyPI's Linux wheel is the CUDA build) or points TORCH at another build, e.g.
-#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cu128"   # CUDA 12.8
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"     # CPU only, ~200 MB
+# `.[all]`: the test suite exercises every extra (lm-eval and peft in tests/hf and tests/adapters, the
+# demo's fact packages in tests/corpus and the smoke experiment, matplotlib for reports).
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean corpus-deps
+.PHONY: demo test lint clean corpus-deps mutate
 
+# moc needs Python >= 3.11. Check before pip, which on an older Python spends many minutes
+# backtracking through torch/CUDA releases without naming the cause.
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+	  || { echo "moc needs Python >= 3.11, but '$(PYTHON)' is $$($(PYTHON) -V 2>&1 || echo missing)." \
+	       "Install one (e.g. apt install python3.11-venv, or pyenv) and run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; \
+	       exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[all]'
@@ -33,8 +42,18 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
+# Mutation testing of the memory read, the accounting and the training loss (config: [tool.mutmut] in
+# pyproject.toml; see README "Development"). Not part of `make test`: tens of minutes on 1-2 cores.
+# Narrow it with mutmut's name globs, e.g. make mutate MUTANTS='moc.model.memory*'; then
+# `$(BIN)/mutmut results` lists the survivors and `$(BIN)/mutmut show NAME` prints one as a diff.
+MUTANTS     ?=
+MUTATE_JOBS ?= 1
+mutate: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
+	$(BIN)/mutmut results
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

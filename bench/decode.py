@@ -13,7 +13,7 @@ the KV cache, greedily, never stopping early. Three numbers per model:
     python bench/decode.py --preset paper-moc --device cuda --dtype bfloat16 --batch 16 \
         --prompt-len 512 --new-tokens 256                        # the paper's models on one GPU
 
-The dense model is ``moc.flops.isoflop_config(cfg)``: same width, the depth whose training forward
+The dense model is ``moc.accounting.isoflop_config(cfg)``: same width, the depth whose training forward
 FLOPs (at train.seq_len) match the MoC model's. Weights are random: speed does not depend on them.
 """
 
@@ -26,7 +26,7 @@ import time
 import torch
 
 import moc
-from moc.flops import isoflop_config
+from moc.accounting import isoflop_config
 from moc.hf import MoCDynamicCache, from_moc_model
 
 
@@ -36,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def bench_one(cfg: moc.MoCConfig, args: argparse.Namespace) -> dict:
+def bench_one(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     model = from_moc_model(moc.build_model(cfg)).to(device=device, dtype=dtype).eval()

@@ -16,7 +16,9 @@ def _seed() -> None:
 def tiny_model(*overrides: str, live_memory: bool = True) -> moc.model.MoCModel:
     """A tiny MoC model. With ``live_memory`` the memory output projections get random weights, so
     memory reads change the logits from the first step (they start at zero, as in the paper)."""
-    model = moc.build_model(moc.load_config("tiny-moc", list(overrides)))
+    # Pinned to causal routing (tiny-moc's default before it became token): these tests exercise the
+    # chunked read; a test that wants another mode overrides it.
+    model = moc.build_model(moc.load_config("tiny-moc", ["memory.routing=causal", *overrides]))
     if live_memory:
         for name, p in model.named_parameters():
             if name.endswith("memory.o_proj.weight"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 import moc
-from moc.config import ConfigError, MoCConfig, load_config
+from moc.config import ConfigError, RunConfig, load_config
 
 
 def test_presets_load() -> None:
     for name in moc.preset_names():
-        assert isinstance(load_config(name), MoCConfig)
+        assert isinstance(load_config(name), RunConfig)
     cfg = load_config("paper-moc")
     assert cfg.memory_layers == [2, 6, 10, 14]
     assert cfg.memory.n_selected_tokens == 4160 and cfg.memory.chapter_size == 64
@@ -63,7 +63,9 @@ def test_placement_specs(spec: str, layers: list[int]) -> None:
         (["model.d_model=-4"], "must be positive"),
         (["memory.n_shared_chapters=32"], "n_shared_chapters"),
         (["memory.bank_type=reduced", "memory.bank_dim=30"], "memory.bank_dim=30"),
-        (["top_k=3"], "section.key"),
+        (["top_k=3"], "unknown key top_k \\(did you mean 'memory.top_k'"),
+        (["memory.routing=casual"], "did you mean 'causal'"),
+        (["model.d_model.width=3"], "'d_model' is not a section"),
     ],
 )
 def test_validation_errors(overrides: list[str], message: str) -> None:
@@ -87,3 +89,22 @@ def test_float_overrides_accept_exponent_without_dot() -> None:
     assert load_config("tiny-moc", ["train.lr=3e-4"]).train.lr == 3e-4
     with pytest.raises(ConfigError, match="expected float"):
         load_config("tiny-moc", ["train.lr=fast"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.seq_len=4096"], "longer than model.max_seq_len"),
+        (["train.micro_batch_size=0"], "train.micro_batch_size must be positive"),
+        (["train.epochs=0"], "train.epochs must be positive"),
+        (["train.min_lr_ratio=2"], r"train.min_lr_ratio must be in \[0, 1\]"),
+        (["train.warmup_steps=50", "train.decay_start=10"], "before the end of warmup"),
+    ],
+)
+def test_train_validation(overrides: list[str], message: str) -> None:
+    """Checks a training run adds: the config loads (it may only build a model), training refuses it."""
+    from moc.config import validate_train
+
+    cfg = load_config("tiny-moc", overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate_train(cfg)

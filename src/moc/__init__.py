@@ -6,17 +6,17 @@ model = moc.build_model(cfg)
 out = model(input_ids)          # out.logits (B, L, V), out.aux_loss, out.routing
 """
 
-from moc.config import ConfigError, MoCConfig, load_config, preset_names
+from moc.config import ConfigError, RunConfig, load_config, preset_names
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "MoCConfig", "build_model", "load_config", "preset_names", "__version__"]
+__all__ = ["ConfigError", "RunConfig", "build_model", "load_config", "preset_names", "__version__"]
 
 
-def build_model(cfg: MoCConfig | str, overrides: list[str] | None = None):  # noqa: ANN201
+def build_model(cfg: RunConfig | str, overrides: list[str] | None = None):  # noqa: ANN201
     """Build the network described by ``cfg`` (a config, preset name or YAML path)."""
     from moc.model import MoCModel
 
-    if not isinstance(cfg, MoCConfig) or overrides:
+    if not isinstance(cfg, RunConfig) or overrides:
         cfg = load_config(cfg, overrides)
     return MoCModel(cfg)

@@ -9,22 +9,47 @@ A full config has the sections ``model``, ``memory``, ``train`` and ``data``. On
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from moc.configio import (
+    ConfigError,
+    apply_overrides,
+    build,
+    deep_merge,
+    load,
+    parse_yaml_value,
+    presets_in,
+    read_spec,
+    read_yaml,
+    resolve_base,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "MemoryConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "deep_merge",
+    "from_dict",
+    "load_config",
+    "parse_yaml_value",
+    "preset_names",
+    "read_yaml",
+    "resolve_base",
+    "validate",
+    "validate_schedule",
+    "validate_train",
+]
+
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,6 +75,14 @@ class ModelConfig:
     # Overrides for the residual-branch output projections (None: use init_std).
     attn_out_init_std: float | None = None
     mlp_down_init_std: float | None = None
+    # Self-attention over packed documents (position ids that restart): "sdpa" = a dense boolean
+    # block-diagonal mask (fine on CPU / short rows), "flex" = a FlexAttention block mask (block-sparse,
+    # compiled on CUDA), "auto" = flex on CUDA, sdpa elsewhere. Rows of one document use causal SDPA.
+    attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    # LM loss with labels: project to the vocabulary and take the cross-entropy this many tokens at a
+    # time, recomputing each chunk's logits in backward, so full (tokens x vocab) fp32 logits are never
+    # held (0: one shot). Only when the caller does not ask for the logits.
+    loss_chunk_size: int = 4096
 
     @property
     def head_dim(self) -> int:
@@ -76,6 +109,14 @@ class MemoryConfig:
     # causal routing: positions [g*S, (g+1)*S) share one routing decision, made from the mean of
     # the hidden states at positions < g*S (chunk 0 routes from the router bias alone).
     causal_chunk_size: int = 64
+    # How a selected chapter's weight enters the read: "kv" scales the memory vectors before W_K and
+    # W_V (the paper), "v" scales only the values, "logit" adds log(weight) to that chapter's logits.
+    chapter_weighting: Literal["kv", "v", "logit"] = "kv"
+    # What the router pools: "memory_norm" = RMSNorm(h) at the memory layer's input (ours);
+    # "block_input" = the block's input residual stream, before self-attention (the paper's code).
+    router_input: Literal["memory_norm", "block_input"] = "memory_norm"
+    # How the router aux losses of the memory layers combine: "sum" (ours) or "mean" (the paper's code).
+    aux_loss_reduction: Literal["sum", "mean"] = "sum"
     # One bank for all memory layers ("shared"), one per memory layer ("per_layer"), or one per
     # group of `bank_group_size` consecutive memory layers ("grouped").
     bank_sharing: Literal["shared", "per_layer", "grouped"] = "shared"
@@ -143,11 +184,17 @@ class TrainConfig:
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
     max_steps: int = 1000
+    # Train for this many passes over the training windows instead of max_steps (null: use max_steps):
+    # max_steps = ceil(epochs * windows / global batch), set when the data is opened.
+    epochs: float | None = None
     # Learning rates per parameter group; None means "same as lr".
     lr: float = 3e-4
     memory_lr: float | None = None
     bank_lr: float | None = None
     weight_decay: float = 0.1
+    # true: weight decay on every parameter, norms, biases, embeddings and bank included (the paper's
+    # runs; the bank then decays at bank_weight_decay); false: 0/1-D tensors and embeddings are exempt.
+    weight_decay_all: bool = False
     memory_weight_decay: float | None = None
     bank_weight_decay: float = 0.0
     beta1: float = 0.9
@@ -197,10 +244,13 @@ class DataConfig:
     txt_mode: Literal["file", "line", "paragraph"] = "file"
     # Seeds only the choice of held-out documents, so runs with different train.seed share one val set.
     split_seed: int = 0
+    # Packed training windows carry per-document position ids (restarting at each document) so the model
+    # keeps documents apart; false: one position run per window across documents (the old behaviour).
+    separate_documents: bool = True
 
 
 @dataclass
-class MoCConfig:
+class RunConfig:
     """The whole configuration. ``model`` + ``memory`` define the network."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -221,10 +271,10 @@ class MoCConfig:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
-    def replace(self, overrides: list[str] | dict[str, Any]) -> MoCConfig:
+    def replace(self, overrides: list[str] | dict[str, Any]) -> RunConfig:
         """A copy with ``key.sub=value`` overrides applied (validated)."""
         d = self.to_dict()
-        _apply_overrides(d, overrides)
+        apply_overrides(d, overrides, _OVERRIDE_EXAMPLE)
         return from_dict(d)
 
     @property
@@ -237,7 +287,7 @@ class MoCConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def validate(cfg: MoCConfig) -> None:
+def validate(cfg: RunConfig) -> None:
     m, mem = cfg.model, cfg.memory
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
         if getattr(m, key) <= 0:
@@ -254,6 +304,11 @@ def validate(cfg: MoCConfig) -> None:
         )
     if m.head_dim % 2:
         raise ConfigError(f"head size d_model / n_heads = {m.head_dim} must be even for RoPE")
+    if m.loss_chunk_size < 0:
+        raise ConfigError(
+            f"model.loss_chunk_size must be >= 0 (tokens per loss chunk, 0 = one shot), "
+            f"got {m.loss_chunk_size}"
+        )
     if not mem.enabled:
         return
     for key in ("n_tokens", "n_chapters", "top_k", "n_heads", "n_kv_heads", "causal_chunk_size"):
@@ -302,204 +357,80 @@ def validate(cfg: MoCConfig) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# Loading: dicts, YAML, presets, overrides
-# --------------------------------------------------------------------------------------------------
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "memory": MemoryConfig,
-    "train": TrainConfig,
-    "data": DataConfig,
-}
-
-
-def _suggest(key: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _check_type(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null")
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        choices = ", ".join(repr(a) for a in typing.get_args(tp))
-        raise ConfigError(f"{key}: {value!r} is not one of {choices}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
-        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - only the annotations above are used
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+def validate_train(cfg: RunConfig) -> None:
+    """The checks a training run adds to :func:`validate`, the LR schedule's included (called by
+    ``moc.train`` before any work; a config that only builds a model may leave ``train`` inconsistent)."""
+    t = cfg.train
+    for key in ("seq_len", "micro_batch_size", "grad_accum_steps", "max_steps"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(
+            f"train.seq_len={t.seq_len} is longer than model.max_seq_len={cfg.model.max_seq_len}; "
+            f"lower train.seq_len or raise model.max_seq_len"
+        )
+    if t.epochs is not None and t.epochs <= 0:
+        raise ConfigError(f"train.epochs must be positive (or null to use train.max_steps), got {t.epochs}")
+    validate_schedule(t)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _section_from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in d.items():
-        if key not in names:
-            raise ConfigError(f"unknown key {prefix}.{key}{_suggest(key, names)}")
-        kwargs[key] = _check_type(value, hints[key], f"{prefix}.{key}")
-    return cls(**kwargs)
-
-
-def from_dict(d: dict[str, Any]) -> MoCConfig:
-    """Build a validated config from a nested dict (unknown keys and wrong types are errors)."""
-    d = dict(d or {})
-    unknown = [k for k in d if k not in _SECTIONS and k != "name"]
-    if unknown:
-        k = unknown[0]
-        raise ConfigError(f"unknown section {k!r}{_suggest(k, [*_SECTIONS, 'name'])}")
-    sections = {k: _section_from_dict(cls, d.get(k) or {}, k) for k, cls in _SECTIONS.items()}
-    name = d.get("name", "custom")
-    if not isinstance(name, str):
-        raise ConfigError(f"name: expected str, got {name!r}")
-    return MoCConfig(**sections, name=name)
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value, e.g. memory.top_k=16")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if key.startswith("--set"):
-        key = key[len("--set") :].strip()
-    return key, yaml.safe_load(raw) if raw.strip() else ""
-
-
-def _apply_overrides(d: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> None:
-    if not overrides:
+def validate_schedule(t: TrainConfig) -> None:
+    """The LR schedule's settings (also checked by :func:`moc.train.schedule.lr_multiplier`, which
+    builds the schedule from them)."""
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.max_steps <= 0:
+        raise ConfigError(f"train.max_steps must be positive, got {t.max_steps}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    if t.schedule not in ("wsd", "cosine", "constant"):
+        raise ConfigError(f"train.schedule: unknown schedule {t.schedule!r}; use wsd, cosine or constant")
+    if t.schedule != "wsd":
         return
-    items = overrides.items() if isinstance(overrides, dict) else map(_parse_override, overrides)
-    for key, value in items:
-        parts = key.split(".")
-        if key == "name":
-            d["name"] = value
-            continue
-        if len(parts) != 2:
-            raise ConfigError(f"override key {key!r} must be section.key, e.g. memory.top_k")
-        section, name = parts
-        if section not in _SECTIONS:
-            raise ConfigError(
-                f"unknown section {section!r} in override {key!r}{_suggest(section, _SECTIONS)}"
-            )
-        d.setdefault(section, {})
-        if d[section] is None:
-            d[section] = {}
-        d[section][name] = value
+    if t.decay_start <= 0:
+        raise ConfigError(
+            f"train.decay_start must be > 0 (a step, or a fraction of max_steps), got {t.decay_start}"
+        )
+    # A fraction never starts before the end of warmup (short runs start decaying once it is done); a
+    # step before it is an error.
+    if t.decay_start > 1 and int(t.decay_start) < t.warmup_steps:
+        raise ConfigError(
+            f"train.decay_start resolves to step {int(t.decay_start)}, before the end of warmup "
+            f"(train.warmup_steps={t.warmup_steps}); start the decay after warmup"
+        )
+    if t.decay_shape not in ("linear", "cosine", "1-sqrt"):
+        raise ConfigError(f"train.decay_shape: unknown shape {t.decay_shape!r}; use linear, cosine or 1-sqrt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: dicts, YAML, presets, overrides (the generic machinery is moc.configio's)
+# --------------------------------------------------------------------------------------------------
+
+_OVERRIDE_EXAMPLE = "memory.top_k=16"
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    """Build a validated config from a nested dict (unknown keys and wrong types are errors)."""
+    return build(RunConfig, dict(d or {}))
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """The run-config presets shipped in ``moc/presets``."""
+    return presets_in(PRESET_DIR)
+
+
+def _read_yaml_or_preset(spec: str) -> dict[str, Any]:
+    return read_spec(spec, PRESET_DIR, "config")
 
 
 def load_config(
-    name_or_path: str | Path | dict[str, Any] | MoCConfig,
+    name_or_path: str | Path | dict[str, Any] | RunConfig,
     overrides: list[str] | dict[str, Any] | None = None,
-) -> MoCConfig:
+) -> RunConfig:
     """Load a preset by name, a YAML file, a dict or a config, then apply ``key.sub=value`` overrides.
 
     A YAML file may start from a preset with ``base: PRESET_OR_PATH`` and override sections on top.
     """
-    if isinstance(name_or_path, MoCConfig):
-        d = name_or_path.to_dict()
-    elif isinstance(name_or_path, dict):
-        d = dict(name_or_path)
-    else:
-        d = _read_yaml_or_preset(str(name_or_path))
-    d = resolve_base(d, _read_yaml_or_preset)
-    _apply_overrides(d, overrides)
-    return from_dict(d)
-
-
-def _read_yaml_or_preset(spec: str) -> dict[str, Any]:
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise ConfigError(f"config file {spec} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {spec} must hold a mapping of sections")
-        data.setdefault("name", path.stem)
-        return data
-    preset = PRESET_DIR / f"{spec}.yaml"
-    if not preset.exists():
-        raise ConfigError(
-            f"no preset or file named {spec!r}{_suggest(spec, preset_names())}; "
-            f"presets: {', '.join(preset_names())}"
-        )
-    data = yaml.safe_load(preset.read_text()) or {}
-    data.setdefault("name", spec)
-    return data
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, merging nested mappings key by key."""
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def resolve_base(
-    d: dict[str, Any],
-    read: Callable[[str], dict[str, Any]],
-    what: str = "config",
-    seen: set[str] | None = None,
-) -> dict[str, Any]:
-    """Follow ``base: NAME_OR_PATH`` chains (read with ``read``), merging each child over its parent."""
-    seen = set() if seen is None else seen
-    base = d.pop("base", None)
-    if base is None:
-        return d
-    if base in seen:
-        raise ConfigError(f"{what} 'base' chain loops at {base!r}")
-    seen.add(base)
-    return deep_merge(resolve_base(read(str(base)), read, what, seen), d)
+    if isinstance(name_or_path, dict):
+        name_or_path = copy.deepcopy(name_or_path)  # overrides must not write into the caller's dict
+    return load(RunConfig, name_or_path, overrides, _read_yaml_or_preset, example=_OVERRIDE_EXAMPLE)

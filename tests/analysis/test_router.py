@@ -13,7 +13,7 @@ def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
     out = []
     for _ in range(n):
         ids = torch.randint(0, 256, (2, 33), generator=g)
-        out.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+        out.append({"input_ids": ids[:, :-1], "targets": ids[:, 1:]})
     return out
 
 
@@ -40,12 +40,33 @@ def test_removed_chapter_is_never_picked_and_restored_after(make_model) -> None:
     assert any((info.indices == most_used).any() for info in out.routing)
 
 
+def _token_mean_loss(model, batches) -> float:  # noqa: ANN001
+    """Token-weighted next-token loss over all batches, computed here (not with moc.analysis)."""
+    with torch.no_grad():
+        logits = torch.cat([model(b["input_ids"]).logits for b in batches])
+    labels = torch.cat([b["targets"] for b in batches])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
+
+
 def test_removing_chapters_changes_the_loss(make_model) -> None:
-    model = make_model()
-    effect = ablate_chapters(model, _batches(), [0])  # the shared chapter
-    assert effect["delta"] != 0
-    assert effect["ablated_loss"] == pytest.approx(effect["base_loss"] + effect["delta"])
-    rows = chapter_importance(model, _batches(), top=3)
+    """The ablated loss equals the loss of a copy whose router can never pick the chapter (bias -inf).
+
+    Independent of the ``disabled`` mechanism under test: a chapter with score -1e9 has probability 0.
+    """
+    model = make_model().eval()
+    usage = chapter_usage(model, _batches())
+    chapter = 1 + max(range(31), key=lambda i: usage[0].counts[i] + usage[1].counts[i])  # a routed one
+    effect = ablate_chapters(model, _batches(), [chapter])
+    base = _token_mean_loss(model, _batches())
+    with torch.no_grad():
+        for layer in (1, 3):
+            model.layers[layer].memory.router.proj.bias[chapter] = -1e9
+    ablated = _token_mean_loss(model, _batches())
+    assert effect["base_loss"] == pytest.approx(base, rel=1e-5)
+    assert effect["ablated_loss"] == pytest.approx(ablated, rel=1e-5)
+    assert abs(ablated - base) > 1e-4  # the chapter mattered, so the equalities above are not vacuous
+    assert effect["delta"] == pytest.approx(ablated - base, rel=1e-3)
+    rows = chapter_importance(make_model(), _batches(), top=3)
     assert len(rows) == 4 and rows[0]["delta"] >= rows[-1]["delta"]
 
 

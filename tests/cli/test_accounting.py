@@ -95,3 +95,25 @@ def test_bad_seq_len_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_config_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["params", "paper-mco"]) == 2
     assert "paper-moc" in capsys.readouterr().err  # suggests the close preset name
+
+
+def test_batch_size_on_isoflop_flops_and_info(capsys: pytest.CaptureFixture[str]) -> None:
+    causal = ("paper-moc", "--set", "memory.routing=causal")
+    iso = run_json(capsys, "isoflop", *causal, "--batch-size", "16")
+    assert (iso["batch_size"], iso["dense_layers"]) == (16, 28)
+    assert iso["moc_forward"] == pytest.approx(572e9, rel=0.03)
+    assert run_json(capsys, "isoflop", *causal)["dense_layers"] > 28  # batch 1: every decision apart
+    flops = run_json(capsys, "flops", *causal, "--batch-size", "16")
+    assert flops["forward"] == iso["moc_forward"]
+    assert flops["routing"]["batch_decisions"] == 256
+    info = run_json(capsys, "info", *causal, "--batch-size", "16")
+    assert info["isoflop"]["dense_layers"] == 28 and info["flops"]["batch_size"] == 16
+    assert main(["flops", *causal, "--batch-size", "16"]) == 0
+    assert "micro-batch 16" in capsys.readouterr().out
+
+
+def test_bad_batch_size_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["isoflop", "tiny-moc", "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "sequences per micro-batch" in capsys.readouterr().err

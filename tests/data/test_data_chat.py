@@ -62,7 +62,7 @@ def test_only_assistant_tokens_are_trained(tmp_path: Path, tok_dir: Path, tok, t
     assert d.meta["n_loss_tokens"]["train"] == int(d.loss_mask.sum())
     # Through packing: the labels that are not -100 are exactly the masked-in tokens.
     ps = PackedSequences(d, seq_len=8)
-    labels = torch.cat([ps[i]["labels"] for i in range(len(ps))])
+    labels = torch.cat([ps[i]["targets"] for i in range(len(ps))])
     kept = labels[labels != -100].tolist()
     n = len(ps) * 8
     assert kept == [t for t, m in zip(d.tokens[1 : n + 1].tolist(), d.loss_mask[1 : n + 1].tolist()) if m]

@@ -104,6 +104,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN00
         == 2
     )
     err = capsys.readouterr().err
-    assert err.startswith("moc: data error: ") and "unknown extension '.csv'" in err
+    assert err.startswith("moc data prepare: ") and "unknown extension '.csv'" in err
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "no meta.json" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Packing prepared tokens into training windows: boundaries, shifted labels, masks, errors."""
+"""Packing prepared tokens into training windows: boundaries, shifted targets, masks, errors."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def test_windows_cover_stride_seq_len() -> None:
         item = ps[i]
         assert item["input_ids"].dtype == torch.long and item["input_ids"].shape == (5,)
         assert item["input_ids"].tolist() == tokens[i * 5 : i * 5 + 5]  # window i = tokens [iL, iL+L+1)
-        assert item["labels"].tolist() == tokens[i * 5 + 1 : i * 5 + 6]  # next tokens, already shifted
-    targets = torch.cat([ps[i]["labels"] for i in range(len(ps))]).tolist()
+        assert item["targets"].tolist() == tokens[i * 5 + 1 : i * 5 + 6]  # next tokens, already shifted
+    targets = torch.cat([ps[i]["targets"] for i in range(len(ps))]).tolist()
     assert targets == tokens[1:21]  # every token but the first is a target once; the 2-token tail is dropped
     assert ps[-1]["input_ids"].tolist() == ps[3]["input_ids"].tolist()
     with pytest.raises(IndexError):
@@ -63,8 +63,8 @@ def test_loss_mask_becomes_ignore_index() -> None:
     tokens = [5, 6, 7, 8, 9, 10, 11, 12, 13]
     mask = [0, 0, 1, 1, 0, 1, 0, 0, 1]
     ps = PackedSequences(token_data(tokens, mask), seq_len=4)
-    assert ps[0]["labels"].tolist() == [-100, 7, 8, -100]  # labels[j] = t[j+1] if mask[j+1] else -100
-    assert ps[1]["labels"].tolist() == [10, -100, -100, 13]
+    assert ps[0]["targets"].tolist() == [-100, 7, 8, -100]  # targets[j] = t[j+1] if mask[j+1] else -100
+    assert ps[1]["targets"].tolist() == [10, -100, -100, 13]
     assert ps[1]["input_ids"].tolist() == [9, 10, 11, 12]
 
 
@@ -77,7 +77,7 @@ def test_documents_are_eos_separated_across_windows(tmp_path: Path, tok_dir: Pat
         )
     )
     ps = PackedSequences(d, seq_len=16)
-    stream = [ps[0]["input_ids"][0].item()] + torch.cat([ps[i]["labels"] for i in range(len(ps))]).tolist()
+    stream = [ps[0]["input_ids"][0].item()] + torch.cat([ps[i]["targets"] for i in range(len(ps))]).tolist()
     assert stream == d.tokens[: len(ps) * 16 + 1].tolist()
     expected = []
     for t in texts:
@@ -93,9 +93,9 @@ def test_chat_sequences_pad_and_truncate() -> None:
     assert len(cs) == 2 and cs.n_truncated == 1
     a = cs[0]
     assert a["input_ids"].tolist() == [1, 2, 3, 0, 0]
-    assert a["labels"].tolist() == [-100, 3, 4, -100, -100]
+    assert a["targets"].tolist() == [-100, 3, 4, -100, -100]
     assert a["attention_mask"].tolist() == [1, 1, 1, 0, 0]
     b = cs[1]
     assert b["input_ids"].tolist() == [5, 6, 7, 8, 9]
-    assert b["labels"].tolist() == [6, 7, 8, 9, 10]
+    assert b["targets"].tolist() == [6, 7, 8, 9, 10]
     assert b["attention_mask"].tolist() == [1] * 5

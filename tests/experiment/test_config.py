@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from moc.accounting import isoflop
 from moc.config import ConfigError
 from moc.experiment.config import check_data_given, experiment_presets, load_experiment
 from moc.experiment.models import ift_runs, model_specs, phase_config
-from moc.flops import isoflop
 
 
 def test_presets_load_and_differ() -> None:
@@ -31,8 +31,10 @@ def test_paper_preset_matches_spec() -> None:
     assert exp.ift.lr * exp.ift.memory_lr_scale == pytest.approx(1.5e-5)
     specs = model_specs(exp)
     assert specs["moc_sequence"].cfg.memory.routing == "sequence"  # the paper's routing, as the ablation
-    # The iso-FLOP depth follows moc.flops for the (causal) main model at the pretraining length.
-    assert specs["dense_isoflop"].cfg.model.n_layers == isoflop(exp.moc_config, 1024)["dense_layers"]
+    # The iso-FLOP depth follows moc.accounting for the (causal) main model at the pretraining length and
+    # micro-batch (batch-aware: distinct chapters are projected once per micro-batch).
+    micro = exp.pretrain.micro_batch_size or cfg.train.micro_batch_size
+    assert specs["dense_isoflop"].cfg.model.n_layers == isoflop(exp.moc_config, 1024, micro)["dense_layers"]
     assert abs(specs["dense_isoflop"].isoflop_mismatch) < 0.01
 
 
@@ -95,7 +97,7 @@ def test_unknown_experiment_suggests() -> None:
 
 
 def test_models_share_the_recipe(tmp_path: Path) -> None:
-    exp = load_experiment("demo")
+    exp = load_experiment("demo", ["ift.steps=40"])  # the demo's IFT recipe (off by default: see the preset)
     specs = model_specs(exp, vocab_size=1000)
     assert list(specs) == ["moc", "dense_backbone", "dense_isoflop", "moc_sequence"]
     assert specs["moc_sequence"].cfg.memory.routing == "sequence"

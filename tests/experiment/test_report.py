@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moc.experiment import summary as S
+from moc.experiment import summary
 from moc.experiment.report import tables, write_report
 from moc.experiment.verdict import findings
 
@@ -119,7 +119,7 @@ def test_several_seeds_use_spread(results: dict, tmp_path: Path) -> None:
         for run in second[phase].values():
             run["val"]["loss"] += 0.02
     two["runs"].append(second)
-    est = S.val_loss(two, "pretrain", "moc")
+    est = summary.val_loss(two, "pretrain", "moc")
     assert (
         est.kind == "sd" and est.value == pytest.approx(3.422) and est.err == pytest.approx(0.01414, rel=1e-3)
     )
@@ -147,4 +147,4 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").is_file()
     assert "Validation loss" in capsys.readouterr().out
-    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert main(["report", str(tmp_path / "missing")]) == 2

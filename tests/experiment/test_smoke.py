@@ -77,6 +77,66 @@ def test_outputs(smoke_run: tuple[Path, dict, str]) -> None:
     )
 
 
+def check_report_matches_results(report: str, results: dict) -> int:
+    """Every validation loss and probe accuracy row of ``report`` (report.md) against the raw run records
+    of ``results`` (results.json), recomputed here without moc.experiment's summary code. One seed.
+
+    Returns the number of rows checked; raises AssertionError naming the first row that disagrees."""
+    (run,) = results["runs"]
+    lines = report.splitlines()
+
+    def row(prefix: str, *cells: str) -> None:
+        hits = [x for x in lines if x.startswith(prefix)]
+        assert len(hits) == 1, f"report.md: expected one row starting {prefix!r}, found {len(hits)}"
+        for cell in cells:
+            assert cell in hits[0], f"report.md row {hits[0]!r} lacks {cell!r} (from results.json)"
+
+    checked = 0
+    tasks = results.get("probe_tasks", {})
+    for key, info in results["ift_runs"].items():
+        pre, post = run["pretrain"][info["base"]], run["ift"][key]
+        a, b = pre["val"]["loss"], post["val"]["loss"]
+        row(f"| {info['label']} | {a:.3f} ± ", f"| {b:.3f} ± ", f"| {b - a:+.3f} |")
+        checked += 1
+        for task, base in tasks.items():
+            if not pre.get("probes"):
+                continue
+            x, y = pre["probes"]["tasks"][task], post["probes"]["tasks"][task]
+            assert x["n"] == y["n"] == base["n"], f"{task}: question counts disagree in results.json"
+            baselines = " | ".join(
+                f"{100 * base[k]:.1f}" for k in ("chance", "majority", "shortest_answer", "unigram")
+            )
+            row(
+                f"| {task} | {x['n']} | {info['label']} | {100 * x['acc']:.1f} ± ",
+                f"| {100 * y['acc']:.1f} ± ",
+                f"| {baselines} |",
+            )
+            checked += 1
+    return checked
+
+
+def test_report_matches_results_json(smoke_run: tuple[Path, dict, str]) -> None:
+    out, _, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert check_report_matches_results((out / "report.md").read_text(), results) >= 4
+
+
+def test_report_check_catches_a_wrong_number(tmp_path: Path) -> None:
+    """The check above on the report tests' fixture: it passes, and fails once one number is off."""
+    from moc.experiment.report import write_report
+
+    results = json.loads((Path(__file__).parent / "fixtures" / "results.json").read_text())
+    report = write_report(results, tmp_path).read_text()
+    assert check_report_matches_results(report, results) == 4 + 4 * 2
+    results["runs"][0]["ift"]["dense_backbone"]["val"]["loss"] += 0.01
+    with pytest.raises(AssertionError, match="Dense backbone"):
+        check_report_matches_results(report, results)
+    results["runs"][0]["ift"]["dense_backbone"]["val"]["loss"] -= 0.01
+    results["runs"][0]["pretrain"]["moc"]["probes"]["tasks"]["moc_capitals"]["acc"] = 0.61
+    with pytest.raises(AssertionError, match="moc_capitals"):
+        check_report_matches_results(report, results)
+
+
 def test_same_tokens_same_init(smoke_run: tuple[Path, dict, str]) -> None:
     """MoC with causal and with sequence routing start identical (memory output projections start at
     zero) and read the same batches, so their first training losses agree exactly."""

@@ -41,7 +41,8 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def build_core(*overrides: str, seed: int = 0) -> moc.model.MoCModel:
     """A tiny MoC model whose memory output projections are non-zero (so memory changes the logits)."""
     torch.manual_seed(seed)
-    cfg = moc.load_config("tiny-moc", [f"model.vocab_size={VOCAB}", *overrides])
+    # causal routing pinned (tiny-moc's default before it became token); tests override it as needed
+    cfg = moc.load_config("tiny-moc", [f"model.vocab_size={VOCAB}", "memory.routing=causal", *overrides])
     model = moc.build_model(cfg)
     for name, p in model.named_parameters():
         if name.endswith("memory.o_proj.weight"):

@@ -93,6 +93,52 @@ def test_eval_errors_name_the_fix(make_checkpoint, tmp_path: Path) -> None:
         evaluate(tmp_path, " , ")
 
 
+def test_lm_eval_own_loader_scores_the_exported_model_like_the_core_model(
+    make_checkpoint, task_dir: Path, tmp_path: Path
+) -> None:
+    """lm-eval's own ``hf`` model loader (what ``lm_eval --model hf`` runs, in-process: no CLI start-up,
+    no index of lm-eval's built-in tasks) on the exported folder with its remote code. Every
+    per-choice loglikelihood must equal the one computed here directly from the core MoCModel."""
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    ckpt, core = make_checkpoint()
+    out = export(ckpt, tmp_path / "export")
+    res = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={out},trust_remote_code=True",
+        tasks=["local_capitals"],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        device="cpu",
+        limit=4,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
+    tok = AutoTokenizer.from_pretrained(out)
+    samples = res["samples"]["local_capitals"]
+    assert len(samples) == 4
+    hits = []
+    for sample in samples:
+        lls = []
+        for (context, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
+            # lm-eval's convention: the continuation's tokens are those after the context's tokens
+            ctx = tok(context, add_special_tokens=False).input_ids
+            whole = tok(context + continuation, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logp = core(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+            ll = sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
+            assert resp[0][0] == pytest.approx(ll, abs=1e-4)
+            lls.append(ll)
+        assert max(lls) - min(lls) > 1e-3  # the choices are told apart, so the comparison has teeth
+        hits.append(float(max(range(len(lls)), key=lls.__getitem__) == sample["target"]))
+    assert res["results"]["local_capitals"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
+    ours = evaluate(out, "local_capitals", include_path=task_dir, limit=4)["results"]["local_capitals"]
+    assert ours["acc,none"] == res["results"]["local_capitals"]["acc,none"]
+    assert ours["acc_norm,none"] == res["results"]["local_capitals"]["acc_norm,none"]
+
+
 @pytest.mark.skipif(not os.environ.get("MOC_SLOW_TESTS"), reason="~40 s: set MOC_SLOW_TESTS=1 to run")
 def test_lm_eval_cli_runs_an_exported_model(make_checkpoint, task_dir: Path, tmp_path: Path) -> None:
     ckpt, _ = make_checkpoint()

@@ -110,18 +110,23 @@ def test_from_moc_checkpoint_errors_name_the_problem(make_checkpoint, tmp_path: 
         from_moc_checkpoint(ckpt)
 
 
-def test_training_loss_includes_the_router_aux_loss(make_core) -> None:
-    model = from_moc_model(make_core("memory.routing=token"))
+def test_loss_is_the_lm_loss_in_both_modes_as_in_the_core_model(make_core) -> None:
+    """One rule: ``loss`` is the LM cross-entropy (no aux loss) for MoCForCausalLM and MoCModel, in
+    training and eval mode; the aux loss is reported apart and trains the router when added."""
+    core = make_core("memory.routing=token")
+    model = from_moc_model(core)
     ids = torch.randint(0, 320, (2, 16))
     model.train()
     out = model(ids, labels=ids)
     assert out.aux_loss > 0
-    out.loss.backward()  # the router gets gradients from the aux loss through `loss`
+    core.train()
+    torch.testing.assert_close(out.loss, core(ids, labels=ids).loss)
+    (out.loss + out.aux_loss).backward()  # the objective: the router learns from the aux loss too
     assert model.model.layers[1].memory.router.proj.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         eval_out = model(ids, labels=ids)
-    torch.testing.assert_close(out.loss, eval_out.loss + eval_out.aux_loss)
+    torch.testing.assert_close(out.loss, eval_out.loss)
 
 
 def test_cache_promotion_and_unsupported_caches(make_core) -> None:

@@ -49,11 +49,14 @@ def test_bank_gradient_is_never_batch_expanded() -> None:
     )
     model = moc.build_model(cfg)
     bank_numel = model.banks[0].weight.numel()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     ids = torch.randint(0, 256, (8, 64))
     saved: list[int] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append(t.numel())
+        # The read saves the bank parameter itself (to recompute chapters in backward): no new memory.
+        if t.untyped_storage().data_ptr() not in params:
+            saved.append(t.numel())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -101,3 +104,172 @@ def test_block_variants(make_model, variant: str) -> None:
     assert not hasattr(model.layers[0], "mem_mlp")
     ids = torch.randint(0, 256, (2, 16))
     assert torch.isfinite(model(ids, labels=ids).loss)
+
+
+# -- the routed read: weighting modes, router input, documents, decoding ------------------------------
+
+
+@pytest.mark.parametrize("mode", ["causal", "token", "sequence"])
+@pytest.mark.parametrize("weighting", ["kv", "v", "logit"])
+@pytest.mark.parametrize("router_input", ["memory_norm", "block_input"])
+def test_decoding_matches_the_full_forward_for_every_weighting(
+    make_model, mode: str, weighting: str, router_input: str
+) -> None:
+    """The decode path (cached K/V, logit bias, running sums of the router input) equals the full read."""
+    from moc.model import MoCCache
+
+    model = make_model(
+        f"memory.routing={mode}",
+        f"memory.chapter_weighting={weighting}",
+        f"memory.router_input={router_input}",
+        "memory.causal_chunk_size=4",
+    ).eval()
+    for name, p in model.named_parameters():
+        if "router.proj" in name:
+            torch.nn.init.normal_(p, std=0.5)  # decisive routing, so a wrong summary changes chapters
+    ids = torch.randint(0, 256, (2, 15))
+    mask = torch.ones(2, 15, dtype=torch.long)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        # sequence routing decodes with the prompt's decision: compare with routing on the prompt only
+        # (9 tokens: 6 real ones in row 0, 9 in row 1)
+        route_len = torch.tensor([[6], [9]]) if mode == "sequence" else None
+        full = model(ids, attention_mask=mask, sequence_route_len=route_len).logits
+        cache = MoCCache()
+        steps = [model(ids[:, :9], attention_mask=mask[:, :9], past_key_values=cache).logits]
+        for t in range(9, 15):
+            step = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache)
+            steps.append(step.logits)
+    valid = mask.bool()
+    torch.testing.assert_close(full[valid], torch.cat(steps, 1)[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_block_input_routing_matches_the_reference() -> None:
+    from .reference import reference_forward
+
+    cfg = moc.load_config("tiny-moc", ["memory.router_input=block_input", "memory.routing=causal"])
+    model = moc.build_model(cfg)
+    for name, p in model.named_parameters():
+        if name.endswith("memory.o_proj.weight"):
+            torch.nn.init.normal_(p, std=0.3)
+        elif "router.proj" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 256, (2, 40))
+    logits = model(ids).logits
+    torch.testing.assert_close(logits, reference_forward(model, ids)[0], atol=1e-5, rtol=1e-5)
+    # and it is a different model from routing on RMSNorm(h): the switch is live
+    model.config.memory.router_input = "memory_norm"
+    assert not torch.allclose(model(ids).logits, logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["causal", "sequence", "token"])
+def test_many_short_packed_documents_match_the_reference(mode: str) -> None:
+    """More tiles than ceil(L / S) (documents shorter than a chunk, restarts mid-chunk, a position that
+    restarts at a non-zero value, padding), at the memory layer, with gradients."""
+    from .reference import reference_memory_layer
+
+    cfg = moc.load_config("tiny-moc", [f"memory.routing={mode}", "memory.causal_chunk_size=3"])
+    model = moc.build_model(cfg)
+    layer, bank = model.layers[1].memory, model.banks[0]
+    torch.nn.init.normal_(layer.o_proj.weight, std=0.3)
+    for p in layer.router.proj.parameters():  # a random bias too: chunk 0 routes from the bias alone
+        torch.nn.init.normal_(p, std=0.5)
+    pos = torch.tensor(
+        [[0, 1, 0, 1, 2, 3, 4, 0, 0, 1, 5, 6, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 0, 0, 0]]
+    )
+    valid = torch.ones_like(pos, dtype=torch.bool)
+    valid[1, -3:] = False
+    h = torch.randn(2, 14, 64, requires_grad=True)
+    update, aux, info = layer(h, bank, pos, valid)
+    ref, ref_aux = reference_memory_layer(layer, bank, h, pos, valid)
+    torch.testing.assert_close(update[valid], ref[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aux, ref_aux, atol=1e-6, rtol=1e-5)
+    probe = torch.randn_like(ref)
+    (g,) = torch.autograd.grad((update * probe)[valid].sum(), h)
+    (g_ref,) = torch.autograd.grad((ref * probe)[valid].sum(), h)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
+    if mode == "sequence":  # one decision per document: row 0 holds 5 (0-1, 0-4, 0, 0-1-5-6, 2-3), row 1 two
+        assert info.indices.shape[:2] == (2, 5) and info.valid.sum().item() == 5 + 2
+
+
+def test_distinct_chapters_have_a_static_size_and_map_back() -> None:
+    from moc.model.memory import MemoryLayer
+
+    idx = torch.tensor([[0, 7, 3], [0, 3, 9]])
+    chapters, rows = MemoryLayer.distinct_chapters(idx, 12)
+    assert chapters.shape == (6,)  # min(12 chapters, 6 picks): known without looking at the values
+    assert chapters[:4].tolist() == [0, 3, 7, 9]
+    assert torch.equal(chapters[rows], idx)
+
+
+def test_cuda_without_triton_says_once_why_it_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import warnings
+
+    from moc.model import memory
+
+    monkeypatch.setitem(sys.modules, "moc.kernels.triton_read", None)  # importing it now fails
+    monkeypatch.setattr(memory, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert memory._triton(torch.device("cuda")) == (None, None)
+        assert memory._triton(torch.device("cuda")) == (None, None)
+        assert memory._triton(torch.device("cpu")) == (None, None)
+    assert len(caught) == 1 and "using the PyTorch path" in str(caught[0].message)
+
+
+def test_the_tile_layout_is_computed_once_per_forward(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its host sync runs once per forward, not once per memory layer; a new input gets a new layout."""
+    from moc.model import memory
+
+    calls = []
+    real = memory._layout
+    monkeypatch.setattr(memory, "_layout", lambda *a: calls.append(1) or real(*a))
+    model = make_model("memory.routing=causal")  # memory layers 1 and 3
+    ids = torch.randint(0, 256, (2, 20))
+    model(ids)
+    assert len(calls) == 1
+    model(ids[:, :12])
+    assert len(calls) == 2
+
+
+def test_one_document_rows_need_no_tile_count_and_a_wrong_hint_is_caught() -> None:
+    from moc.model.memory import _layout
+
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[0, :3] = False  # left padding: positions still start at 0 at the first real token
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    counted, bound = _layout(pos, valid, 4), _layout(pos, valid, 4, G=3)  # ceil(10 / 4)
+    assert counted.G == bound.G == 3 and counted.Gd == bound.Gd == 1
+    assert torch.equal(counted.slot, bound.slot) and torch.equal(counted.tile_first_row, bound.tile_first_row)
+    packed = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]] * 2)  # three documents: 5 tiles
+    with pytest.raises(RuntimeError, match="one_document was wrong"):
+        _layout(packed, torch.ones_like(valid), 4, G=3)
+
+
+@pytest.mark.parametrize(("mode", "projected"), [("sequence", 2 * 5), ("causal", 32)])
+def test_chapters_are_projected_once_per_decision_not_per_tile(
+    make_model, monkeypatch: pytest.MonkeyPatch, mode: str, projected: int
+) -> None:
+    """Sequence routing reads one decision from 10 tiles per row: the chapters projected are bounded by
+    its 2 decisions x 5 picks, not by the tiles (10 x 2 x 5 > 32 chapters); causal: 20 decisions."""
+    from moc.model.memory import MemoryLayer
+
+    sizes = []
+    real = MemoryLayer.kv_source
+    monkeypatch.setattr(MemoryLayer, "kv_source", lambda self, b, c: sizes.append(len(c)) or real(self, b, c))
+    model = make_model(f"memory.routing={mode}", "memory.causal_chunk_size=4", "memory.layers=[1]")
+    model(torch.randint(0, 256, (2, 40)))
+    assert sizes == [projected]
+
+
+def test_disabled_chapters_are_noticed_after_in_place_edits_and_replacement() -> None:
+    from moc.model.memory import ChapterRouter
+
+    router = ChapterRouter(16, moc.load_config("tiny-moc").memory)
+    x = torch.randn(3, 16)
+    assert not router.any_disabled()
+    router.disabled[5] = True  # in place: the version counter moves
+    assert router.any_disabled() and not (router(x)[0] == 5).any()
+    router.disabled = torch.zeros_like(router.disabled)  # replaced (as a Hugging Face load does)
+    assert not router.any_disabled()

@@ -86,6 +86,19 @@ def test_incremental_decoding_matches_the_full_forward(make_model, mode: str) ->
     assert torch.allclose(full[:, 9:][valid[:, 9:]], chunk[valid[:, 9:]], atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["causal", "token"])
+def test_decoding_from_a_one_token_prompt_with_grouped_memory_heads(make_model, mode: str) -> None:
+    """Chunks of one position: a new decision at every step, the first from one token's state; memory
+    attention with 2 KV heads for 4 query heads."""
+    model = make_model(f"memory.routing={mode}", "memory.causal_chunk_size=1", "memory.n_kv_heads=2").eval()
+    ids = torch.randint(0, 256, (2, 7))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = MoCCache()
+        steps = [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(7)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
 def test_sequence_routing_decodes_with_the_prompt_decision(make_model) -> None:
     model = make_model("memory.routing=sequence").eval()
     ids = torch.randint(0, 256, (1, 12))
@@ -116,15 +129,23 @@ def test_loss_decreases_over_a_few_steps(preset: str) -> None:
 
 def test_gradient_checkpointing_gives_the_same_gradients(make_model) -> None:
     ids = torch.randint(0, 256, (2, 32))
-    grads = []
+    grads, calls = [], []
     for ckpt in (False, True):
         torch.manual_seed(0)
         model = make_model()
         model.gradient_checkpointing = ckpt
+        n = [0]
+        for block in model.layers:
+            block.register_forward_pre_hook(lambda *_, n=n: n.__setitem__(0, n[0] + 1))
         out = model(ids, labels=ids)
         (out.loss + out.aux_loss).backward()
-        grads.append(model.banks[0].weight.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1])
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        calls.append(n[0])
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], msg=lambda m, k=k: f"{k}: {m}")
+    # Checkpointing really happened: every block started again during backward (recomputation; a
+    # pre-hook, because recomputation stops early once the saved tensors are rebuilt).
+    assert calls == [4, 8]
 
 
 @pytest.mark.parametrize("mode", ["causal", "sequence", "token"])

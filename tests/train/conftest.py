@@ -94,7 +94,7 @@ def write_prepared(
     return out
 
 
-def make_cfg(prepared: Path, out_dir: Path, *extra: str) -> moc.MoCConfig:
+def make_cfg(prepared: Path, out_dir: Path, *extra: str) -> moc.RunConfig:
     return moc.load_config(
         "tiny-moc", [*TINY, f"data.prepared_dir={prepared}", f"train.out_dir={out_dir}", *extra]
     )
@@ -108,17 +108,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_cfg(prepared: Path, tmp_path: Path) -> Callable[..., moc.MoCConfig]:
+def tiny_cfg(prepared: Path, tmp_path: Path) -> Callable[..., moc.RunConfig]:
     """Factory: ``tiny_cfg("train.max_steps=4", out="run")`` -> a tiny config training on ``prepared``."""
 
-    def make(*extra: str, out: str = "run", data: Path | None = None) -> moc.MoCConfig:
+    def make(*extra: str, out: str = "run", data: Path | None = None) -> moc.RunConfig:
         return make_cfg(data or prepared, tmp_path / out, *extra)
 
     return make
 
 
 @pytest.fixture(scope="session")
-def tiny_cfg_at(prepared: Path) -> Callable[..., moc.MoCConfig]:
+def tiny_cfg_at(prepared: Path) -> Callable[..., moc.RunConfig]:
     """Session-scoped factory: ``tiny_cfg_at(out_dir, *overrides)``."""
     return lambda out_dir, *extra: make_cfg(prepared, out_dir, *extra)
 

@@ -14,37 +14,36 @@ import torch.multiprocessing as mp
 from safetensors import safe_open
 from torch import nn
 
-from moc.train import checkpoint as C
-from moc.train import train
+from moc.train import checkpoint, train
 
 
 def _writer(val_loss: float | None = None, fail: bool = False):  # noqa: ANN202
     def write(d: Path) -> None:
-        (d / C.WEIGHTS).write_bytes(b"w")
+        (d / checkpoint.WEIGHTS).write_bytes(b"w")
         if fail:
             raise OSError("disk full")
-        for name in (C.OPTIMIZER, C.TRAINER_STATE, C.CONFIG):
+        for name in (checkpoint.OPTIMIZER, checkpoint.TRAINER_STATE, checkpoint.CONFIG):
             (d / name).write_bytes(b"x")
-        (d / C.METRICS).write_text(json.dumps({"val_loss": val_loss}))
+        (d / checkpoint.METRICS).write_text(json.dumps({"val_loss": val_loss}))
 
     return write
 
 
 def test_failed_write_leaves_previous_checkpoint(tmp_path: Path) -> None:
-    mgr = C.CheckpointManager(tmp_path / "ckpt")
+    mgr = checkpoint.CheckpointManager(tmp_path / "ckpt")
     mgr.save(1, _writer())
-    with pytest.raises(OSError, match="disk full"):
+    expected = r"could not write checkpoint .*step_000002.*disk full.*intact"
+    with pytest.raises(checkpoint.CheckpointError, match=expected):
         mgr.save(2, _writer(fail=True))
     assert [p.name for _, p in mgr.complete_steps()] == ["step_000001"]
     assert mgr.latest().name == "step_000001"
     assert (mgr.root / "latest").read_text().strip() == "step_000001"
-    assert any(p.name.startswith(".tmp-step_000002") for p in mgr.root.iterdir())
-    mgr.clean_temp()
+    # the failed save removed its temp dir itself
     assert sorted(p.name for p in mgr.root.iterdir()) == ["latest", "step_000001"]
 
 
 def test_keep_last_plus_best(tmp_path: Path) -> None:
-    mgr = C.CheckpointManager(tmp_path / "ckpt", keep_last=2)
+    mgr = checkpoint.CheckpointManager(tmp_path / "ckpt", keep_last=2)
     for step, val in enumerate([3.0, 1.0, 4.0, None, 6.0], start=1):
         mgr.save(step, _writer(val))
     assert [p.name for _, p in mgr.complete_steps()] == ["step_000002", "step_000004", "step_000005"]
@@ -68,17 +67,17 @@ class _Shared(nn.Module):
 def test_shared_tensors_are_stored_once_and_restored_shared(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = _Shared()
-    aliases = C.shared_aliases(src)
+    aliases = checkpoint.shared_aliases(src)
     assert aliases == {
         "head.weight": "emb.weight",
         "blocks.1.bank.weight": "blocks.0.bank.weight",
         "blocks.1.bank.bias": "blocks.0.bank.bias",
     }
     path = tmp_path / "m.safetensors"
-    C.save_weights(src.state_dict(), path, aliases)
+    checkpoint.save_weights(src.state_dict(), path, aliases)
     with safe_open(str(path), framework="pt") as f:
         assert sorted(f.keys()) == ["blocks.0.bank.bias", "blocks.0.bank.weight", "emb.weight"]
-    state = C.load_weights(path)
+    state = checkpoint.load_weights(path)
     assert state["head.weight"] is state["emb.weight"]
     dst = _Shared()
     dst.load_state_dict(state, strict=True)
@@ -113,7 +112,7 @@ def test_sigkill_during_save_never_leaves_a_loadable_half_checkpoint(tiny_cfg) -
     finally:
         child.join()
     assert child.exitcode == -signal.SIGKILL
-    mgr = C.CheckpointManager(root)
+    mgr = checkpoint.CheckpointManager(root)
     assert [p.name for _, p in mgr.complete_steps()] == ["step_000001"]  # no half-written step_000002
     assert any(p.name.startswith(".tmp-step_000002") for p in root.iterdir())
 
@@ -127,9 +126,9 @@ def test_config_mismatches_name_the_keys() -> None:
     import moc
 
     moc_cfg = moc.load_config("tiny-moc").to_dict()
-    assert C.config_mismatches(moc_cfg, moc_cfg) == []
+    assert checkpoint.config_mismatches(moc_cfg, moc_cfg) == []
     other = moc.load_config("tiny-moc", ["memory.top_k=3", "model.n_layers=6"]).to_dict()
-    assert C.config_mismatches(moc_cfg, other) == [
+    assert checkpoint.config_mismatches(moc_cfg, other) == [
         "model.n_layers: checkpoint 4 vs config 6",
         "memory.top_k: checkpoint 4 vs config 3",
     ]
@@ -137,4 +136,4 @@ def test_config_mismatches_name_the_keys() -> None:
     dense = moc.load_config("tiny-dense").to_dict()
     dense2 = moc.load_config("tiny-dense", ["memory.top_k=3"]).to_dict()
     del dense["model"]["mlp_down_init_std"]
-    assert C.config_mismatches(dense, dense2) == []
+    assert checkpoint.config_mismatches(dense, dense2) == []

@@ -41,7 +41,7 @@ def test_pretrain_then_ift_then_resume(tiny_cfg, tmp_path: Path, capsys: pytest.
 def test_errors_are_one_line_messages(tiny_cfg, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = tiny_cfg(f"data.prepared_dir={tmp_path / 'missing'}")
     cfg.save(tmp_path / "c.yaml")
-    assert main(["pretrain", str(tmp_path / "c.yaml")]) == 1
+    assert main(["pretrain", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist; run `moc data prepare`" in err and "Traceback" not in err
     assert main(["pretrain", str(tmp_path / "c.yaml"), "--set", "train.seq_len=1000"]) == 2

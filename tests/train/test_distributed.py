@@ -14,13 +14,12 @@ import torch
 import torch.multiprocessing as mp
 
 import moc
-from moc.train import checkpoint as C
-from moc.train import train
+from moc.train import checkpoint, train
 
 STEPS = ("train.max_steps=4", "train.save_every=2", "train.eval_every=2", "train.micro_batch_size=2")
 
 
-def _worker(rank: int, port: int, cfg: moc.MoCConfig, resume: bool) -> None:
+def _worker(rank: int, port: int, cfg: moc.RunConfig, resume: bool) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
@@ -28,7 +27,7 @@ def _worker(rank: int, port: int, cfg: moc.MoCConfig, resume: bool) -> None:
     train(cfg, resume=resume)
 
 
-def run_two_processes(cfg: moc.MoCConfig, resume: bool = False) -> None:
+def run_two_processes(cfg: moc.RunConfig, resume: bool = False) -> None:
     """Two gloo ranks running moc.train.train, like `torchrun --nproc_per_node 2 -m moc pretrain`.
 
     Started from a fork server (a fresh, single-threaded process that has imported moc.train once):
@@ -103,14 +102,14 @@ def test_fsdp_resumes_a_one_process_checkpoint_and_matches(reference, tmp_path: 
     assert val == pytest.approx([v["val_loss"] for v in ref.val_history], rel=1e-5)
     # the sharded run wrote full, unsharded weights and optimizer state that match the 1-process run
     ours, theirs = (
-        C.load_weights(Path(d) / C.WEIGHTS)
+        checkpoint.load_weights(Path(d) / checkpoint.WEIGHTS)
         for d in (run / "checkpoints" / "step_000004", ref.last_checkpoint)
     )
     assert ours.keys() == theirs.keys()
     for k in ours:
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-4, atol=1e-6)
-    opt = torch.load(run / "checkpoints" / "step_000004" / C.OPTIMIZER, weights_only=True)
-    ref_opt = torch.load(Path(ref.last_checkpoint) / C.OPTIMIZER, weights_only=True)
+    opt = torch.load(run / "checkpoints" / "step_000004" / checkpoint.OPTIMIZER, weights_only=True)
+    ref_opt = torch.load(Path(ref.last_checkpoint) / checkpoint.OPTIMIZER, weights_only=True)
     assert opt["state"].keys() == ref_opt["state"].keys()
     assert (
         opt["state"]["banks.0.weight"]["exp_avg"].shape == ref_opt["state"]["banks.0.weight"]["exp_avg"].shape

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moc
-from moc.model.params import param_category
+from moc.model.param_groups import param_category
 from moc.train.optim import apply_freezing, build_optimizer, optimizer_state_bytes, param_groups
 from moc.train.schedule import lr_multiplier
 

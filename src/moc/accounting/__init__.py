@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting (SPEC section 3): analytic, exact, instant even at paper size.
+"""Parameter and FLOP accounting (the paper's Appendix A.2): analytic, exact, instant even at paper size.
 
     from moc.accounting import count_params, count_flops, isoflop, mfu
     count_params("paper-moc")["total"]      # 371292932
@@ -9,6 +9,7 @@
 from moc.accounting.flops import (
     RoutingGeometry,
     count_flops,
+    expected_distinct_chapters,
     forward_flops,
     routing_geometry,
     training_flops_per_token,
@@ -21,6 +22,7 @@ __all__ = [
     "RoutingGeometry",
     "count_flops",
     "count_params",
+    "expected_distinct_chapters",
     "forward_flops",
     "isoflop",
     "isoflop_config",

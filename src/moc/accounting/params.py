@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from moc.config import MoCConfig, load_config
+from moc.config import RunConfig, load_config
 
 
-def memory_dims(cfg: MoCConfig) -> tuple[int, int, int]:
+def memory_dims(cfg: RunConfig) -> tuple[int, int, int]:
     """``(d_bank, d_attn, kv_dim)`` of the memory cross-attention.
 
     ``d_bank`` is the width of a stored (or reconstructed) memory vector, ``d_attn`` the query width
@@ -26,7 +26,7 @@ def memory_dims(cfg: MoCConfig) -> tuple[int, int, int]:
     return width, width, mem.n_kv_heads * head_dim
 
 
-def n_banks(cfg: MoCConfig) -> int:
+def n_banks(cfg: RunConfig) -> int:
     """How many banks the model holds (0 for a dense model)."""
     mem = cfg.memory
     n_mem = len(cfg.memory_layers)
@@ -39,7 +39,7 @@ def n_banks(cfg: MoCConfig) -> int:
     return math.ceil(n_mem / mem.bank_group_size)
 
 
-def bank_params(cfg: MoCConfig) -> int:
+def bank_params(cfg: RunConfig) -> int:
     """Parameters of one bank: full ``N_m*d``; factorized ``N_m*r + d*r``; reduced ``N_m*bank_dim``."""
     mem, d = cfg.memory, cfg.model.d_model
     if mem.bank_type == "full":
@@ -49,14 +49,14 @@ def bank_params(cfg: MoCConfig) -> int:
     return mem.n_tokens * mem.bank_dim
 
 
-def backbone_layer_params(cfg: MoCConfig) -> int:
+def backbone_layer_params(cfg: RunConfig) -> int:
     """One Llama block: Q, K, V, O (no biases), two RMSNorm weights, SwiGLU (gate, up, down)."""
     m = cfg.model
     d, kv = m.d_model, m.n_kv_heads * m.head_dim
     return d * d + 2 * d * kv + d * d + 2 * d + 3 * d * m.d_ff
 
 
-def memory_layer_params(cfg: MoCConfig) -> int:
+def memory_layer_params(cfg: RunConfig) -> int:
     """The memory parts one memory block adds (its bank is counted separately).
 
     RMSNorm weight ``d`` + Q ``d->d_attn`` + K, V ``d_bank->kv_dim`` + O ``d_attn->d`` (no biases)
@@ -72,7 +72,7 @@ def memory_layer_params(cfg: MoCConfig) -> int:
     return attention + router + mlp
 
 
-def count_params(cfg: MoCConfig | str) -> dict[str, int]:
+def count_params(cfg: RunConfig | str) -> dict[str, int]:
     """Exact parameter counts: ``{"total", "backbone", "bank", "memory_layers"}``.
 
     ``cfg`` is a config or a preset name / YAML path. Tied embeddings count once.
@@ -80,7 +80,7 @@ def count_params(cfg: MoCConfig | str) -> dict[str, int]:
     >>> count_params("paper-moc")["total"]
     371292932
     """
-    if not isinstance(cfg, MoCConfig):
+    if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     m = cfg.model
     embeddings = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)

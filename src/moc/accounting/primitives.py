@@ -1,4 +1,4 @@
-"""The per-operation FLOP formulas of SPEC section 3 (the paper's Appendix A.2).
+"""The per-operation FLOP formulas of the paper's Appendix A.2.
 
 Every function returns an exact ``int``. ``n`` is a number of token vectors, ``d`` a vector width.
 A multiply-add counts as 2 FLOPs; the causal mask gives no discount on attention.
@@ -48,7 +48,7 @@ def ceil_log2(k: int) -> int:
 def router_loss(s: int, c: int, k: int) -> int:
     """Load-balance + z-loss FLOPs for ``s`` routing decisions, ``c`` router outputs and top-``k``.
 
-    Written term by term as in SPEC section 3 so that it can be checked against the text.
+    Written term by term as in the paper's Appendix A.2 so that it can be checked against the text.
     """
     return (
         (s * c * (k - 1) + c * (s - 1) + c)

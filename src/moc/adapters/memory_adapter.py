@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from moc.config import ConfigError, MemoryConfig, MoCConfig, ModelConfig, _section_from_dict
+from moc.config import ConfigError, MemoryConfig, ModelConfig, RunConfig
+from moc.configio import build
 from moc.model.memory import MemoryLayer, MemoryState, bank_owners, build_banks
 
 ADAPTER_CONFIG = "moc_adapter.json"
@@ -152,7 +153,7 @@ class MemoryAdapter(nn.Module):
         if not (path / ADAPTER_CONFIG).exists():
             raise FileNotFoundError(f"{path} has no {ADAPTER_CONFIG}: not a saved memory adapter")
         meta = json.loads((path / ADAPTER_CONFIG).read_text())
-        memory = _section_from_dict(MemoryConfig, meta["memory"], "memory")
+        memory = build(MemoryConfig, meta["memory"], "memory")
         adapter = cls(meta["d_model"], meta["n_layers"], memory, meta["norm_eps"])
         load_model(adapter, str(path / ADAPTER_WEIGHTS))
         ref = next(model.parameters())
@@ -180,9 +181,7 @@ def add_memory(
         "n_heads": getattr(hf, "num_attention_heads", 8),
         "n_kv_heads": getattr(hf, "num_attention_heads", 8),
     }
-    cfg = _section_from_dict(
-        MemoryConfig, {**defaults, **memory, "enabled": True, "layers": layers}, "memory"
-    )
+    cfg = build(MemoryConfig, {**defaults, **memory, "enabled": True, "layers": layers}, "memory")
     _check_memory(cfg, d_model, len(decoder.layers))
     if freeze_base:
         for name, p in model.named_parameters():
@@ -196,4 +195,4 @@ def add_memory(
 def _check_memory(cfg: MemoryConfig, d_model: int, n_layers: int) -> None:
     """Run the MoC validator (chapters, top-k, heads, layer range) against the host's shape."""
     backbone = ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=1, n_kv_heads=1, d_ff=1, vocab_size=1)
-    MoCConfig(model=backbone, memory=cfg)
+    RunConfig(model=backbone, memory=cfg)

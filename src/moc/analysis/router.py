@@ -39,7 +39,7 @@ class LayerUsage:
         return -sum(p * math.log(p) for p in probs)
 
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]  # input_ids (B, L), targets (B, L) already shifted, optional attention_mask
 
 
 def _memory_routers(model: MoCModel) -> dict[int, torch.nn.Module]:
@@ -50,13 +50,13 @@ def _memory_routers(model: MoCModel) -> dict[int, torch.nn.Module]:
 
 
 def _batch_loss(model: MoCModel, batch: Batch) -> tuple[float, int]:
-    """Summed next-token loss and target count; labels are next-token targets (-100 = ignored)."""
+    """Summed next-token loss and target count; ``targets`` (B, L) are already shifted (-100 = ignored)."""
     out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    labels = batch["labels"]
+    targets = batch["targets"]
     loss = F.cross_entropy(
-        out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
     )
-    return float(loss), int((labels != -100).sum())
+    return float(loss), int((targets != -100).sum())
 
 
 @torch.no_grad()

@@ -7,20 +7,24 @@ import json
 
 from moc.accounting import count_flops, count_params, isoflop, training_flops_per_token
 from moc.cli import add_config_args
-from moc.config import MoCConfig, load_config
+from moc.config import RunConfig, load_config
 
 _PARAM_LABELS = {"backbone": "backbone", "memory_layers": "memory layers", "bank": "bank"}
 _COMPONENT_LABELS = {"layer": "standard layer", "memory_layer": "memory layer extra", "head": "head"}
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, what: str = "tokens") -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number of tokens, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of {what}, got {text!r}")
     return value
+
+
+def _batch_size(text: str) -> int:
+    return _positive_int(text, "sequences per micro-batch")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -45,14 +49,14 @@ def _short(n: float, unit: str) -> str:
     return f"{n:.3g} {unit}"
 
 
-def format_params(cfg: MoCConfig, params: dict[str, int]) -> str:
+def format_params(cfg: RunConfig, params: dict[str, int]) -> str:
     rows = [[label, f"{params[k]:,}", _pct(params[k], params["total"])] for k, label in _PARAM_LABELS.items()]
     rows.append(["total", f"{params['total']:,}", _pct(params["total"], params["total"])])
     title = f"{cfg.name}: parameters ({_short(params['total'], 'params')})"
     return title + "\n" + _table(rows, ["part", "parameters", "share"])
 
 
-def format_flops(cfg: MoCConfig, report: dict) -> str:
+def format_flops(cfg: RunConfig, report: dict) -> str:
     fwd = report["forward"]
     rows = []
     for key, comp in report["breakdown"].items():
@@ -67,33 +71,36 @@ def format_flops(cfg: MoCConfig, report: dict) -> str:
         ["backward (2x forward)", "", "", f"{report['backward']:,}", _short(report["backward"], "FLOP")],
         ["training step (3x)", "", "", f"{report['total']:,}", _short(report["total"], "FLOP")],
     ]
-    title = f"{cfg.name}: FLOPs per sequence (seq_len {report['seq_len']}, batch 1)"
+    B = report["batch_size"]
+    title = f"{cfg.name}: FLOPs per sequence (seq_len {report['seq_len']}, micro-batch {B})"
     if "routing" in report:
         r = report["routing"]
         title += (
-            f"\n  routing {r['mode']}: {r['decisions']:,} decision(s) per sequence; per memory layer "
-            f"{r['selected_tokens']:,} memory tokens read by each query,\n"
-            f"  {r['projected_tokens']:,} memory tokens normalised and K/V-projected"
+            f"\n  routing {r['mode']}: {r['decisions']:,} decision(s) per sequence, {r['batch_decisions']:,} "
+            f"per micro-batch; per memory layer {r['selected_tokens']:,} memory tokens read by each query,\n"
+            f"  {r['projected_chapters']:,.1f} distinct chapters per micro-batch ({r['chapters_source']}"
+            f"{', uniform routing' if r['chapters_source'] == 'expected' else ''}) = "
+            f"{r['projected_tokens']:,} memory tokens normalised and K/V-projected per sequence"
         )
-    per_token = training_flops_per_token(cfg, report["seq_len"])
+    per_token = training_flops_per_token(cfg, report["seq_len"], B)
     footer = f"\n  training FLOPs per token: {per_token:,.0f}"
     return title + "\n" + _table(rows, ["component", "count", "each", "total", "share"]) + footer
 
 
-def format_isoflop(cfg: MoCConfig, iso: dict) -> str:
+def format_isoflop(cfg: RunConfig, iso: dict) -> str:
     rows = [
         [f"{cfg.name} forward", f"{iso['moc_forward']:,}"],
         [f"dense forward ({iso['dense_layers']} layers)", f"{iso['dense_forward']:,}"],
         ["mismatch (dense - moc) / moc", f"{iso['mismatch']:+.2%}"],
     ]
     title = (
-        f"{cfg.name}: iso-FLOP dense model (same width, seq_len {iso['seq_len']}): "
-        f"{iso['dense_layers']} layers"
+        f"{cfg.name}: iso-FLOP dense model (same width, seq_len {iso['seq_len']}, MoC micro-batch "
+        f"{iso['batch_size']}): {iso['dense_layers']} layers"
     )
     return title + "\n" + _table(rows, ["", "forward FLOPs"])
 
 
-def _load(args: argparse.Namespace) -> MoCConfig:
+def _load(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, args.overrides)
 
 
@@ -110,20 +117,20 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    report = count_flops(cfg, args.seq_len)
+    report = count_flops(cfg, args.seq_len, args.batch_size)
     return _emit(args, report, format_flops(cfg, report))
 
 
 def cmd_isoflop(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    iso = isoflop(cfg, args.seq_len)
+    iso = isoflop(cfg, args.seq_len, args.batch_size)
     return _emit(args, iso, format_isoflop(cfg, iso))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    params, report = count_params(cfg), count_flops(cfg, args.seq_len)
-    iso = isoflop(cfg, args.seq_len)
+    params, report = count_params(cfg), count_flops(cfg, args.seq_len, args.batch_size)
+    iso = isoflop(cfg, args.seq_len, args.batch_size)
     text = "\n\n".join([format_params(cfg, params), format_flops(cfg, report), format_isoflop(cfg, iso)])
     return _emit(args, {"params": params, "flops": report, "isoflop": iso}, text)
 
@@ -145,6 +152,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 default=None,
                 metavar="L",
                 help="tokens per sequence (default: model.max_seq_len)",
+            )
+            p.add_argument(
+                "--batch-size",
+                type=_batch_size,
+                default=1,
+                metavar="B",
+                help="sequences per micro-batch (default 1: the paper's counts). MoC projects each "
+                "distinct selected chapter once per micro-batch, so memory FLOPs per sequence fall with B",
             )
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.set_defaults(func=func)

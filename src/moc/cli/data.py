@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from moc.data.errors import DataError
 from moc.data.sources import TXT_MODES
 
 
@@ -60,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--chat-template", default=None, help="Jinja chat template file replacing the tokenizer's")
     _add_prepare_args(p)
-    p.set_defaults(func=_prepare_chat)
+    p.set_defaults(func=_prepare)
 
     p = data_sub.add_parser("info", help="print the meta.json summary of a prepared directory")
     p.add_argument("dir")
@@ -82,77 +80,41 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _fail(e: DataError) -> int:
-    print(f"moc: data error: {e}", file=sys.stderr)
-    return 2
-
-
 def _tokenizer_train(args: argparse.Namespace) -> int:
     from moc.data.tokenizer import load_tokenizer, train_tokenizer
 
-    try:
-        out = train_tokenizer(
-            args.sources,
-            args.vocab_size,
-            args.out,
-            text_field=args.text_field,
-            txt_mode=args.txt_mode,
-            min_frequency=args.min_frequency,
-            progress=not args.no_progress,
-        )
-        n = len(load_tokenizer(out))
-    except DataError as e:
-        return _fail(e)
+    out = train_tokenizer(
+        args.sources,
+        args.vocab_size,
+        args.out,
+        text_field=args.text_field,
+        txt_mode=args.txt_mode,
+        min_frequency=args.min_frequency,
+        progress=not args.no_progress,
+    )
+    n = len(load_tokenizer(out))
     print(f"wrote tokenizer with {n} tokens to {out}")
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from moc.data.prepare import prepare_pretraining_data
+    """``moc data prepare`` and ``prepare-chat``: the same split/output arguments, a different reader."""
+    from moc.data.prepare import prepare_chat_data, prepare_pretraining_data
 
-    try:
-        prepare_pretraining_data(
-            args.sources,
-            args.tokenizer,
-            args.out,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            text_field=args.text_field,
-            txt_mode=args.txt_mode,
-            progress=not args.no_progress,
-            force=args.force,
-        )
-    except DataError as e:
-        return _fail(e)
-    return 0
-
-
-def _prepare_chat(args: argparse.Namespace) -> int:
-    from moc.data.prepare import prepare_chat_data
-
-    try:
-        prepare_chat_data(
-            args.sources,
-            args.tokenizer,
-            args.out,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            chat_template=args.chat_template,
-            progress=not args.no_progress,
-            force=args.force,
-        )
-    except DataError as e:
-        return _fail(e)
+    common = {"val_fraction": args.val_fraction, "seed": args.seed, "progress": not args.no_progress}
+    common["force"] = args.force
+    if args.data_command == "prepare-chat":
+        prepare_chat_data(args.sources, args.tokenizer, args.out, chat_template=args.chat_template, **common)
+    else:
+        text = {"text_field": args.text_field, "txt_mode": args.txt_mode}
+        prepare_pretraining_data(args.sources, args.tokenizer, args.out, **text, **common)
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from moc.data.prepared import read_meta
 
-    try:
-        meta = read_meta(args.dir)
-    except DataError as e:
-        return _fail(e)
+    meta = read_meta(args.dir)
     summary = {
         k: meta[k]
         for k in (

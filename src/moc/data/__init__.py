@@ -3,7 +3,7 @@
 from moc.data import prepare_pretraining_data, load_prepared, PackedSequences
 out = prepare_pretraining_data(["corpus/"], "tok", "data/corpus")   # tokenize once (reused later)
 train = PackedSequences(load_prepared(out, "train"), seq_len=1024)
-batch = train[0]        # {"input_ids": LongTensor[1024], "labels": LongTensor[1024]}
+batch = train[0]        # {"input_ids": LongTensor[1024], "targets": LongTensor[1024]}
 """
 
 from moc.data.chat import encode_conversation, validate_messages

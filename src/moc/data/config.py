@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moc.config import DataConfig, MoCConfig
+from moc.config import DataConfig, RunConfig
 from moc.data.errors import DataError
 from moc.data.prepare import prepare_chat_data, prepare_pretraining_data
 from moc.data.prepared import read_meta
 
 
 def prepare_from_config(
-    cfg: MoCConfig | DataConfig,
+    cfg: RunConfig | DataConfig,
     *,
     chat: bool = False,
     default_dir: str | Path | None = None,
@@ -24,7 +24,7 @@ def prepare_from_config(
       chat JSONL (``{"messages": [...]}``) with a loss mask on assistant tokens.
     - only ``data.prepared_dir`` set: use it as is (it must hold meta.json).
     """
-    data = cfg.data if isinstance(cfg, MoCConfig) else cfg
+    data = cfg.data if isinstance(cfg, RunConfig) else cfg
     out = data.prepared_dir or (str(default_dir) if default_dir is not None else None)
     if not data.train:
         if data.prepared_dir is None:
@@ -43,23 +43,8 @@ def prepare_from_config(
         raise DataError(
             "data.prepared_dir is not set; pass --set data.prepared_dir=DIR for the tokenized data"
         )
+    common = {"val_fraction": data.val_fraction, "seed": data.split_seed, "progress": progress}
     if chat:
-        return prepare_chat_data(
-            data.train,
-            data.tokenizer,
-            out,
-            val_fraction=data.val_fraction,
-            seed=data.split_seed,
-            chat_template=data.chat_template,
-            progress=progress,
-        )
-    return prepare_pretraining_data(
-        data.train,
-        data.tokenizer,
-        out,
-        val_fraction=data.val_fraction,
-        seed=data.split_seed,
-        text_field=data.text_field,
-        txt_mode=data.txt_mode,
-        progress=progress,
-    )
+        return prepare_chat_data(data.train, data.tokenizer, out, chat_template=data.chat_template, **common)
+    text = {"text_field": data.text_field, "txt_mode": data.txt_mode}
+    return prepare_pretraining_data(data.train, data.tokenizer, out, **text, **common)

@@ -2,17 +2,23 @@
 
 :class:`PackedSequences` (pretraining and packed chat): the split's token stream is cut into
 non-overlapping windows with stride ``seq_len``; window ``i`` reads tokens ``[i*L, i*L + L + 1)``, so
-``input_ids = t[i*L : i*L+L]`` and ``labels = t[i*L+1 : i*L+L+1]`` (already shifted: ``labels[j]`` is the
-token after ``input_ids[j]``). Every token except the first is a target exactly once; fewer than ``L``
+``input_ids = t[i*L : i*L+L]`` and ``targets = t[i*L+1 : i*L+L+1]`` (already shifted: ``targets[j]`` is
+the token after ``input_ids[j]``). Every token except the first is a target exactly once; fewer than ``L``
 tokens at the end of the stream are dropped. Documents run across window borders, separated by eos.
-Where the loss mask of a target token is 0, its label is -100.
+Where the loss mask of a target token is 0, its target is -100. With ``document_positions`` (the default)
+each window also carries ``position_ids`` that restart at 0 where a document starts (the eos that ends a
+document belongs to it); the first, partial document of a window counts from the window's start. The
+model reads a restart as a document boundary, so packed documents do not see each other.
 
 :class:`ChatSequences` (optional, unpacked): one conversation per item, truncated to ``seq_len``, padded
 with the pad id, with an ``attention_mask``.
 
-Both return ``dict(input_ids=LongTensor[L], labels=LongTensor[L])`` (+ ``attention_mask`` for chat),
-to be fed as ``loss = cross_entropy(logits.view(-1, V), labels.view(-1), ignore_index=-100)`` with no
-further shift.
+Both return ``dict(input_ids=LongTensor[L], targets=LongTensor[L])`` (+ ``position_ids`` for packed
+windows with document positions, + ``attention_mask`` for chat), to be fed as
+``loss = cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)`` with no further shift,
+or as ``model(input_ids, labels=targets, shift_labels=False)``. The key is ``targets``, not ``labels``,
+because Hugging Face-style ``labels`` are aligned with ``input_ids`` and shifted by the model: a batch
+passed as ``model(**batch)`` fails on the unknown key instead of training on the token after next.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def _check_seq_len(seq_len: int) -> None:
 class PackedSequences:
     """Non-overlapping windows of ``seq_len`` inputs over a prepared split (see the module docstring)."""
 
-    def __init__(self, data: TokenData, seq_len: int) -> None:
+    def __init__(self, data: TokenData, seq_len: int, document_positions: bool = True) -> None:
         _check_seq_len(seq_len)
         if data.n_tokens < seq_len + 1:
             raise DataError(
@@ -44,9 +50,18 @@ class PackedSequences:
             )
         self.data = data
         self.seq_len = seq_len
+        self.document_positions = document_positions
+        self._starts = np.asarray(data.doc_starts, dtype=np.int64)
 
     def __len__(self) -> int:
         return (self.data.n_tokens - 1) // self.seq_len
+
+    def position_ids(self, lo: int) -> torch.Tensor:
+        """Per-document positions of the window starting at token ``lo``: (seq_len,) int64."""
+        idx = np.arange(lo, lo + self.seq_len, dtype=np.int64)
+        owner = np.searchsorted(self._starts, idx, side="right") - 1  # the document holding each token
+        start = np.maximum(self._starts[np.maximum(owner, 0)], lo)
+        return torch.from_numpy(idx - start)
 
     @property
     def n_target_tokens(self) -> int:
@@ -61,19 +76,22 @@ class PackedSequences:
             raise IndexError(f"window {i} out of range for {n} windows")
         lo = i * self.seq_len
         window = torch.from_numpy(np.asarray(self.data.tokens[lo : lo + self.seq_len + 1], dtype=np.int64))
-        labels = window[1:].clone()
+        targets = window[1:].clone()
         if self.data.loss_mask is not None:
             keep = torch.from_numpy(
                 np.asarray(self.data.loss_mask[lo + 1 : lo + self.seq_len + 1], dtype=bool)
             )
-            labels[~keep] = IGNORE_INDEX
-        return {"input_ids": window[:-1], "labels": labels}
+            targets[~keep] = IGNORE_INDEX
+        out = {"input_ids": window[:-1], "targets": targets}
+        if self.document_positions:
+            out["position_ids"] = self.position_ids(lo)
+        return out
 
 
 class ChatSequences:
     """One conversation per item, truncated to ``seq_len`` and right-padded (unpacked chat training).
 
-    ``input_ids``/``labels``/``attention_mask``: LongTensor[L]. Padding has attention 0 and label -100.
+    ``input_ids``/``targets``/``attention_mask``: LongTensor[L]. Padding has attention 0 and target -100.
     ``n_truncated`` counts conversations longer than ``seq_len + 1`` tokens (their tail is dropped).
     """
 
@@ -101,17 +119,17 @@ class ChatSequences:
         lo, hi = int(self.data.doc_starts[i]), int(self._ends[i]) - 1  # drop the separating eos
         hi = min(hi, lo + self.seq_len + 1)
         ids = torch.from_numpy(np.asarray(self.data.tokens[lo:hi], dtype=np.int64))
-        labels = ids[1:].clone()
+        targets = ids[1:].clone()
         if self.data.loss_mask is not None:
             keep = torch.from_numpy(np.asarray(self.data.loss_mask[lo + 1 : hi], dtype=bool))
-            labels[~keep] = IGNORE_INDEX
+            targets[~keep] = IGNORE_INDEX
         m = len(ids) - 1
         out = {
             "input_ids": torch.full((self.seq_len,), self.pad_id, dtype=torch.long),
-            "labels": torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long),
+            "targets": torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long),
             "attention_mask": torch.zeros(self.seq_len, dtype=torch.long),
         }
         out["input_ids"][:m] = ids[:-1]
-        out["labels"][:m] = labels
+        out["targets"][:m] = targets
         out["attention_mask"][:m] = 1
         return out

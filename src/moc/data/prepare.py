@@ -250,6 +250,8 @@ def _prepare(
 ) -> Path:
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     vocab_size = tokenizer_vocab_size(tok)
     dtype = token_dtype(vocab_size)
     eos_id = int(tok.eos_token_id)

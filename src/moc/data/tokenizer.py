@@ -76,6 +76,8 @@ def train_tokenizer(
             f"--vocab-size {vocab_size} is too small: a byte-level BPE needs {_N_BYTES} byte tokens plus "
             f"{len(SPECIAL_TOKENS)} special tokens, so at least {minimum} (typical: 8192-65536)"
         )
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DataError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     resolved = as_sources(sources)
 
     def texts():  # noqa: ANN202 - a generator of str

@@ -16,17 +16,20 @@ with dotted paths of any depth. A YAML may start from another with ``base: demo`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from moc.config import ConfigError, MoCConfig, _check_type, _suggest, load_config, resolve_base
+from moc import configio
+from moc.config import ConfigError, RunConfig, load_config
+from moc.configio import build, presets_in, read_spec
 
 EXPERIMENT_PRESET_DIR = Path(__file__).parent / "presets"
+_OVERRIDE_EXAMPLE = "pretrain.steps=100"
 IFT_VARIANTS = ("frozen", "low_lr")
 BASELINES = ("dense_backbone", "dense_isoflop")
 
@@ -91,6 +94,8 @@ class PhaseSettings:
     micro_batch_size: int | None = None
     grad_accum_steps: int | None = None
     eval_every: int = 0  # validation points on the loss curve (0: only at the end)
+    # Passes over the phase's packed training windows; when set it decides the steps (train.epochs).
+    epochs: float | None = None
 
 
 @dataclass
@@ -142,7 +147,7 @@ class ExperimentConfig:
         return [self.seed + i for i in range(self.seeds)]
 
     @property
-    def moc_config(self) -> MoCConfig:
+    def moc_config(self) -> RunConfig:
         """The main MoC model and the shared recipe (its ``train`` section)."""
         return _moc_config(self.moc)
 
@@ -157,7 +162,7 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _moc_config(d: dict[str, Any]) -> MoCConfig:
+def _moc_config(d: dict[str, Any]) -> RunConfig:
     try:
         return load_config(dict(d))
     except ConfigError as e:
@@ -262,28 +267,12 @@ def check_data_given(cfg: ExperimentConfig) -> None:
 
 
 def experiment_presets() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENT_PRESET_DIR.glob("*.yaml"))
+    """The experiment presets shipped in ``moc/experiment/presets``."""
+    return presets_in(EXPERIMENT_PRESET_DIR)
 
 
 def _read(spec: str) -> dict[str, Any]:
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"experiment file {spec} does not exist")
-        data, default_name = yaml.safe_load(path.read_text()) or {}, path.stem
-    else:
-        preset = EXPERIMENT_PRESET_DIR / f"{spec}.yaml"
-        if not preset.is_file():
-            names = experiment_presets()
-            raise ConfigError(
-                f"no experiment preset or file named {spec!r}{_suggest(spec, names)}; "
-                f"presets: {', '.join(names)}"
-            )
-        data, default_name = yaml.safe_load(preset.read_text()) or {}, spec
-    if not isinstance(data, dict):
-        raise ConfigError(f"experiment {spec} must hold a mapping of keys")
-    data.setdefault("name", default_name)
-    return data
+    return read_spec(spec, EXPERIMENT_PRESET_DIR, "experiment")
 
 
 def _read_parent(spec: str) -> dict[str, Any]:
@@ -293,61 +282,13 @@ def _read_parent(spec: str) -> dict[str, Any]:
     return data
 
 
-def _set_path(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
 def apply_overrides(d: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> None:
     """Set ``a.b.c=value`` items (values parsed as YAML) into the nested dict ``d``."""
-    if not overrides:
-        return
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like key=value, e.g. pretrain.steps=100")
-            key, raw = item.split("=", 1)
-            items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
-    for key, value in items:
-        _set_path(d, key, value)
-
-
-def _build(cls: type, d: Any, prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from dict ``d``, recursing into nested dataclasses, checking types."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'experiment'}: expected a mapping of keys, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in d.items():
-        where = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ConfigError(f"unknown key {where}{_suggest(key, names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, where)
-        elif typing.get_origin(tp) is dict:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-            kwargs[key] = value
-        else:
-            kwargs[key] = _check_type(value, tp, where)
-    return cls(**kwargs)
+    configio.apply_overrides(d, overrides, _OVERRIDE_EXAMPLE)
 
 
 def experiment_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    return _build(ExperimentConfig, dict(d), "")
+    return build(ExperimentConfig, dict(d))
 
 
 def load_experiment(
@@ -355,12 +296,14 @@ def load_experiment(
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """Load an experiment preset name, YAML path, dict or config, then apply ``--set`` overrides."""
-    if isinstance(spec, ExperimentConfig):
-        d = spec.to_dict()
-    elif isinstance(spec, dict):
-        d = dict(spec)
-    else:
-        d = _read(str(spec))
-    d = resolve_base(d, _read_parent, what="experiment")
-    apply_overrides(d, overrides)
-    return experiment_from_dict(d)
+    if isinstance(spec, dict):
+        spec = copy.deepcopy(spec)  # overrides must not write into the caller's dict
+    return configio.load(
+        ExperimentConfig,
+        spec,
+        overrides,
+        _read,
+        read_parent=_read_parent,
+        what="experiment",
+        example=_OVERRIDE_EXAMPLE,
+    )

@@ -35,7 +35,7 @@ class Job:
     seed: int
     phase: str  # "pretrain" | "ift"
     key: str  # model key (pretrain) or IFT run key
-    cfg: dict[str, Any]  # the run's full MoCConfig as a dict (train.out_dir set)
+    cfg: dict[str, Any]  # the run's full RunConfig as a dict (train.out_dir set)
     init_from: str | None
     pretrain_dir: str
     val_seq_len: int
@@ -79,12 +79,14 @@ def pretrain_val(
     for start in range(0, n, batch_size):
         items = [ds[i] for i in range(start, min(n, start + batch_size))]
         ids = torch.stack([it["input_ids"] for it in items]).long().to(device)
-        labels = torch.stack([it["labels"] for it in items]).long().to(device)
-        out = model(ids)
+        targets = torch.stack([it["targets"] for it in items]).long().to(device)  # already shifted
+        # Per-document positions (as in training): packed documents stay separate.
+        pos = torch.stack([it["position_ids"] for it in items]).long().to(device)
+        out = model(ids, position_ids=pos)
         ce = F.cross_entropy(
-            out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
-        ).view(labels.shape)
-        mask = labels != -100
+            out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        mask = targets != -100
         sums, nums = (ce * mask).sum(1), mask.sum(1)
         window_losses += (sums / nums.clamp(min=1)).tolist()
         total += float(sums.sum())
@@ -204,8 +206,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _run_job(job: Job) -> dict[str, Any]:
     import moc
+    from moc.accounting import count_flops
     from moc.config import from_dict
-    from moc.flops import count_flops
     from moc.train import train
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -226,7 +228,14 @@ def _run_job(job: Job) -> dict[str, Any]:
         "steps": res.step,
         "tokens": res.tokens_seen,
         "sequences": res.tokens_seen // cfg.train.seq_len,
-        "train_flops": count_flops(cfg, cfg.train.seq_len)["total"] * (res.tokens_seen // cfg.train.seq_len),
+        # Counted at the run's micro-batch (distinct chapters are projected once per micro-batch).
+        "train_flops": count_flops(cfg, cfg.train.seq_len, cfg.train.micro_batch_size)["total"]
+        * (res.tokens_seen // cfg.train.seq_len),
+        # Measured in the last step: distinct chapters one micro-batch projected; MFU (GPU only) from the
+        # expected (uniform routing) and from the measured count.
+        "distinct_chapters": res.final.get("distinct_chapters"),
+        "mfu": res.final.get("mfu"),
+        "mfu_measured": res.final.get("mfu_measured"),
         "loss_curve": [_finite_or_none(x) for x in res.loss_history],
         "aux_curve": [_finite_or_none(x) for x in res.aux_loss_history],
         "val_curve": [[h["step"], h["val_loss"]] for h in res.val_history],

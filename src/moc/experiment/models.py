@@ -3,7 +3,7 @@
 - ``moc``: the MoC model of the experiment (``moc`` section; causal routing in our presets).
 - ``dense_backbone``: the same backbone with the memory removed.
 - ``dense_isoflop``: a dense model of the same width whose depth (an integer) best matches MoC's
-  forward FLOPs (:func:`moc.flops.isoflop_config`); its FLOP mismatch is reported.
+  forward FLOPs (:func:`moc.accounting.isoflop_config`); its FLOP mismatch is reported.
 - ``moc_sequence`` (or ``moc_causal`` when the main model uses the paper's sequence routing): the leak
   ablation, the same MoC with the other routing mode; pretrained only.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from moc.config import MoCConfig
+from moc.config import RunConfig
 from moc.experiment.config import ExperimentConfig, PhaseSettings
 
 
@@ -27,7 +27,7 @@ class ModelSpec:
     key: str
     label: str
     role: str  # "moc" | "baseline" | "leak_ablation"
-    cfg: MoCConfig
+    cfg: RunConfig
     isoflop_mismatch: float | None = None  # (dense - moc) / moc forward FLOPs, for dense_isoflop
 
     @property
@@ -37,6 +37,11 @@ class ModelSpec:
 
 def phase_seq_len(exp: ExperimentConfig, phase: PhaseSettings) -> int:
     return phase.seq_len or exp.moc_config.train.seq_len
+
+
+def phase_micro_batch(exp: ExperimentConfig, phase: PhaseSettings) -> int:
+    """Sequences per micro-batch of a phase (what the FLOP counts of its runs are taken at)."""
+    return phase.micro_batch_size or exp.moc_config.train.micro_batch_size
 
 
 def _routing_label(routing: str) -> str:
@@ -50,7 +55,7 @@ def _routing_label(routing: str) -> str:
 def model_specs(exp: ExperimentConfig, vocab_size: int | None = None) -> dict[str, ModelSpec]:
     """The models of ``exp`` by key, in reporting order. ``vocab_size`` replaces moc.model.vocab_size
     (the experiment's tokenizer decides it)."""
-    from moc.flops import isoflop
+    from moc.accounting import isoflop
 
     base = exp.moc_config
     if vocab_size is not None:
@@ -66,7 +71,8 @@ def model_specs(exp: ExperimentConfig, vocab_size: int | None = None) -> dict[st
             "dense_backbone", f"Dense backbone ({cfg.model.n_layers} layers)", "baseline", cfg
         )
     if "dense_isoflop" in exp.baselines:
-        iso = isoflop(base, phase_seq_len(exp, exp.pretrain))
+        # Batch-aware: MoC projects each distinct chapter once per micro-batch (moc.accounting).
+        iso = isoflop(base, phase_seq_len(exp, exp.pretrain), phase_micro_batch(exp, exp.pretrain))
         cfg = base.replace({**dense, "model.n_layers": iso["dense_layers"], "name": "dense_isoflop"})
         specs["dense_isoflop"] = ModelSpec(
             "dense_isoflop",
@@ -114,7 +120,7 @@ def phase_config(
     out_dir: Path,
     prepared_dir: Path,
     variant: str | None = None,
-) -> MoCConfig:
+) -> RunConfig:
     """The full training config of one run: the model, the shared recipe and the phase's settings.
 
     ``variant`` (IFT of a MoC model): ``frozen`` freezes the bank for real, ``low_lr`` trains it at
@@ -126,6 +132,7 @@ def phase_config(
         "train.seed": seed,
         "train.out_dir": str(out_dir),
         "train.max_steps": ph.steps,
+        "train.epochs": ph.epochs,
         "train.lr": ph.lr,
         "train.memory_lr": ph.lr * ph.memory_lr_scale,
         "train.bank_lr": ph.lr * ph.bank_lr_scale,
@@ -153,7 +160,7 @@ def phase_config(
     return spec.cfg.replace(o)
 
 
-def sequences_per_run(cfg: MoCConfig) -> int:
+def sequences_per_run(cfg: RunConfig) -> int:
     """Training sequences a run consumes: steps x global batch (one process)."""
     t = cfg.train
     return t.max_steps * t.micro_batch_size * t.grad_accum_steps

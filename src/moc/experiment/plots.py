@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moc.experiment import summary as S
+from moc.experiment import summary
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib.pyplot module
@@ -14,6 +14,15 @@ def _pyplot():  # noqa: ANN202 - matplotlib.pyplot module
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def run_colors(results: dict) -> dict[str, str]:
+    """One colour per model and per IFT run, the same in every plot (a dense model's IFT run keeps its
+    model's colour; MoC's IFT variants get their own)."""
+    from moc.experiment.capacity_report import model_colors
+
+    models = list(results.get("models", {}))
+    return model_colors(models + [k for k in results.get("ift_runs", {}) if k not in models])
 
 
 def _smooth(xs: list[float | None]) -> list[float]:
@@ -35,6 +44,7 @@ def loss_curves(results: dict, path: Path) -> Path:
     first = results["runs"][0]
     phases = [p for p in ("pretrain", "ift") if first.get(p)]
     fig, axes = plt.subplots(1, len(phases), figsize=(6.5 * len(phases), 4.2), squeeze=False)
+    colors = run_colors(results)
     for ax, phase in zip(axes[0], phases):
         for key, run in first[phase].items():
             curve = run.get("loss_curve") or []
@@ -42,7 +52,7 @@ def loss_curves(results: dict, path: Path) -> Path:
                 results["models"][key]["label"] if phase == "pretrain" else results["ift_runs"][key]["label"]
             )
             steps = range(1, len(curve) + 1)
-            (line,) = ax.plot(steps, _smooth(curve), label=label, lw=1.4)
+            (line,) = ax.plot(steps, _smooth(curve), label=label, lw=1.4, color=colors.get(key))
             raw = [float("nan") if x is None else x for x in curve]
             ax.plot(steps, raw, color=line.get_color(), lw=0.6, alpha=0.3)
             val = run.get("val_curve") or []
@@ -63,28 +73,34 @@ def loss_curves(results: dict, path: Path) -> Path:
 
 def probe_accuracy(results: dict, path: Path) -> Path | None:
     """Pooled probe accuracy before and after IFT per IFT run, with error bars and baselines."""
-    base = S.baseline(results)
+    base = summary.baseline(results)
     rows = []
     for ift_key, info in results.get("ift_runs", {}).items():
-        before = S.probe_acc(results, "pretrain", info["base"])
-        after = S.probe_acc(results, "ift", ift_key)
+        before = summary.probe_acc(results, "pretrain", info["base"])
+        after = summary.probe_acc(results, "ift", ift_key)
         if before is not None and after is not None:
-            rows.append((info["label"], before, after))
+            rows.append((info["label"], before, after, ift_key))
     if not rows:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(7.5, 1.6 * len(rows) + 3.5), 4.2))
     xs = range(len(rows))
     w = 0.38
-    for off, idx, name in ((-w / 2, 1, "after pretraining"), (w / 2, 2, "after IFT")):
+    colors = run_colors(results)
+    bar_colors = [colors.get(r[3]) for r in rows]  # each run keeps its colour; after IFT is hatched
+    for off, idx, name, hatch in ((-w / 2, 1, "after pretraining", None), (w / 2, 2, "after IFT", "//")):
         vals = [100 * r[idx].value for r in rows]
         errs = [100 * (r[idx].err or 0.0) for r in rows]
-        ax.bar([x + off for x in xs], vals, w, yerr=errs, capsize=3, label=name)
+        ax.bar(
+            [x + off for x in xs], vals, w, yerr=errs, capsize=3, label=name, color=bar_colors,
+            hatch=hatch, alpha=0.45 if hatch else 1.0, edgecolor="k", linewidth=0.5,
+        )  # fmt: skip
+    # Baselines in black and grey line styles: no colour that a model could also have.
     styles = {
         "chance": ("k", "--"),
         "majority": ("gray", ":"),
-        "shortest_answer": ("tab:red", "-."),
-        "unigram": ("tab:purple", (0, (3, 1, 1, 1, 1, 1))),
+        "shortest_answer": ("k", "-."),
+        "unigram": ("gray", (0, (3, 1, 1, 1, 1, 1))),
     }
     for name, (color, ls) in styles.items():
         if base and base.get(name) is not None:
@@ -107,21 +123,23 @@ def chapter_usage(results: dict, path: Path) -> Path | None:
     series = []
     for phase, runs in (("pretrain", first.get("pretrain", {})), ("ift", first.get("ift", {}))):
         for key, run in runs.items():
-            hist = S.chapter_histogram(run)
+            hist = summary.chapter_histogram(run)
             if hist is None:
                 continue
             label = (
                 results["models"][key]["label"] if phase == "pretrain" else results["ift_runs"][key]["label"]
             )
-            series.append((f"{label} ({'after pretraining' if phase == 'pretrain' else 'after IFT'})", hist))
+            when = "after pretraining" if phase == "pretrain" else "after IFT"
+            series.append((f"{label} ({when})", hist, key))
     if not series:
         return None
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for label, hist in series:
+    colors = run_colors(results)
+    for label, hist, key in series:
         total = sum(hist) or 1
         shares = sorted((100 * c / total for c in hist), reverse=True)
-        ax1.plot(range(1, len(shares) + 1), shares, label=label, lw=1.3)
+        ax1.plot(range(1, len(shares) + 1), shares, label=label, lw=1.3, color=colors.get(key))
     n = len(series[0][1])
     ax1.axhline(100 / n, color="k", ls="--", lw=1, label="uniform")
     ax1.set_xlabel("chapter rank (most used first)")
@@ -129,8 +147,8 @@ def chapter_usage(results: dict, path: Path) -> Path | None:
     ax1.set_title("Chapter usage, sorted (all memory layers, validation windows)")
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
-    label, hist = series[0]
-    ax2.bar(range(len(hist)), hist, width=1.0)
+    label, hist, key = series[0]
+    ax2.bar(range(len(hist)), hist, width=1.0, color=colors.get(key))
     ax2.set_xlabel("routed chapter id")
     ax2.set_ylabel("picks")
     ax2.set_title(f"Histogram by chapter id: {label}", fontsize=9)

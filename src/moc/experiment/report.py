@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moc.experiment import summary as S
+from moc.experiment import summary
 from moc.experiment.plots import make_plots
 from moc.experiment.stats import Estimate
 from moc.experiment.verdict import findings
@@ -87,18 +87,18 @@ def _label(results: dict, phase: str, key: str) -> str:
 def val_loss_table(results: dict) -> str:
     rows = []
     for ift_key, info in results.get("ift_runs", {}).items():
-        before = S.val_loss(results, "pretrain", info["base"])
-        after = S.val_loss(results, "ift", ift_key)
+        before = summary.val_loss(results, "pretrain", info["base"])
+        after = summary.val_loss(results, "ift", ift_key)
         change = None if before is None or after is None else f"{after.value - before.value:+.3f}"
-        chat = [r.get("ift_val_loss") for r in S.phase_runs(results, "ift", ift_key)]
+        chat = [r.get("ift_val_loss") for r in summary.phase_runs(results, "ift", ift_key)]
         chat_s = "—" if not chat or None in chat else f"{sum(chat) / len(chat):.3f}"
         rows.append([info["label"], _est(before), _est(after), change or "—", chat_s])
     with_ift = {info["base"] for info in results.get("ift_runs", {}).values()}
-    for key in S.model_keys(results):
+    for key in summary.model_keys(results):
         if key in with_ift or results["models"][key]["role"] == "leak_ablation":
             continue
         rows.append(
-            [results["models"][key]["label"], _est(S.val_loss(results, "pretrain", key)), "—", "—", "—"]
+            [results["models"][key]["label"], _est(summary.val_loss(results, "pretrain", key)), "—", "—", "—"]
         )
     head = ["Model", "Val loss after pretraining", "Val loss after IFT", "Change", "IFT val loss (chat)"]
     note = _err_note(results, "the standard error over validation windows")
@@ -122,34 +122,33 @@ def _probe_row(
         _pct(before),
         _signed_pct(delta),
         _pct(after),
-        *(_bpct(base, k) for k in S.BASELINES),
+        *(_bpct(base, k) for k in summary.BASELINES),
     ]
 
 
 _BASE_HEAD = ["Chance %", "Majority %", "Shortest %", "Unigram %"]
 
 
-def probe_table(results: dict, task: str = S.POOLED) -> str | None:
-    base = S.baseline(results, task)
+def probe_table(results: dict, task: str = summary.POOLED) -> str | None:
+    base = summary.baseline(results, task)
     rows = []
     for ift_key, info in results.get("ift_runs", {}).items():
-        before = S.probe_acc(results, "pretrain", info["base"], task)
-        after = S.probe_acc(results, "ift", ift_key, task)
+        before = summary.probe_acc(results, "pretrain", info["base"], task)
+        after = summary.probe_acc(results, "ift", ift_key, task)
         if before is None and after is None:
             continue
-        rows.append(
-            _probe_row(results, info["label"], before, S.probe_delta(results, ift_key, task), after, base)
-        )
+        delta = summary.probe_delta(results, ift_key, task)
+        rows.append(_probe_row(results, info["label"], before, delta, after, base))
     with_ift = {info["base"] for info in results.get("ift_runs", {}).values()}
-    for key in S.model_keys(results):
-        acc = S.probe_acc(results, "pretrain", key, task)
+    for key in summary.model_keys(results):
+        acc = summary.probe_acc(results, "pretrain", key, task)
         if key in with_ift or acc is None:
             continue
         rows.append(_probe_row(results, results["models"][key]["label"], acc, None, None, base))
     if not rows:
         return None
     head = ["Model", "Pretrain %", "Δ pp", "IFT %", *_BASE_HEAD]
-    what = "all probe questions pooled" if task == S.POOLED else f"task {task}"
+    what = "all probe questions pooled" if task == summary.POOLED else f"task {task}"
     n = f" ({base['n']} questions)" if base else ""
     note = _err_note(results, "the binomial standard error")
     return _table(head, rows) + f"\n\nAccuracy on {what}{n}. {note}"
@@ -158,7 +157,7 @@ def probe_table(results: dict, task: str = S.POOLED) -> str | None:
 def probe_task_table(results: dict) -> str | None:
     """Every task x model, long form."""
     rows = []
-    tasks = S.probe_tasks(results) or sorted(
+    tasks = summary.probe_tasks(results) or sorted(
         {
             t
             for r in results.get("runs", [])[:1]
@@ -167,14 +166,14 @@ def probe_task_table(results: dict) -> str | None:
         }
     )
     for task in tasks:
-        base = S.baseline(results, task)
+        base = summary.baseline(results, task)
         for ift_key, info in results.get("ift_runs", {}).items():
-            before = S.probe_acc(results, "pretrain", info["base"], task)
+            before = summary.probe_acc(results, "pretrain", info["base"], task)
             if before is None:
                 continue
-            after = S.probe_acc(results, "ift", ift_key, task)
+            after = summary.probe_acc(results, "ift", ift_key, task)
             row = _probe_row(
-                results, info["label"], before, S.probe_delta(results, ift_key, task), after, base
+                results, info["label"], before, summary.probe_delta(results, ift_key, task), after, base
             )
             rows.append([task, str(base["n"]) if base else "—", *row])
     if not rows:
@@ -186,12 +185,12 @@ def compute_table(results: dict) -> str:
     moc_fwd = results["models"].get("moc", {}).get("forward_flops_per_seq")
     rows = []
     for key, m in results["models"].items():
-        pre = [r.get("train_flops") for r in S.phase_runs(results, "pretrain", key)]
+        pre = [r.get("train_flops") for r in summary.phase_runs(results, "pretrain", key)]
         ift = [
             r.get("train_flops")
             for ik, info in results.get("ift_runs", {}).items()
             if info["base"] == key
-            for r in S.phase_runs(results, "ift", ik)
+            for r in summary.phase_runs(results, "ift", ik)
         ]
         p = m.get("params", {})
         rel = "—" if not moc_fwd else f"{100 * (m['forward_flops_per_seq'] / moc_fwd - 1):+.1f}%"
@@ -221,19 +220,42 @@ def compute_table(results: dict) -> str:
         "Pretrain FLOPs",
         "IFT FLOPs",
     ]
-    return _table(head, rows) + (
-        "\n\nFLOPs follow the paper's accounting (training = 3 x forward) at the pretraining sequence "
-        "length; run FLOPs = counted FLOPs per sequence x sequences trained (per seed; IFT summed over "
-        "the model's IFT variants)."
+    return (
+        _table(head, rows)
+        + (
+            "\n\nFLOPs follow the paper's accounting (training = 3 x forward) at the pretraining sequence "
+            "length and micro-batch: a MoC micro-batch projects each distinct chapter once, counted as the "
+            "expected number under uniform routing (README, accounting); run FLOPs = counted FLOPs per "
+            "sequence x sequences trained (per seed; IFT summed over the model's IFT variants)."
+        )
+        + _measured_chapters(results)
     )
+
+
+def _measured_chapters(results: dict) -> str:
+    """Measured distinct chapters per micro-batch (last pretraining step) and MFU, per MoC model."""
+    lines = []
+    for key, m in results["models"].items():
+        runs = [r for r in summary.phase_runs(results, "pretrain", key) if r.get("distinct_chapters")]
+        if not runs:
+            continue
+        r = runs[0]
+        mfu = ""
+        if r.get("mfu") is not None and r.get("mfu_measured") is not None:
+            mfu = f"; MFU {100 * r['mfu']:.1f}% (expected count), {100 * r['mfu_measured']:.1f}% (measured)"
+        lines.append(
+            f"- {m['label']}: {r['distinct_chapters']:,.1f} distinct chapters per micro-batch measured in "
+            f"the last pretraining step{mfu}"
+        )
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def router_table(results: dict) -> str | None:
     rows = []
     for phase in ("pretrain", "ift"):
-        keys = S.model_keys(results) if phase == "pretrain" else S.ift_keys(results)
+        keys = summary.model_keys(results) if phase == "pretrain" else summary.ift_keys(results)
         for key in keys:
-            u = S.router_usage(results, phase, key)
+            u = summary.router_usage(results, phase, key)
             if u is None:
                 continue
             rows.append(
@@ -266,21 +288,21 @@ def router_table(results: dict) -> str | None:
 
 
 def leak_table(results: dict) -> str | None:
-    keys = S.model_keys(results, "leak_ablation")
+    keys = summary.model_keys(results, "leak_ablation")
     if not keys:
         return None
     rows = []
     for key in ["moc", keys[0]]:
         m = results["models"][key]
         routing = m.get("routing", "?")
-        est = S.val_loss(results, "pretrain", key)
+        est = summary.val_loss(results, "pretrain", key)
         valid = (
             "yes"
             if routing != "sequence"
             else "**NO**: chapters chosen from the whole sequence (sees the future)"
         )
         rows.append([m["label"], routing, _est(est), valid])
-        as_causal = S.val_loss(results, "pretrain", key, field="val_causal")
+        as_causal = summary.val_loss(results, "pretrain", key, field="val_causal")
         if as_causal is not None:
             rows.append(
                 [f"{m['label']}, evaluated with causal routing", "causal (eval only)", _est(as_causal), "yes"]

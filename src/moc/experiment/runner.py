@@ -22,16 +22,25 @@ from typing import Any
 
 import torch
 
+from moc.errors import MocError
 from moc.experiment.config import ExperimentConfig, check_data_given
 from moc.experiment.data import ExperimentData, prepare_experiment_data
 from moc.experiment.jobs import Job, ProbeJob, run_job
-from moc.experiment.models import ModelSpec, ift_label, ift_runs, model_specs, phase_config, phase_seq_len
+from moc.experiment.models import (
+    ModelSpec,
+    ift_label,
+    ift_runs,
+    model_specs,
+    phase_config,
+    phase_micro_batch,
+    phase_seq_len,
+)
 from moc.experiment.report import RESULTS_FILE, tables, write_report
 
 RESULTS_FORMAT = 1
 
 
-class ExperimentError(RuntimeError):
+class ExperimentError(MocError, RuntimeError):
     """A run of the experiment failed; the message names the run and its log file."""
 
 
@@ -62,10 +71,10 @@ def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _model_record(spec: ModelSpec, seq_len: int) -> dict[str, Any]:
-    from moc.flops import count_flops, count_params
+def _model_record(spec: ModelSpec, seq_len: int, batch_size: int = 1) -> dict[str, Any]:
+    from moc.accounting import count_flops, count_params
 
-    fl = count_flops(spec.cfg, seq_len)
+    fl = count_flops(spec.cfg, seq_len, batch_size)  # per sequence at the pretraining micro-batch
     rec: dict[str, Any] = {
         "label": spec.label,
         "role": spec.role,
@@ -73,6 +82,7 @@ def _model_record(spec: ModelSpec, seq_len: int) -> dict[str, Any]:
         "d_model": spec.cfg.model.d_model,
         "params": count_params(spec.cfg),
         "seq_len": seq_len,
+        "micro_batch_size": batch_size,
         "forward_flops_per_seq": fl["forward"],
         "train_flops_per_seq": fl["total"],
         "architecture": {"model": spec.cfg.to_dict()["model"], "memory": spec.cfg.to_dict()["memory"]},
@@ -176,10 +186,11 @@ def _leaky(spec: ModelSpec) -> bool:
 def _cost(cfg: Any, spec: ModelSpec) -> float:
     """Relative cost for scheduling: counted training FLOPs of the run (memory layers cost ~1.5x on CPU
     what their FLOPs suggest, from measurements; only the order of jobs depends on this)."""
-    from moc.flops import count_flops
+    from moc.accounting import count_flops
 
     t = cfg.train
-    flops = count_flops(cfg, t.seq_len)["total"] * t.max_steps * t.micro_batch_size * t.grad_accum_steps
+    per_seq = count_flops(cfg, t.seq_len, t.micro_batch_size)["total"]
+    flops = per_seq * t.max_steps * t.micro_batch_size * t.grad_accum_steps
     return flops * (1.5 if spec.has_memory else 1.0)
 
 
@@ -289,6 +300,7 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     workers, threads = workers_and_threads(exp)
     jobs = plan_jobs(exp, specs, data, out, threads)
     pre_len = phase_seq_len(exp, exp.pretrain)
+    pre_micro = phase_micro_batch(exp, exp.pretrain)  # FLOPs per sequence at the micro-batch run
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "name": exp.name,
@@ -307,7 +319,7 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
         },
         "data": data.summary,
         "probe_tasks": data.probe_info,
-        "models": {k: _model_record(s, pre_len) for k, s in specs.items()},
+        "models": {k: _model_record(s, pre_len, pre_micro) for k, s in specs.items()},
         "ift_runs": {
             k: {"base": base, "variant": variant, "label": ift_label(specs, base, variant)}
             for k, (base, variant) in ift_runs(exp, specs).items()

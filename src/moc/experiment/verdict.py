@@ -7,7 +7,7 @@ says the models are indistinguishable at this scale.
 
 from __future__ import annotations
 
-from moc.experiment import summary as S
+from moc.experiment import summary
 from moc.experiment.stats import Estimate
 
 Z = 2.0
@@ -37,13 +37,13 @@ def _unc(est: Estimate) -> str:
 
 def val_loss_findings(results: dict) -> list[str]:
     out: list[str] = []
-    moc = S.val_loss(results, "pretrain", "moc")
+    moc = summary.val_loss(results, "pretrain", "moc")
     if moc is None:
         return out
     beaten, not_beaten = [], []
-    for key in S.model_keys(results, "baseline"):
-        other = S.val_loss(results, "pretrain", key)
-        diff = S.val_loss_diff(results, ("pretrain", "moc"), ("pretrain", key))
+    for key in summary.model_keys(results, "baseline"):
+        other = summary.val_loss(results, "pretrain", key)
+        diff = summary.val_loss_diff(results, ("pretrain", "moc"), ("pretrain", key))
         if other is None or diff is None:
             continue
         c = _clear(diff)
@@ -69,18 +69,18 @@ def val_loss_findings(results: dict) -> list[str]:
 
 
 def probe_findings(results: dict) -> list[str]:
-    base = S.baseline(results)
+    base = summary.baseline(results)
     out: list[str] = []
     if base is not None and len(base) > 1:
         above, scores = [], []
-        for key in S.model_keys(results):
-            acc = S.probe_acc(results, "pretrain", key)
+        for key in summary.model_keys(results):
+            acc = summary.probe_acc(results, "pretrain", key)
             if acc is None:
                 continue
             scores.append(f"{_label(results, key)} {100 * acc.value:.1f}%")
-            if _clear(Estimate(acc.value - S.floor(base), acc.err, acc.kind)) > 0:
+            if _clear(Estimate(acc.value - summary.floor(base), acc.err, acc.kind)) > 0:
                 above.append(key)
-        ref = ", ".join(f"{name} {100 * base[k]:.1f}%" for k, name in S.BASELINES.items() if k in base)
+        ref = ", ".join(f"{name} {100 * base[k]:.1f}%" for k, name in summary.BASELINES.items() if k in base)
         if scores and not above:
             out.append(
                 "No model scores clearly above the best knowledge-free baseline on the probes after "
@@ -94,7 +94,7 @@ def probe_findings(results: dict) -> list[str]:
                 + f" (pretraining scores: {'; '.join(scores)})."
             )
     for ift_key, info in results.get("ift_runs", {}).items():
-        d = S.probe_delta(results, ift_key)
+        d = summary.probe_delta(results, ift_key)
         if d is None:
             continue
         c = _clear(d)
@@ -110,7 +110,7 @@ def forgetting_findings(results: dict) -> list[str]:
     """How much each model's pretraining validation loss rose during IFT, and who forgot least."""
     rises: dict[str, Estimate] = {}
     for ift_key, info in results.get("ift_runs", {}).items():
-        d = S.val_loss_diff(results, ("ift", ift_key), ("pretrain", info["base"]))
+        d = summary.val_loss_diff(results, ("ift", ift_key), ("pretrain", info["base"]))
         if d is not None:
             rises[ift_key] = d
     if not rises:
@@ -147,16 +147,17 @@ def forgetting_findings(results: dict) -> list[str]:
 
 
 def leak_findings(results: dict) -> list[str]:
-    keys = S.model_keys(results, "leak_ablation")
+    keys = summary.model_keys(results, "leak_ablation")
     if not keys:
         return []
     leak_key = keys[0]
     routing = results["models"][leak_key].get("routing")
     seq_key, causal_key = (leak_key, "moc") if routing == "sequence" else ("moc", leak_key)
-    seq, causal = S.val_loss(results, "pretrain", seq_key), S.val_loss(results, "pretrain", causal_key)
+    seq = summary.val_loss(results, "pretrain", seq_key)
+    causal = summary.val_loss(results, "pretrain", causal_key)
     if seq is None or causal is None:
         return []
-    diff = S.val_loss_diff(results, ("pretrain", seq_key), ("pretrain", causal_key))
+    diff = summary.val_loss_diff(results, ("pretrain", seq_key), ("pretrain", causal_key))
     c = _clear(diff) if diff is not None else 0
     rel = "lower than" if c < 0 else "higher than" if c > 0 else "indistinguishable from"
     out = [
@@ -165,7 +166,7 @@ def leak_findings(results: dict) -> list[str]:
         "future tokens included, so its loss is NOT a valid language-model loss and must not be compared "
         "with the others."
     ]
-    as_causal = S.val_loss(results, "pretrain", seq_key, field="val_causal")
+    as_causal = summary.val_loss(results, "pretrain", seq_key, field="val_causal")
     if as_causal is not None:
         out.append(
             "The same sequence-trained weights evaluated with causal routing (a valid loss): "

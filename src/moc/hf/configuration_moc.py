@@ -36,6 +36,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "init_std": 0.02,
     "attn_out_init_std": None,
     "mlp_down_init_std": None,
+    "attention_backend": "auto",
+    "loss_chunk_size": 4096,
 }
 MEMORY_DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -50,6 +52,8 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "n_kv_heads": 12,
     "routing": "causal",
     "causal_chunk_size": 64,
+    "chapter_weighting": "kv",
+    "router_input": "memory_norm",
     "bank_sharing": "shared",
     "bank_group_size": 2,
     "bank_type": "full",
@@ -58,6 +62,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "bank_init_std": 0.02,
     "load_balance_coef": 0.01,
     "z_loss_coef": 0.001,
+    "aux_loss_reduction": "sum",
 }
 ROUTING_MODES = ("causal", "sequence", "token")
 # Hugging Face attribute names derived from the `model` section (never read back: `model` is the truth).

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from moc.config import MoCConfig as MoCRunConfig
-from moc.config import load_config
+from moc.config import RunConfig, load_config
 from moc.hf.configuration_moc import MoCConfig
 from moc.hf.errors import HFError
 from moc.hf.modeling_moc import MoCForCausalLM
@@ -30,10 +29,10 @@ class ModelSource:
 
     path: Path  # the folder holding the weights (a checkpoint dir is resolved from a run dir)
     kind: str  # "hf" or "checkpoint"
-    run_config: MoCRunConfig | None = None  # the checkpoint's config.yaml (checkpoints only)
+    run_config: RunConfig | None = None  # the checkpoint's config.yaml (checkpoints only)
 
 
-def hf_config(cfg: MoCRunConfig, **kwargs: Any) -> MoCConfig:
+def hf_config(cfg: RunConfig, **kwargs: Any) -> MoCConfig:
     """The Hugging Face config of a moc config (only ``model`` and ``memory`` matter)."""
     d = cfg.to_dict()
     return MoCConfig(
@@ -41,7 +40,7 @@ def hf_config(cfg: MoCRunConfig, **kwargs: Any) -> MoCConfig:
     )
 
 
-def from_moc_model(model: torch.nn.Module, cfg: MoCRunConfig | None = None) -> MoCForCausalLM:
+def from_moc_model(model: torch.nn.Module, cfg: RunConfig | None = None) -> MoCForCausalLM:
     """A ``MoCForCausalLM`` with a copy of a ``MoCModel``'s weights (``cfg`` defaults to ``model.config``)."""
     cfg = cfg if cfg is not None else model.config
     hf = MoCForCausalLM(hf_config(cfg))
@@ -140,7 +139,7 @@ def has_tokenizer(path: Path) -> bool:
 
 def tokenizer_candidates(source: ModelSource) -> list[Path]:
     """Folders that may hold the model's tokenizer, most specific first."""
-    out = [source.path]
+    out = [source.path, source.path / "tokenizer"]  # training checkpoints keep a copy in tokenizer/
     cfg = source.run_config
     if cfg is not None:
         if cfg.data.prepared_dir:  # moc data prepare keeps a copy of the exact tokenizer used

@@ -2,7 +2,8 @@
 
 The folder holds ``config.json`` (with ``auto_map``), ``model.safetensors``, ``generation_config.json``,
 the tokenizer files, and the model code (``configuration_moc.py``, ``modeling_moc.py`` and moc's core
-``transformer.py``, ``memory.py``, ``layers.py``, ``params.py``), so that anyone can run::
+``transformer.py``, ``memory.py``, ``layers.py``, ``param_groups.py``, and the memory read's kernel
+``routed_read.py`` from ``moc/kernels``), so that anyone can run::
 
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
@@ -18,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 import moc
+from moc.errors import one_line, os_error_message
+from moc.files import apply_umask
 from moc.hf.convert import check_tokenizer_fits, load_given_tokenizer, load_model, resolve_tokenizer
 from moc.hf.errors import HFError
 from moc.hf.modeling_moc import MoCForCausalLM
 
 HF_DIR = Path(__file__).parent
 MODEL_DIR = HF_DIR.parent / "model"
+KERNEL_DIR = HF_DIR.parent / "kernels"  # the memory read's PyTorch kernel, imported by memory.py
 AUTO_MAP = {
     "AutoConfig": "configuration_moc.MoCConfig",
     "AutoModelForCausalLM": "modeling_moc.MoCForCausalLM",
@@ -35,7 +40,8 @@ _CORE_IMPORT = "from ..model."
 
 
 def core_model_files(entry: str = "transformer.py") -> list[Path]:
-    """``moc/model`` files the network needs: ``entry`` and what it imports relatively, recursively."""
+    """``moc/model`` files the network needs: ``entry`` and what it imports relatively, recursively
+    (a name missing from ``moc/model`` comes from ``moc/kernels``: memory.py's fallback import)."""
     seen: list[Path] = []
     todo = [MODEL_DIR / entry]
     while todo:
@@ -43,7 +49,8 @@ def core_model_files(entry: str = "transformer.py") -> list[Path]:
         if path in seen:
             continue
         seen.append(path)
-        todo += [MODEL_DIR / f"{name}.py" for name in _RELATIVE_IMPORT.findall(path.read_text())]
+        names = _RELATIVE_IMPORT.findall(path.read_text())
+        todo += [d / f"{n}.py" for n in names for d in (MODEL_DIR, KERNEL_DIR) if (d / f"{n}.py").exists()]
     return sorted(seen)
 
 
@@ -94,7 +101,9 @@ def export(
     :func:`moc.hf.convert.resolve_tokenizer`). ``no_tokenizer`` exports the model alone.
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise HFError(f"{out} is a file, not a folder; choose another folder (--force replaces a folder)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise HFError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
     if isinstance(checkpoint, MoCForCausalLM):
         model, source_name = checkpoint, getattr(checkpoint.config, "name_or_path", "") or "a model object"
@@ -114,10 +123,19 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
-        _write(model, tok, tmp, source_name)
-        if out.exists():
-            shutil.rmtree(out)
+        try:
+            _write(model, tok, tmp, source_name)
+        except (OSError, SafetensorError) as e:  # disk full, permissions: nothing partial is left behind
+            why = os_error_message(e) if isinstance(e, OSError) else one_line(e)
+            raise HFError(f"could not write the export {out}: {why}; {out} was not changed") from None
+        apply_umask(tmp)  # mkdtemp makes 0700 and safetensors 0600; give the usual modes
+        # Swap with renames only, so a failure never leaves neither the old nor the new folder.
+        old = out.with_name(f".tmp-old-{out.name}-{tmp.name[-8:]}") if out.exists() else None
+        if old is not None:
+            out.rename(old)
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

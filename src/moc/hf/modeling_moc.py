@@ -96,10 +96,9 @@ def as_moc_cache(cache: Any) -> Any:
 
 @dataclass
 class MoCCausalLMOutput(ModelOutput):
-    """logits: (B, L, V). ``loss``: LM cross-entropy (plus ``aux_loss`` in training mode).
-
-    ``aux_loss``: the router load-balance + z-loss (0 for dense models). ``cache``: the decode cache
-    when ``use_cache``.
+    """logits: (B, L, V). ``loss``: the LM cross-entropy alone, in training and eval mode alike (the
+    same rule as ``MoCModel``). ``aux_loss``: the router load-balance + z-loss, already weighted (0 for
+    dense models); to train, minimise ``loss + aux_loss``. ``cache``: the decode cache when ``use_cache``.
     """
 
     loss: torch.Tensor | None = None
@@ -205,8 +204,9 @@ class MoCForCausalLM(MoCPreTrainedModel, GenerationMixin):
 
         ``cache`` (or ``past_key_values``): a ``DynamicCache`` from an earlier call; ``use_cache`` returns
         one (default off outside ``generate()``). ``labels`` follow Hugging Face (aligned with input_ids,
-        shifted inside, -100 ignored). ``sequence_route_len`` (sequence routing, no cache): route on the
-        positions below it only — an int, or a (B, 1) tensor per row.
+        shifted inside, -100 ignored); ``loss`` is their cross-entropy, without ``aux_loss``.
+        ``sequence_route_len`` (sequence routing, no cache): route on the positions below it only — an
+        int, or a (B, 1) tensor per row.
         """
         if inputs_embeds is not None:
             raise ValueError("MoCForCausalLM takes input_ids, not inputs_embeds")
@@ -224,11 +224,10 @@ class MoCForCausalLM(MoCPreTrainedModel, GenerationMixin):
             past_key_values=cache,
             sequence_route_len=sequence_route_len,
         )
-        loss = out.loss
-        if loss is not None and self.training:
-            # Fine-tuning with Hugging Face tools (Trainer, PEFT) keeps routers balanced, as moc train does.
-            loss = loss + out.aux_loss
-        result = MoCCausalLMOutput(loss=loss, logits=out.logits, cache=cache, aux_loss=out.aux_loss)
+        # One rule for every moc model: ``loss`` is the LM cross-entropy, ``aux_loss`` is separate (a
+        # Hugging Face Trainer adds it in compute_loss, see docs/hf.md), so evaluation and training report
+        # the same quantity under the same name.
+        result = MoCCausalLMOutput(loss=out.loss, logits=out.logits, cache=cache, aux_loss=out.aux_loss)
         return result if return_dict is not False else result.to_tuple()
 
     # -- generation -----------------------------------------------------------------------------------

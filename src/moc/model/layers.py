@@ -54,6 +54,66 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def document_ids(position_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Which packed document each position belongs to. position_ids, valid: (B, L) -> (B, L) int64.
+
+    A new document starts at a valid token whose position id is 0 or not greater than the previous
+    valid token's (the Hugging Face packed convention, ``DataCollatorWithFlattening``: positions restart
+    at 0 for each sequence). Documents are numbered 1, 2, ... in each row; padding takes the number of
+    the document before it (0 before the first valid token). Positions from an attention mask give one
+    document per row.
+    """
+    B, L = position_ids.shape
+    idx = torch.arange(L, device=position_ids.device).expand(B, L)
+    last_valid = torch.where(valid, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    prev = torch.cat([last_valid.new_full((B, 1), -1), last_valid[:, :-1]], dim=1)  # last valid index < t
+    prev_pos = position_ids.gather(1, prev.clamp(min=0))
+    start = valid & ((prev < 0) | (position_ids == 0) | (position_ids <= prev_pos))
+    return start.long().cumsum(dim=1)
+
+
+def dense_document_mask(doc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask. doc, valid: (B, L) -> (B, 1, L, L) bool, True = attend.
+
+    Query i sees key j <= i of the same document if j is a real token; it always sees itself, so that
+    padding rows stay finite (their outputs are never used). O(L^2) memory: for CPU and short rows.
+    """
+    L = doc.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=doc.device).tril()
+    same = doc[:, :, None] == doc[:, None, :]
+    return ((same & causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=doc.device))[:, None]
+
+
+def flex_document_mask(doc: torch.Tensor, valid: torch.Tensor) -> Any:
+    """The same mask as :func:`dense_document_mask` as a FlexAttention ``BlockMask`` (block-sparse:
+    blocks of 128 x 128 positions that no query of a document needs are skipped, no L x L tensor)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return ((doc[b, q] == doc[b, k]) & (k <= q) & valid[b, k]) | (q == k)
+
+    B, L = doc.shape
+    # Compiled on CUDA so that building the block mask does not materialise the (B, L, L) mask either.
+    return create_block_mask(mask_mod, B, None, L, L, device=doc.device, _compile=doc.device.type == "cuda")
+
+
+_compiled_flex: Any = None
+
+
+def _flex_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, gqa: bool
+) -> torch.Tensor:
+    """FlexAttention, compiled on CUDA (eager it materialises the scores: fine for CPU tests only)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+
 class SelfAttention(nn.Module):
     """Causal grouped-query self-attention with RoPE, via PyTorch SDPA, with an optional KV cache."""
 
@@ -74,7 +134,8 @@ class SelfAttention(nn.Module):
         cache: Any = None,
         layer_idx: int = 0,
     ) -> torch.Tensor:
-        """x: (B, L, d); attn_mask: (B, 1, L, L_past + L) bool (True = attend) or None for plain causal.
+        """x: (B, L, d); attn_mask: (B, 1, L, L_past + L) bool (True = attend), a FlexAttention
+        ``BlockMask`` (packed documents on GPU, see :func:`flex_document_mask`) or None for plain causal.
 
         ``cache`` is any object with Hugging Face's ``update(k, v, layer_idx) -> (k_all, v_all)``.
         """
@@ -86,6 +147,9 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, layer_idx)
+        if not isinstance(attn_mask, torch.Tensor | None):  # a BlockMask
+            out = _flex_attention(q, k, v, attn_mask, self.n_kv_heads != self.n_heads)
+            return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,

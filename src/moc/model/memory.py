@@ -8,23 +8,39 @@ The bank ``M`` holds ``N_m = C * T`` latent tokens (C chapters of T tokens). A m
 
 Each routing *decision* picks S for a group of positions:
 
-    sequence  one decision per sequence from the mean of all its (valid) positions — the paper's mode.
+    sequence  one decision per document from the mean of all its (valid) positions — the paper's mode.
               NOT causal: the chapters read at position t depend on tokens after t.
-    causal    positions [g*S, (g+1)*S) (S = causal_chunk_size) share one decision made from the mean
-              of the positions < g*S; chunk 0 routes from the router bias alone. Strictly causal.
+    causal    positions [g*S, (g+1)*S) of a document (S = causal_chunk_size) share one decision made from
+              the mean of the document's positions < g*S. Strictly causal. Chunk 0 of every document
+              has seen no content yet: its summary is zero, so the router bias alone picks its chapters
+              (the same chapters for every document's first S tokens).
     token     every position decides from its own hidden state. Causal.
 
-Chunks are counted in *positions* (from ``position_ids``), so left padding does not move them.
+Documents: a row may pack several; a new one starts at a valid position whose id is 0 or not greater
+than the previous valid position's (Hugging Face's packed convention). Routing never pools across
+documents, and chunks are counted in *positions* from the document's start, so left padding does not
+move them. With positions from an attention mask every row is one document.
 
-Because W_K and W_V have no bias, K(w * m) = w * K(m): keys and values are projected once per
-distinct selected chapter and then scaled by each decision's weight. The bank is indexed directly —
-never expanded per batch element — so its gradient is one N_m x d tensor, non-zero only on the
-selected chapters.
+The router pools RMSNorm(h) (``router_input: memory_norm``) or the block's input residual stream
+(``block_input``, the paper's code). ``chapter_weighting`` says how a chapter's weight enters the read:
+"kv" (the paper) scales the memory vectors before W_K and W_V; "v" only the values; "logit" adds
+log(weight) to that chapter's attention logits.
+
+The read (``moc.kernels.routed_read``): keys and values are projected once per distinct selected chapter
+in the batch (W_K, W_V have no bias, so K(w * m) = w * K(m): the weights are applied inside the read);
+each query tile (a causal chunk, a piece of a document, or a token) attends to its own decision's
+chapters by index. Nothing per decision is materialised or saved for backward: backward recomputes the
+chapters' K/V and the scores from the indices, the weights, q, the output and the log-sum-exp. On CUDA
+Triton kernels do the forward and backward when Triton is installed. The bank is indexed directly —
+never expanded per batch element — so its gradient is one N_m x d tensor, non-zero only on the selected
+chapters.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -96,29 +112,44 @@ def build_banks(cfg: MemoryConfig, d_model: int, n_banks: int) -> nn.ModuleList:
 class RoutingInfo:
     """What one memory layer's router decided (detached), for losses' logging and inspection.
 
-    indices/weights: (B, G, n_selected) selected chapter ids (shared first) and their weights;
-    valid: (B, G) decisions that serve at least one real token.
+    indices/weights: (B, G, n_selected) selected chapter ids (shared first) and their weights, G the
+    decisions per row: documents (sequence), (document, chunk) tiles (causal) or positions (token);
+    valid: (B, G) decisions that serve at least one real token. ``entropy``, ``load_balance`` and
+    ``z_loss`` are Python floats read from ``stats`` on first use, so the forward pass itself never
+    waits for the device (no host sync, no graph break under torch.compile).
     """
 
     layer: int
     indices: torch.Tensor
     weights: torch.Tensor
     valid: torch.Tensor
-    entropy: float
-    load_balance: float
-    z_loss: float
+    stats: torch.Tensor = field(repr=False)  # (3,): mean routing entropy, load balance, z-loss
     chapter_counts: torch.Tensor = field(repr=False)
+
+    @property
+    def entropy(self) -> float:
+        return float(self.stats[0])
+
+    @property
+    def load_balance(self) -> float:
+        return float(self.stats[1])
+
+    @property
+    def z_loss(self) -> float:
+        return float(self.stats[2])
 
 
 @dataclass
 class MemoryState:
-    """Per-layer decode state: the running sum of pooled states and the current decision's K/V."""
+    """Per-layer decode state: the running sum of the last document's router inputs and the current
+    decision's K/V."""
 
-    prefix_sum: torch.Tensor | None = None  # (B, d) sum of normalised hidden states seen so far
+    prefix_sum: torch.Tensor | None = None  # (B, d) sum of the router inputs of the current document
     prefix_count: torch.Tensor | None = None  # (B,)
     group: torch.Tensor | None = None  # (B,) chunk id of the cached decision (causal)
-    k: torch.Tensor | None = None  # (B, n_kv_heads, N_sel, head_dim)
+    k: torch.Tensor | None = None  # (B, n_kv_heads, N_sel, head_dim), chapter weights applied
     v: torch.Tensor | None = None
+    bias: torch.Tensor | None = None  # (B, 1, 1, N_sel) log chapter weights ("logit" weighting only)
 
 
 class ChapterRouter(nn.Module):
@@ -136,6 +167,18 @@ class ChapterRouter(nn.Module):
         self.n_shared, self.top_k, self.scale = cfg.n_shared_chapters, cfg.top_k, cfg.routed_scaling_factor
         # Chapters removed for ablation (see moc.analysis): never selected, never read.
         self.register_buffer("disabled", torch.zeros(cfg.n_chapters, dtype=torch.bool), persistent=False)
+        self._disabled_seen: tuple = (None, -1, False)  # (buffer, its version, any disabled)
+
+    def any_disabled(self) -> bool:
+        """Whether any chapter is disabled. Re-read from the device only when the buffer was replaced or
+        modified in place (its version counter), so routing does not sync with the device every call."""
+        buf, version, flag = self._disabled_seen
+        if torch.compiler.is_compiling():
+            return bool(self.disabled.any())
+        if buf is not self.disabled or version != self.disabled._version:
+            flag = bool(self.disabled.any())
+            self._disabled_seen = (self.disabled, self.disabled._version, flag)
+        return flag
 
     def forward(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """summary: (..., d) -> (indices, weights, logits, probs).
@@ -145,7 +188,7 @@ class ChapterRouter(nn.Module):
         logits = self.proj(summary).float()
         routed = logits[..., self.n_shared :]
         shared = torch.arange(self.n_shared, device=logits.device)
-        if self.disabled.any():
+        if self.any_disabled():
             routed = routed.masked_fill(self.disabled[self.n_shared :], float("-inf"))
             shared = shared[~self.disabled[: self.n_shared]]
         probs = routed.softmax(dim=-1)
@@ -201,29 +244,93 @@ class MemoryLayer(nn.Module):
         self.v_proj = nn.Linear(attn_dim, cfg.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(attn_dim, d_model, bias=False)
 
+    @property
+    def weighting(self) -> str:
+        return getattr(self.cfg, "chapter_weighting", "kv")
+
     # -- the read -----------------------------------------------------------------------------------
 
-    def selected_kv(
-        self, bank: MemoryBank, indices: torch.Tensor, weights: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices, weights: (B, G, n_sel) -> K, V: (B, G, n_kv_heads, n_sel * T, head_dim)."""
-        uniq, inverse = torch.unique(indices, return_inverse=True)
-        mem = rms_normalize(bank.chapters(uniq), self.eps)  # (U, T, dim)
-        U, T, _ = mem.shape
-        k = self.k_proj(mem).view(U, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(mem).view(U, T, self.n_kv_heads, self.head_dim)
-        w = weights.to(k.dtype)[..., None, None, None]  # (B, G, n_sel, 1, 1, 1)
-        B, G, n_sel = indices.shape
-        k = (k[inverse] * w).reshape(B, G, n_sel * T, self.n_kv_heads, self.head_dim).transpose(2, 3)
-        v = (v[inverse] * w).reshape(B, G, n_sel * T, self.n_kv_heads, self.head_dim).transpose(2, 3)
-        return k, v
+    @staticmethod
+    def distinct_chapters(indices: torch.Tensor, n_chapters: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices: (...) chapter ids -> (chapters (U,), indices as rows of ``chapters``).
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: (N, heads, Lq, hd); k, v: (N, kv_heads, Lk, hd) -> (N, heads, Lq, hd).
-
-        No mask: every selected memory token is visible to every query.
+        U = min(n_chapters, indices.numel()) is a bound known from shapes alone (no host sync, unlike
+        ``torch.unique``): the distinct chapters come first, in ascending order, and any remaining rows
+        are unread chapters (projected, never read, so they get exactly zero gradient).
         """
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=self.n_kv_heads != self.n_heads)
+        flat = indices.reshape(-1)
+        used = torch.zeros(n_chapters, dtype=torch.int32, device=flat.device).index_fill_(0, flat, 1)
+        rank = used.cumsum(0) - 1  # row of chapter c among the used ones
+        chapters = torch.argsort(1 - used, stable=True)[: min(n_chapters, flat.numel())]
+        return chapters, rank[indices]
+
+    def kv_source(
+        self, bank: MemoryBank, chapters: torch.Tensor
+    ) -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, ...]]:
+        """(kv_fn, inputs): ``kv_fn(*inputs)`` -> K, V (U, T, n_kv_heads, head_dim) of ``chapters``.
+
+        Each memory vector is RMS-normalised (no learned scale) and projected, unweighted: the chapter
+        weights enter inside the read. The inputs are the bank's parameters and W_K, W_V, so the read
+        can recompute K and V in backward instead of saving them.
+        """
+        C, T, eps, kind = bank.n_chapters, bank.chapter_size, self.eps, bank.kind
+        kvh, hd = self.n_kv_heads, self.head_dim
+
+        def kv_fn(
+            chapters: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, *bank_params: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if kind == "factorized":
+                a, b = bank_params
+                rows = a.view(C, T, -1)[chapters] @ b.t()
+            else:
+                rows = bank_params[0].view(C, T, -1)[chapters]
+            mem = rms_normalize(rows, eps)  # (U, T, dim)
+            U = mem.shape[0]
+            return F.linear(mem, wk).view(U, T, kvh, hd), F.linear(mem, wv).view(U, T, kvh, hd)
+
+        params = (bank.A, bank.B) if kind == "factorized" else (bank.weight,)
+        return kv_fn, (chapters, self.k_proj.weight, self.v_proj.weight, *params)
+
+    def read(
+        self,
+        q: torch.Tensor,
+        bank: MemoryBank,
+        indices: torch.Tensor,
+        weights: torch.Tensor,
+        tile_decision: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q: (D, Qt, H, hd) query tiles; indices, weights: (N, n_sel) the N decisions; tile_decision:
+        (D,) which decision each tile reads (None: tile d reads decision d) -> (D, Qt, H, hd).
+
+        Keys/values are projected once per distinct chapter of the decisions and read by index; nothing
+        per decision is materialised or saved for backward (see ``moc.kernels.routed_read``).
+        """
+        chapters, rows = self.distinct_chapters(indices, bank.n_chapters)
+        if tile_decision is not None:
+            rows, weights = rows[tile_decision], weights[tile_decision]
+        kv_fn, inputs = self.kv_source(bank, chapters)
+        routed_read, _ = _kernels()
+        fwd, bwd = _triton(q.device)
+        return routed_read(
+            q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
+        )
+
+    def dense_kv(
+        self, bank: MemoryBank, indices: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Decoding: one decision per row. indices, weights: (B, n_sel) ->
+        K, V (B, n_kv_heads, n_sel * T, hd) with the weights applied, and a logit bias (B, 1, 1, n_sel * T)
+        for the "logit" weighting (else None). Small (B rows), so materialising it is fine here."""
+        chapters, rows = self.distinct_chapters(indices, bank.n_chapters)
+        kv_fn, inputs = self.kv_source(bank, chapters)
+        k, v = kv_fn(*inputs)
+        a, b, c = _kernels()[1](weights, self.weighting)
+        B, n = indices.shape
+        T = k.shape[1]
+        k = (k[rows] * a.to(k.dtype)[..., None, None, None]).reshape(B, n * T, *k.shape[2:]).transpose(1, 2)
+        v = (v[rows] * c.to(v.dtype)[..., None, None, None]).reshape(B, n * T, *v.shape[2:]).transpose(1, 2)
+        bias = b.repeat_interleave(T, dim=1)[:, None, None].to(k.dtype) if self.weighting == "logit" else None
+        return k, v, bias
 
     def route(
         self, summary: torch.Tensor, valid: torch.Tensor
@@ -233,9 +340,10 @@ class MemoryLayer(nn.Module):
         n_shared = indices.shape[-1] - self.cfg.top_k
         lb, z, counts = router_losses(logits, probs, indices, valid, n_shared)
         aux = self.cfg.load_balance_coef * lb + self.cfg.z_loss_coef * z
-        entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
-        entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
-        stats = {"lb": lb.detach(), "z": z.detach(), "counts": counts, "entropy": entropy.detach()}
+        with torch.no_grad():  # for logging only: keeps (decisions x C) tensors out of the autograd graph
+            entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
+            entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
+        stats = {"lb": lb.detach(), "z": z.detach(), "counts": counts, "entropy": entropy}
         return indices, weights, aux, stats
 
     # -- forward ------------------------------------------------------------------------------------
@@ -248,30 +356,32 @@ class MemoryLayer(nn.Module):
         valid: torch.Tensor,
         state: MemoryState | None = None,
         sequence_route_len: int | torch.Tensor | None = None,
+        route_input: torch.Tensor | None = None,
+        one_document: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d); position_ids, valid: (B, L) -> (memory update (B, L, d), aux loss, routing info).
 
         With ``state`` (incremental decoding) the routing decisions and their K/V are kept in it.
         ``sequence_route_len`` (sequence routing only) pools just the positions below it, e.g. the prompt.
+        ``route_input`` (B, L, d): what the router pools instead of RMSNorm(h) (``router_input:
+        block_input`` passes the block's input residual stream). ``one_document``: the caller knows every
+        row is one document with positions 0, 1, ... (positions from an attention mask), so the tiles
+        per row are at most ceil(L / S) and the read needs no host sync (checked on the device).
         """
         x = self.norm(h)
+        r = x if route_input is None else route_input
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
         decoding = state is not None and state.prefix_count is not None
         if decoding:
-            out = self._decode(x, q, bank, position_ids, valid, state)
+            out = self._decode(r, q, bank, position_ids, valid, state)
             return self.o_proj(out.reshape(B, L, -1)), x.new_zeros((), dtype=torch.float32), None
-        mode = self.cfg.routing
-        if mode == "sequence":
-            pool = valid if sequence_route_len is None else valid & (position_ids < sequence_route_len)
-            out, aux, info = self._read_sequence(x, q, bank, pool, state)
-        elif mode == "causal":
-            out, aux, info = self._read_causal(x, q, bank, position_ids, valid, state)
+        if self.cfg.routing == "token":
+            out, aux, info = self._read_token(r, q, bank, valid, state)
         else:
-            out, aux, info = self._read_token(x, q, bank, valid)
-        if state is not None:  # prefill: remember what the next tokens need
-            state.prefix_sum = (x.float() * valid[..., None]).sum(1)
-            state.prefix_count = valid.sum(1).float()
+            out, aux, info = self._read_tiled(
+                r, q, bank, position_ids, valid, state, sequence_route_len, one_document
+            )
         return self.o_proj(out.reshape(B, L, -1)), aux, info
 
     def _info(
@@ -282,91 +392,248 @@ class MemoryLayer(nn.Module):
             indices=indices.detach(),
             weights=weights.detach(),
             valid=valid.detach(),
-            entropy=float(stats["entropy"]),
-            load_balance=float(stats["lb"]),
-            z_loss=float(stats["z"]),
+            stats=torch.stack([stats["entropy"], stats["lb"], stats["z"]]).float(),
             chapter_counts=stats["counts"],
         )
 
-    def _read_sequence(self, x, q, bank, valid, state):  # noqa: ANN001, ANN202
-        vf = valid.to(x.dtype)[..., None]
-        summary = (x * vf).sum(1, keepdim=True) / vf.sum(1, keepdim=True).clamp(min=1)  # (B, 1, d)
-        dec_valid = valid.any(1, keepdim=True)
-        indices, weights, aux, stats = self.route(summary, dec_valid)
-        k, v = self.selected_kv(bank, indices, weights)  # (B, 1, kvh, N, hd)
-        out = self.attend(q.transpose(1, 2), k[:, 0], v[:, 0]).transpose(1, 2)
-        if state is not None:
-            state.k, state.v = k[:, 0], v[:, 0]
-        return out, aux, self._info(stats, indices, weights, dec_valid)
+    def _read_token(self, r, q, bank, valid, state):  # noqa: ANN001, ANN202
+        """Every position its own decision: B * L tiles of one query."""
+        B, L, H, hd = q.shape
+        indices, weights, aux, stats = self.route(r, valid)  # (B, L, n_sel)
+        n = indices.shape[-1]
+        out = self.read(q.reshape(B * L, 1, H, hd), bank, indices.reshape(-1, n), weights.reshape(-1, n))
+        if state is not None:  # decoding routes every new token afresh: only mark the state as filled
+            state.prefix_sum = (r.float() * valid[..., None]).sum(1)
+            state.prefix_count = valid.sum(1).float()
+        return out.view(B, L, H, hd), aux, self._info(stats, indices, weights, valid)
 
-    def _read_token(self, x, q, bank, valid):  # noqa: ANN001, ANN202
-        B, L, _ = x.shape
-        indices, weights, aux, stats = self.route(x, valid)  # one decision per position
-        k, v = self.selected_kv(bank, indices, weights)  # (B, L, kvh, N, hd)
-        qt = q.reshape(B * L, 1, self.n_heads, self.head_dim).transpose(1, 2)
-        out = self.attend(qt, k.flatten(0, 1), v.flatten(0, 1))  # (B*L, heads, 1, hd)
-        return out.reshape(B, L, self.n_heads, self.head_dim), aux, self._info(stats, indices, weights, valid)
+    def _read_tiled(self, r, q, bank, position_ids, valid, state, sequence_route_len, one_document):  # noqa: ANN001, ANN202
+        """Causal and sequence routing: tiles of up to S positions of one document share a decision.
 
-    def _read_causal(self, x, q, bank, position_ids, valid, state):  # noqa: ANN001, ANN202
-        B, L, d = x.shape
+        Tile = (document, chunk of positions [g*S, (g+1)*S)); a query's slot in its tile is its position
+        mod S (positions rise inside a document, so no two tokens share a slot). Causal: one decision per
+        tile, from the mean of the document's earlier tokens (chunk 0 of a document sees no content: the
+        router bias alone decides it). Sequence: one decision per document, from the mean of all of it.
+        """
+        B, L, H, hd = q.shape
         S = self.cfg.causal_chunk_size
-        pos = torch.where(valid, position_ids, torch.zeros_like(position_ids))
-        G = int(pos.max()) // S + 1
-        P = G * S
-        # Lay tokens out by position (slot P is a bin for padding), so chunk g is slots [g*S, (g+1)*S).
-        slot = torch.where(valid, pos, torch.full_like(pos, P))
-        slot_d = slot[..., None].expand(B, L, d)
-        by_pos = x.new_zeros(B, P + 1, d, dtype=torch.float32).scatter(
-            1, slot_d, x.float() * valid[..., None]
-        )
-        filled = x.new_zeros(B, P + 1, dtype=torch.float32).scatter(1, slot, valid.float())
-        # Router input of chunk g: mean of the positions < g*S (zeros for chunk 0: the bias decides).
-        csum, ccount = by_pos[:, :P].cumsum(1), filled[:, :P].cumsum(1)
-        before = torch.arange(G, device=x.device) * S - 1  # last position before chunk g
-        sums = torch.where(before[None, :, None] >= 0, csum[:, before.clamp(min=0)], 0.0)
-        counts = torch.where(before[None] >= 0, ccount[:, before.clamp(min=0)], 0.0)
-        summary = (sums / counts.clamp(min=1)[..., None]).to(x.dtype)  # (B, G, d)
-        dec_valid = filled[:, :P].view(B, G, S).sum(-1) > 0
-        indices, weights, aux, stats = self.route(summary, dec_valid)
-        k, v = self.selected_kv(bank, indices, weights)  # (B, G, kvh, N, hd)
-        hd, H = self.head_dim, self.n_heads
-        slot_q = slot[..., None, None].expand(B, L, H, hd)
-        q_by_pos = q.new_zeros(B, P + 1, H, hd).scatter(1, slot_q, q)[:, :P]
-        q_chunks = q_by_pos.reshape(B * G, S, H, hd).transpose(1, 2)
-        out = self.attend(q_chunks, k.flatten(0, 1), v.flatten(0, 1))  # (B*G, H, S, hd)
-        out = out.transpose(1, 2).reshape(B, P, H, hd)
-        out = torch.cat([out, out.new_zeros(B, 1, H, hd)], dim=1).gather(1, slot_q)
+        lay = _cached_layout(position_ids, valid, S, -(-L // S) if one_document else None)
+        G = lay.G
+        csum = ccount = None
+        if self.cfg.routing == "causal" or state is not None:
+            # Exclusive prefix sums of the router input along the row, in float64 so that differences
+            # across long rows (a document's pooled sum) keep full float32 precision.
+            rv = r.to(torch.float64) * valid[..., None]
+            zero = rv.new_zeros(B, 1, rv.shape[-1])
+            csum = torch.cat([zero, rv.cumsum(1)], 1)  # (B, L + 1, d)
+            ccount = torch.cat([zero[..., 0], valid.to(torch.float64).cumsum(1)], 1)  # (B, L + 1)
+        if self.cfg.routing == "causal":
+            first, doc0 = lay.tile_first_row, lay.tile_doc_row  # (B, G)
+            d = csum.shape[-1]
+            sums = csum.gather(1, first[..., None].expand(-1, -1, d)) - csum.gather(
+                1, doc0[..., None].expand(-1, -1, d)
+            )
+            counts = ccount.gather(1, first) - ccount.gather(1, doc0)
+            dec_valid = lay.tile_valid
+        else:
+            pool = valid
+            if sequence_route_len is not None:
+                pool = valid & (position_ids < sequence_route_len)
+            Gd = lay.Gd  # one decision per document
+            base = torch.arange(B, device=r.device)[:, None] * Gd
+            key = torch.where(valid, base + lay.doc, B * Gd).reshape(-1)
+            rp = (r.to(torch.float64) * pool[..., None]).reshape(B * L, -1)
+            sums = rp.new_zeros(B * Gd + 1, rp.shape[-1]).index_add(0, key, rp)[:-1].view(B, Gd, -1)
+            counts = rp.new_zeros(B * Gd + 1).index_add(0, key, pool.reshape(-1).to(rp.dtype))
+            counts = counts[:-1].view(B, Gd)
+            dec_valid = lay.doc_valid
+        summary = (sums / counts.clamp(min=1)[..., None]).to(r.dtype)  # (B, G, d); 0 where nothing pooled
+        indices, weights, aux, stats = self.route(summary, dec_valid)  # (B, G, n_sel)
+        n = indices.shape[-1]
+        dec = None  # causal: tile = decision
+        if self.cfg.routing == "sequence":  # each tile reads its document's decision
+            dec = (torch.arange(B, device=r.device)[:, None] * lay.Gd + lay.tile_doc).reshape(-1)
+        slot = lay.slot.reshape(-1)  # (B * L,) into B * G * S tile slots, padding -> the bin at the end
+        q_tiles = q.new_zeros(B * G * S + 1, H, hd).index_copy(0, slot, q.reshape(B * L, H, hd))
+        q_tiles = q_tiles[:-1].view(B * G, S, H, hd)
+        out = self.read(q_tiles, bank, indices.reshape(-1, n), weights.reshape(-1, n), dec)
+        out = torch.cat([out.reshape(B * G * S, H, hd), out.new_zeros(1, H, hd)]).index_select(0, slot)
         if state is not None:
-            last_group = pos.max(1).values // S  # (B,)
-            take = last_group[:, None, None, None, None].expand(B, 1, *k.shape[2:])
-            state.k, state.v = k.gather(1, take)[:, 0], v.gather(1, take)[:, 0]
-            state.group = last_group
-        return out, aux, self._info(stats, indices, weights, dec_valid)
+            self._prefill(state, lay, indices, weights, bank, csum, ccount)
+        return out.view(B, L, H, hd), aux, self._info(stats, indices, weights, dec_valid)
 
-    def _decode(self, x, q, bank, position_ids, valid, state: MemoryState) -> torch.Tensor:  # noqa: ANN001
+    def _prefill(self, state, lay, indices, weights, bank, csum, ccount):  # noqa: ANN001, ANN202
+        """Remember what decoding needs: the last document's running sum, its current decision's K/V."""
+        B = indices.shape[0]
+        rows = torch.arange(B, device=indices.device)
+        with torch.no_grad():
+            state.prefix_sum = (csum[:, -1] - csum[rows, lay.last_doc_row]).float()
+            state.prefix_count = (ccount[:, -1] - ccount[rows, lay.last_doc_row]).float()
+            if self.cfg.routing == "causal":
+                last = lay.n_tiles.clamp(min=1) - 1  # (B,) the last tile is the current decision
+                state.group = lay.last_chunk
+            else:
+                last = lay.doc_valid.sum(1).clamp(min=1) - 1
+            take = last[:, None, None].expand(B, 1, indices.shape[-1])
+            idx, w = indices.gather(1, take)[:, 0], weights.gather(1, take)[:, 0]
+            state.k, state.v, state.bias = self.dense_kv(bank, idx, w)
+
+    def _decode(self, r, q, bank, position_ids, valid, state: MemoryState) -> torch.Tensor:  # noqa: ANN001
         """Incremental decoding: one position at a time, reusing the cached decision where it holds."""
         outs = []
-        for t in range(x.shape[1]):
-            xt, qt, vt = x[:, t], q[:, t], valid[:, t]  # (B, d), (B, H, hd), (B,)
+        for t in range(r.shape[1]):
+            rt, qt, vt = r[:, t], q[:, t], valid[:, t]  # (B, d), (B, H, hd), (B,)
             mode = self.cfg.routing
             if mode == "token":
-                idx, w, _, _ = self.router(xt[:, None])  # (B, 1, n_sel)
-                k, v = (a[:, 0] for a in self.selected_kv(bank, idx, w))
+                idx, w, _, _ = self.router(rt)  # (B, n_sel)
+                k, v, bias = self.dense_kv(bank, idx, w)
             elif mode == "causal":
                 group = position_ids[:, t] // self.cfg.causal_chunk_size
                 new = (group != state.group) & vt
                 if bool(new.any()):
                     summary = state.prefix_sum / state.prefix_count.clamp(min=1)[:, None]
-                    idx, w, _, _ = self.router(summary.to(x.dtype)[:, None])
-                    k_new, v_new = (a[:, 0] for a in self.selected_kv(bank, idx, w))
+                    idx, w, _, _ = self.router(summary.to(r.dtype))
+                    k_new, v_new, bias_new = self.dense_kv(bank, idx, w)
                     sel = new[:, None, None, None]
                     state.k = torch.where(sel, k_new, state.k)
                     state.v = torch.where(sel, v_new, state.v)
+                    if bias_new is not None:
+                        state.bias = torch.where(sel, bias_new, state.bias)
                     state.group = torch.where(new, group, state.group)
-                k, v = state.k, state.v
+                k, v, bias = state.k, state.v, state.bias
             else:  # sequence: the decision made on the prompt stands for the whole generation
-                k, v = state.k, state.v
-            outs.append(self.attend(qt[:, :, None], k, v)[:, :, 0])  # (B, H, hd)
-            state.prefix_sum = state.prefix_sum + xt.float() * vt[:, None]
+                k, v, bias = state.k, state.v, state.bias
+            out = F.scaled_dot_product_attention(
+                qt[:, :, None], k, v, attn_mask=bias, enable_gqa=self.n_kv_heads != self.n_heads
+            )
+            outs.append(out[:, :, 0])  # (B, H, hd)
+            state.prefix_sum = state.prefix_sum + rt.float() * vt[:, None]
             state.prefix_count = state.prefix_count + vt.float()
         return torch.stack(outs, dim=1)
+
+
+@dataclass
+class _Layout:
+    """Where every position sits among the query tiles (see ``MemoryLayer._read_tiled``).
+
+    All (B, L) unless noted; G = the most tiles any row needs.
+    """
+
+    valid: torch.Tensor
+    G: int
+    Gd: int  # the most documents any row holds
+    slot: torch.Tensor  # flat slot in the (B * G * S) tiles; padding -> B * G * S (a bin)
+    doc: torch.Tensor  # document number within the row (0, 1, ...) of each valid position
+    row_base: torch.Tensor  # b * G
+    n_tiles: torch.Tensor  # (B,)
+    tile_valid: torch.Tensor  # (B, G) tile exists
+    tile_first_row: torch.Tensor  # (B, G) row index of the tile's first position
+    tile_doc_row: torch.Tensor  # (B, G) row index where the tile's document starts
+    tile_doc: torch.Tensor  # (B, G) the tile's document number
+    doc_valid: torch.Tensor  # (B, Gd) document exists
+    last_doc_row: torch.Tensor  # (B,) where the row's last document starts
+    last_chunk: torch.Tensor  # (B,) chunk (position // S) of the row's last valid position
+
+
+def _layout(position_ids: torch.Tensor, valid: torch.Tensor, S: int, G: int | None = None) -> _Layout:
+    """Documents and tiles of each row from position ids: a document starts at a valid position that
+    is 0 or not greater than the previous valid position (packed rows restart their positions); a tile
+    is the positions of one document in one chunk [g*S, (g+1)*S). ``G``: a known bound on the tiles per
+    row (one document per row), else counted (a host sync)."""
+    B, L = valid.shape
+    dev = valid.device
+    ar = torch.arange(L, device=dev).expand(B, L)
+    last_valid = torch.where(valid, ar, -1).cummax(1).values
+    prev = torch.cat([last_valid.new_full((B, 1), -1), last_valid[:, :-1]], 1)  # last valid index < t
+    pos = position_ids
+    prev_pos = pos.gather(1, prev.clamp(min=0))
+    doc_start = valid & ((prev < 0) | (pos == 0) | (pos <= prev_pos))
+    chunk = torch.div(pos, S, rounding_mode="floor")
+    tile_start = valid & (doc_start | (chunk != chunk.gather(1, prev.clamp(min=0))))
+    tile = tile_start.long().cumsum(1) - 1
+    doc = doc_start.long().cumsum(1) - 1
+    n_tiles, n_docs = tile_start.sum(1), doc_start.sum(1)
+    if G is None:
+        # The one host sync of the read: how many tiles and documents the busiest row has (packed rows
+        # can need more than ceil(L / S) tiles, one extra per document boundary inside a chunk).
+        G, Gd = (max(1, int(n)) for n in torch.stack([n_tiles.max(), n_docs.max()]).tolist())
+    else:  # the caller's bound, checked on the device (no sync): a wrong one must not mix rows
+        Gd = 1
+        torch._assert_async((n_tiles.max() <= G) & (n_docs.max() <= 1), "memory read: one_document was wrong")
+    row_base = (torch.arange(B, device=dev) * G)[:, None].expand(B, L)
+    slot = torch.where(valid, (row_base + tile) * S + pos % S, B * G * S)
+    doc_row = torch.where(doc_start, ar, -1).cummax(1).values  # where each position's document starts
+    # Per tile: scatter from its first position (other positions go to a bin column G).
+    col = torch.where(tile_start, tile, G)
+
+    def per_tile(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(B, G + 1, dtype=torch.long, device=dev).scatter(1, col, values)[:, :G]
+
+    tile_first_row, tile_doc_row = per_tile(ar), per_tile(doc_row.clamp(min=0))
+    tile_doc = per_tile(doc.clamp(min=0))
+    g = torch.arange(G, device=dev)[None]
+    last_doc_row = doc_row[:, -1].clamp(min=0)
+    last_pos = torch.where(valid, pos, -1).max(1).values.clamp(min=0)
+    return _Layout(
+        valid=valid,
+        G=G,
+        slot=slot,
+        doc=doc.clamp(min=0),
+        row_base=row_base,
+        n_tiles=n_tiles,
+        tile_valid=g < n_tiles[:, None],
+        tile_first_row=tile_first_row,
+        tile_doc_row=tile_doc_row,
+        tile_doc=tile_doc,
+        Gd=Gd,
+        doc_valid=torch.arange(Gd, device=dev)[None] < n_docs[:, None],
+        last_doc_row=last_doc_row,
+        last_chunk=torch.div(last_pos, S, rounding_mode="floor"),
+    )
+
+
+# The layout depends only on (position_ids, valid, S): every memory layer of one forward shares it, so
+# its host sync runs once per forward, not once per layer. One entry, holding its tensors (so their ids
+# cannot be reused while cached) and checking their in-place version counters.
+_LAYOUT_CACHE: list = []
+
+
+def _cached_layout(position_ids: torch.Tensor, valid: torch.Tensor, S: int, G: int | None) -> _Layout:
+    if torch.compiler.is_compiling():
+        return _layout(position_ids, valid, S, G)
+    key = (position_ids, valid, position_ids._version, valid._version, S, G)
+    if _LAYOUT_CACHE:
+        old = _LAYOUT_CACHE[0]
+        if old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]:
+            return _LAYOUT_CACHE[1]
+    lay = _layout(position_ids, valid, S, G)
+    _LAYOUT_CACHE[:] = [key, lay]
+    return lay
+
+
+_WARNED: set[str] = set()
+
+
+def _kernels():  # noqa: ANN202
+    """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds."""
+    try:
+        from moc.kernels.routed_read import chapter_coefficients, routed_read
+    except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
+        from .routed_read import chapter_coefficients, routed_read
+    return routed_read, chapter_coefficients
+
+
+def _triton(device: torch.device):  # noqa: ANN202
+    """The Triton forward and backward of the read on CUDA, or (None, None): the blocked PyTorch loops.
+    Says once why not on CUDA."""
+    if device.type != "cuda":
+        return None, None
+    try:
+        from moc.kernels.triton_read import triton_backward, triton_forward
+    except ImportError as e:  # no Triton, or an exported folder without moc
+        reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
+        if reason not in _WARNED:
+            _WARNED.add(reason)
+            warnings.warn(reason, stacklevel=3)
+        return None, None
+    return triton_forward, triton_backward

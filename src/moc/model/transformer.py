@@ -16,23 +16,34 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import RMSNorm, RotaryEmbedding, SelfAttention, SwiGLU
+from .layers import (
+    RMSNorm,
+    RotaryEmbedding,
+    SelfAttention,
+    SwiGLU,
+    dense_document_mask,
+    document_ids,
+    flex_document_mask,
+)
+from .loss import chunked_linear_cross_entropy
 from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo, bank_owners, build_banks
-from .params import param_category
+from .param_groups import param_category
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
     try:  # noqa: SIM105 - the import check skips try blocks, not contextlib.suppress
-        from moc.config import MoCConfig
+        from moc.config import RunConfig
     except ImportError:
         pass
 
 
 @dataclass
 class MoCOutput:
-    """logits: (B, L, V). ``loss`` is the LM cross-entropy when labels are given (aux loss excluded)."""
+    """logits: (B, L, V), or None when the caller asked for the loss only (``return_logits=False``).
+    ``loss`` is the LM cross-entropy when labels are given, never with the router aux loss, in training
+    and eval mode alike (the same rule as ``MoCForCausalLM``); to train, minimise ``loss + aux_loss``."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     routing: list[RoutingInfo] = field(default_factory=list)
@@ -62,7 +73,7 @@ class MoCCache:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: MoCConfig, layer_idx: int, has_memory: bool) -> None:
+    def __init__(self, cfg: RunConfig, layer_idx: int, has_memory: bool) -> None:
         super().__init__()
         m = cfg.model
         self.layer_idx = layer_idx
@@ -86,8 +97,11 @@ class Block(nn.Module):
         bank: MemoryBank | None,
         cache: Any = None,
         sequence_route_len: int | torch.Tensor | None = None,
+        one_document: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
-        """h: (B, L, d) -> (h, aux loss, routing info)."""
+        """h: (B, L, d) -> (h, aux loss, routing info). ``one_document``: every row is one document with
+        positions 0, 1, ... (from the attention mask): the memory read then needs no host sync."""
+        block_input = h  # what the router pools with memory.router_input = block_input (the paper's code)
         h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
         aux, info = h.new_zeros((), dtype=torch.float32), None
         if self.memory is None:
@@ -95,12 +109,18 @@ class Block(nn.Module):
         state = None
         if cache is not None:
             state = cache.memory.setdefault(self.layer_idx, MemoryState())
+        from_block = getattr(self.memory.cfg, "router_input", "memory_norm") == "block_input"
+        route = block_input if from_block else None
         if self.variant == "B":
             h = h + self.mlp(self.post_attention_layernorm(h))
-            update, aux, info = self.memory(h, bank, position_ids, valid, state, sequence_route_len)
+            update, aux, info = self.memory(
+                h, bank, position_ids, valid, state, sequence_route_len, route, one_document=one_document
+            )
             h = h + update
             return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
-        update, aux, info = self.memory(h, bank, position_ids, valid, state, sequence_route_len)
+        update, aux, info = self.memory(
+            h, bank, position_ids, valid, state, sequence_route_len, route, one_document=one_document
+        )
         h = h + update
         return h + self.mlp(self.post_attention_layernorm(h)), aux, info
 
@@ -108,7 +128,7 @@ class Block(nn.Module):
 class MoCModel(nn.Module):
     """A decoder-only LM with Mixture-of-Chapters memory layers (or none: the dense baseline)."""
 
-    def __init__(self, cfg: MoCConfig) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
         self.config = cfg
         m, mem = cfg.model, cfg.memory
@@ -155,10 +175,20 @@ class MoCModel(nn.Module):
         past_key_values: MoCCache | Any = None,
         use_cache: bool = False,
         sequence_route_len: int | torch.Tensor | None = None,
+        return_logits: bool = True,
+        shift_labels: bool = True,
+        loss_reduction: str = "mean",
     ) -> MoCOutput:
         """input_ids: (B, L); attention_mask: (B, L_past + L), 1 = real token, 0 = padding.
 
-        ``labels`` follow Hugging Face: aligned with input_ids, shifted inside, -100 ignored.
+        ``labels`` follow Hugging Face: aligned with input_ids, shifted inside, -100 ignored
+        (``shift_labels=False``: already shifted, ``labels[:, t]`` is the target of position t: the
+        ``targets`` of ``moc.data``'s packed windows). ``loss_reduction``: "mean" over targets or "sum".
+        ``return_logits=False`` with labels: the loss is computed ``model.loss_chunk_size`` tokens at a
+        time (:mod:`moc.model.loss`) and no (B, L, V) logits are made; ``logits`` is then None.
+        ``position_ids`` that restart inside a row (packed documents, Hugging Face's
+        ``DataCollatorWithFlattening`` convention) mark document boundaries: self-attention is
+        block-diagonal causal (see :func:`moc.model.layers.document_ids`).
         ``past_key_values``: a MoCCache, or any Hugging Face-style cache (``update``/``get_seq_length``)
         given a ``memory`` dict attribute for the memory layers' decode state.
         ``sequence_route_len``: with sequence routing, route on positions below it only (a prompt);
@@ -174,6 +204,7 @@ class MoCModel(nn.Module):
         else:
             full_mask = attention_mask.bool()
         valid = full_mask[:, past:]
+        packed = position_ids is not None and past == 0 and L > 1  # documents may restart positions
         if position_ids is None:
             position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.config.model.max_seq_len:
@@ -189,13 +220,22 @@ class MoCModel(nn.Module):
             kj = torch.arange(past + L, device=input_ids.device)[None, :]
             attn_mask = (kj <= qi)[None, None] & full_mask[:, None, None, :]
             attn_mask = attn_mask | (kj == qi)[None, None]
+        if packed:
+            doc = document_ids(position_ids, valid)
+            # Several documents in a row (a host sync when eager; compiled code always masks).
+            if torch.compiler.is_compiling() or int(doc.max()) > 1:
+                backend = getattr(self.config.model, "attention_backend", "auto")
+                if backend == "flex" or (backend == "auto" and input_ids.device.type == "cuda"):
+                    attn_mask = flex_document_mask(doc, valid)
+                else:
+                    attn_mask = dense_document_mask(doc, valid)
         h = self.embed_tokens(input_ids)
         rope = self.rotary(position_ids)
         aux = h.new_zeros((), dtype=torch.float32)
         routing: list[RoutingInfo] = []
         for block in self.layers:
             bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
-            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len)
+            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed)
             if self.gradient_checkpointing and self.training and cache is None:
                 h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -203,12 +243,28 @@ class MoCModel(nn.Module):
             aux = aux + layer_aux
             if info is not None:
                 routing.append(info)
-        logits = F.linear(self.norm(h), self.output_weight)
+        if routing and getattr(self.config.memory, "aux_loss_reduction", "sum") == "mean":
+            aux = aux / len(routing)  # the paper's code averages the router losses over memory layers
+        h = self.norm(h)
+        logits = F.linear(h, self.output_weight) if return_logits or labels is None else None
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            if loss_reduction not in ("mean", "sum"):
+                raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+            if shift_labels:
+                h, labels = h[:, :-1], labels[:, 1:]
+            if logits is not None:  # the caller wants the logits anyway: score them in one shot
+                scored = logits[:, :-1] if shift_labels else logits
+                flat = scored.flatten(0, 1).float()
+                loss = F.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction=loss_reduction)
+            else:
+                loss = chunked_linear_cross_entropy(
+                    h.flatten(0, 1),
+                    self.output_weight,
+                    labels.flatten(),
+                    getattr(self.config.model, "loss_chunk_size", 4096),
+                    loss_reduction,  # type: ignore[arg-type]
+                )
         return MoCOutput(logits=logits, loss=loss, aux_loss=aux, routing=routing, past_key_values=cache)
 
     def _check_inputs(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moc.config import ConfigError, MoCConfig
+from moc.config import ConfigError, RunConfig
 from moc.train.errors import TrainError
 from moc.train.parallel import DistInfo
 from moc.train.sampler import EpochSampler
@@ -28,15 +28,18 @@ _SAMPLE_CHUNKS, _CHUNK = 256, 1 << 16
 
 @dataclass
 class Batch:
-    """input_ids, labels: (B, L) int64; labels are next-token targets with -100 where not trained on.
-    ``n_targets`` (labels != -100) is counted on the CPU so reading it never waits for the GPU."""
+    """input_ids, targets: (B, L) int64; targets are already shifted next tokens (``targets[:, j]``
+    follows ``input_ids[:, j]``), -100 where not trained on. ``n_targets`` (targets != -100) is counted
+    on the CPU so reading it never waits for the GPU.
+    ``position_ids``: (B, L) per-document positions (restarting at each packed document) or None."""
 
     input_ids: torch.Tensor
-    labels: torch.Tensor
+    targets: torch.Tensor
     n_targets: int
+    position_ids: torch.Tensor | None = None
 
 
-def open_split(cfg: MoCConfig, split: str, required: bool) -> Any | None:
+def open_split(cfg: RunConfig, split: str, required: bool) -> Any | None:
     """Load one split of ``data.prepared_dir`` and check it against the model.
 
     Returns None for a missing optional split (validation); raises TrainError with the fix otherwise.
@@ -85,27 +88,39 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:
         )
 
 
-def windows(data: Any, seq_len: int) -> Any:
-    """The packed ``seq_len`` windows of a split (``moc.data.PackedSequences``)."""
+def windows(data: Any, seq_len: int, separate_documents: bool = True) -> Any:
+    """The packed ``seq_len`` windows of a split (``moc.data.PackedSequences``); with
+    ``separate_documents`` each carries per-document position ids (``data.separate_documents``)."""
     from moc.data import PackedSequences
 
-    return PackedSequences(data, seq_len)
+    return PackedSequences(data, seq_len, document_positions=separate_documents)
+
+
+def steps_for_epochs(n_windows: int, epochs: float, global_batch: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``n_windows`` packed windows at ``global_batch`` windows
+    a step: ``ceil(epochs * n_windows / global_batch)``, at least 1 (``train.epochs``)."""
+    if epochs <= 0:
+        raise ConfigError(f"train.epochs must be positive (or null to use train.max_steps), got {epochs}")
+    return max(math.ceil(epochs * n_windows / global_batch), 1)
 
 
 def collate(ds: Any, indices: np.ndarray | list[int], device: torch.device) -> Batch:
     items = [ds[int(i)] for i in indices]
     ids = torch.stack([it["input_ids"] for it in items]).long()
-    labels = torch.stack([it["labels"] for it in items]).long()
-    n_targets = int((labels != -100).sum())
+    targets = torch.stack([it["targets"] for it in items]).long()
+    n_targets = int((targets != -100).sum())
+    pos = torch.stack([it["position_ids"] for it in items]).long() if "position_ids" in items[0] else None
     if device.type == "cuda":
-        ids, labels = ids.pin_memory(), labels.pin_memory()
-    return Batch(ids.to(device, non_blocking=True), labels.to(device, non_blocking=True), n_targets)
+        ids, targets = ids.pin_memory(), targets.pin_memory()
+        pos = pos.pin_memory() if pos is not None else None
+    pos = pos.to(device, non_blocking=True) if pos is not None else None
+    return Batch(ids.to(device, non_blocking=True), targets.to(device, non_blocking=True), n_targets, pos)
 
 
 class TrainBatches:
     """This rank's micro-batches for each optimizer step; resumable through the sampler state."""
 
-    def __init__(self, ds: Any, cfg: MoCConfig, info: DistInfo) -> None:
+    def __init__(self, ds: Any, cfg: RunConfig, info: DistInfo) -> None:
         t = cfg.train
         self.ds, self.info = ds, info
         self.micro, self.accum = t.micro_batch_size, t.grad_accum_steps
@@ -123,7 +138,7 @@ class TrainBatches:
         ]
 
 
-def eval_batches(ds: Any, cfg: MoCConfig, info: DistInfo) -> list[Batch]:
+def eval_batches(ds: Any, cfg: RunConfig, info: DistInfo) -> list[Batch]:
     """This rank's share of the fixed validation set: the first ``eval_batches * micro_batch_size``
     windows (the same set for any world size). Every rank gets the same number of batches, padded with
     fully masked ones, because sharded models run collectives inside forward."""
@@ -139,5 +154,5 @@ def eval_batches(ds: Any, cfg: MoCConfig, info: DistInfo) -> list[Batch]:
             out.append(collate(ds, chunk, info.device))
         else:
             pad = collate(ds, [0], info.device)
-            out.append(Batch(pad.input_ids, torch.full_like(pad.labels, -100), 0))
+            out.append(Batch(pad.input_ids, torch.full_like(pad.targets, -100), 0, pad.position_ids))
     return out

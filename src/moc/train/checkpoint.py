@@ -8,20 +8,29 @@ Layout of ``OUT_DIR/checkpoints/``::
         trainer_state.pt    step, scheduler, RNG states, data-sampler position, counters
         config.yaml         the run's full config
         metrics.json        metrics at this step (train loss, val loss if evaluated)
+        tokenizer/          a copy of the run's tokenizer, so generate/export work from anywhere
+        manifest.json       size and sha256 of every other file, written last
     latest                  name of the newest complete checkpoint (atomically replaced)
     best                    name of the checkpoint with the lowest validation loss
 
 A checkpoint directory only ever appears under its final name after every file in it was written and
 fsynced, so a crash or SIGKILL mid-save leaves at worst a ``.tmp-*`` directory, which is ignored and
-cleaned up. Pruning keeps the last ``keep_last`` checkpoints plus the best one.
+cleaned up; a save that fails (disk full) removes its temp dir and raises naming the problem, leaving
+the earlier checkpoints as they were. Pruning keeps the last ``keep_last`` checkpoints plus the best.
+
+A file damaged later (truncated by a copy, a bad disk) is caught by :func:`verify_checkpoint` against
+the manifest: ``--resume`` names the bad file and falls back to the newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +38,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from moc.errors import one_line, os_error_message
+from moc.files import apply_umask
 from moc.train.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
@@ -40,6 +51,8 @@ OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
 REQUIRED_FILES = (WEIGHTS, OPTIMIZER, TRAINER_STATE, CONFIG, METRICS)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _ALIASES_KEY = "moc_aliases"
@@ -108,10 +121,17 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, 
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load what :func:`save_weights` wrote, with every alias restored (pointing at the same tensor)."""
-    state = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    """Load what :func:`save_weights` wrote, with every alias restored (pointing at the same tensor).
+
+    A truncated or otherwise unreadable file raises :class:`CheckpointError` naming it."""
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(_damaged(path, one_line(e))) from None
     for alias, canonical in json.loads(meta.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[canonical]
     return state
@@ -141,6 +161,83 @@ def check_state_fits(
     )
 
 
+def load_torch_file(path: Path) -> Any:
+    """``torch.load`` of an optimizer or trainer-state file (tensors and plain data only), raising
+    :class:`CheckpointError` naming the file when it is missing, truncated or not a torch file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise CheckpointError(_damaged(path, one_line(e))) from None
+
+
+def _damaged(path: Path, problem: str) -> str:
+    return (
+        f"{path} is damaged or not a moc checkpoint file ({problem}); resume from an earlier checkpoint "
+        "(--resume picks the newest one that verifies) or copy the file again"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest: sizes and hashes recorded at save time
+# --------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files_of(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Record the size and sha256 of every file of ``ckpt`` (relative paths) in ``manifest.json``."""
+    files = {
+        str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files_of(ckpt)
+    }
+    (ckpt / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
+
+
+def verify_checkpoint(ckpt: Path, hashes: bool = True) -> None:
+    """Check ``ckpt`` against its manifest (sizes, and sha256 if ``hashes``); raise
+    :class:`CheckpointError` naming the first missing, truncated or changed file. A checkpoint written
+    before manifests existed only needs its required files."""
+    problem = _verify_problem(ckpt, hashes)
+    if problem:
+        raise CheckpointError(
+            f"{problem}; use an earlier checkpoint (--resume skips damaged ones) or copy it again"
+        )
+
+
+def _verify_problem(ckpt: Path, hashes: bool) -> str | None:
+    missing = [f for f in REQUIRED_FILES if not (ckpt / f).is_file()]
+    if missing:
+        return f"checkpoint {ckpt} is incomplete: {', '.join(missing)} missing"
+    manifest_path = ckpt / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{manifest_path} is damaged ({one_line(e)})"
+    for name, rec in files.items():
+        p = ckpt / name
+        if not p.is_file():
+            return f"{p} is missing (listed in {manifest_path})"
+        size = p.stat().st_size
+        if size != rec["bytes"]:
+            return f"{p} has {size:,} bytes but {rec['bytes']:,} were saved (truncated or overwritten)"
+        if hashes and _sha256(p) != rec["sha256"]:
+            return f"{p} does not match the sha256 recorded when it was saved (corrupted)"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Config compatibility
 # --------------------------------------------------------------------------------------------------
@@ -152,9 +249,9 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     Keys missing on one side count as their default (configs written by older versions still load);
     the memory settings of two dense models (memory.enabled false) are irrelevant and not compared.
     """
-    from moc.config import MoCConfig
+    from moc.config import RunConfig
 
-    defaults = MoCConfig().to_dict()
+    defaults = RunConfig().to_dict()
     out = []
     for section in MODEL_SECTIONS:
         a = {**defaults[section], **(saved.get(section) or {})}
@@ -172,7 +269,12 @@ def check_config_compatible(ckpt_dir: Path, current: dict[str, Any]) -> None:
     path = ckpt_dir / CONFIG
     if not path.exists():
         return  # a bare weights file: the state-dict check still catches shape mismatches
-    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(_damaged(path, one_line(e))) from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(_damaged(path, "not a mapping of config sections"))
     bad = config_mismatches(saved, current)
     if bad:
         raise CheckpointError(
@@ -192,14 +294,19 @@ def is_complete(path: Path) -> bool:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint dir, a run's out_dir, its checkpoints/ dir, or a
-    ``model.safetensors`` file (returned as is)."""
+    ``model.safetensors`` file (returned as is).
+
+    A checkpoint dir given by name is verified against its manifest (a damaged one raises, naming the
+    file); for a run dir it is the newest checkpoint that verifies, with a warning for each skipped."""
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
         return p
     if (p / WEIGHTS).is_file():
+        if (p / MANIFEST).is_file():
+            verify_checkpoint(p)
         return p
     for root in (p / "checkpoints", p):
-        latest = CheckpointManager(root).latest()
+        latest = CheckpointManager(root).latest_verified(warn=_warn)
         if latest is not None:
             return latest
     raise CheckpointError(
@@ -231,6 +338,19 @@ class CheckpointManager:
         steps = self.complete_steps()
         return steps[-1][1] if steps else None
 
+    def latest_verified(self, warn: Callable[[str], None] | None = None) -> Path | None:
+        """The newest complete checkpoint that passes :func:`verify_checkpoint`; each damaged newer one
+        is reported through ``warn`` (naming the bad file) and skipped. None if none verifies."""
+        for _, ckpt in reversed(self.complete_steps()):
+            try:
+                verify_checkpoint(ckpt)
+            except CheckpointError as e:
+                if warn is not None:
+                    warn(f"skipping damaged checkpoint {ckpt.name}: {e}")
+                continue
+            return ckpt
+        return None
+
     def best(self) -> Path | None:
         scored = [(v, s, p) for s, p in self.complete_steps() if (v := _val_loss(p)) is not None]
         return min(scored)[2] if scored else None
@@ -243,19 +363,30 @@ class CheckpointManager:
                     shutil.rmtree(child, ignore_errors=True)
 
     def save(self, step: int, write: Callable[[Path], None]) -> Path:
-        """Run ``write(tmp_dir)`` to fill a temp dir, fsync it, rename it to ``step_NNNNNN``, update the
-        ``latest``/``best`` pointers and prune. Returns the final path."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Run ``write(tmp_dir)`` to fill a temp dir, record its manifest, fsync it, rename it to
+        ``step_NNNNNN``, update the ``latest``/``best`` pointers and prune. Returns the final path.
+
+        If writing fails (disk full, permissions) the temp dir is removed, the earlier checkpoints are
+        left as they were, and :class:`CheckpointError` names the folder and the problem."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        write(tmp)
-        missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
-        if missing:
-            raise CheckpointError(f"checkpoint writer did not produce {missing}")
-        for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            write(tmp)
+            missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+            if missing:
+                raise CheckpointError(f"checkpoint writer did not produce {missing}")
+            write_manifest(tmp)
+            apply_umask(tmp)  # safetensors writes 0600 whatever the umask: make it readable as usual
+            for f in tmp.rglob("*"):
+                _fsync_path(f)
+            _fsync_path(tmp)
+        except BaseException as e:  # also Ctrl-C mid-save: never leave a partial temp dir behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, CheckpointError) or not isinstance(e, OSError | RuntimeError):
+                raise
+            raise CheckpointError(self._save_failed(final, e)) from None
         if final.exists():  # re-saving a step (e.g. after resuming from it): replace the old one
             _remove_dir(final)
         os.rename(tmp, final)
@@ -266,6 +397,15 @@ class CheckpointManager:
         if best is not None:
             _write_text_atomic(self.root / "best", best.name + "\n")
         return final
+
+    def _save_failed(self, final: Path, e: BaseException) -> str:
+        # torch.save on a full disk raises RuntimeError("... inline_container.cc ... unexpected pos ...")
+        problem = os_error_message(e) if isinstance(e, OSError) else one_line(e)
+        if "unexpected pos" in problem or "file write failed" in problem:
+            problem = f"a write failed, most likely a full disk ({problem})"
+        previous = self.latest()
+        keep = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        return f"could not write checkpoint {final}: {problem}; nothing was saved, {keep}"
 
     def remove_all(self) -> None:
         """Delete every checkpoint and pointer (a fresh run with ``train.overwrite``)."""
@@ -286,6 +426,30 @@ class CheckpointManager:
         for _, p in steps:
             if p not in keep:
                 _remove_dir(p)
+
+
+def tokenizer_dir(cfg: Any) -> Path | None:
+    """The run's tokenizer folder: the copy in ``data.prepared_dir/tokenizer`` (exactly the one the data
+    was tokenized with), else ``data.tokenizer`` if it is a local folder; None if neither exists."""
+    cands = []
+    if cfg.data.prepared_dir:
+        cands.append(Path(cfg.data.prepared_dir).expanduser() / TOKENIZER_DIR)
+    if cfg.data.tokenizer:
+        cands.append(Path(cfg.data.tokenizer).expanduser())
+    found = (c for c in cands if (c / "tokenizer.json").is_file() or (c / "tokenizer_config.json").is_file())
+    return next(found, None)
+
+
+def copy_tokenizer(cfg: Any, ckpt: Path) -> None:
+    """Copy the run's tokenizer into ``ckpt/tokenizer`` (a few MB at most), so the checkpoint works
+    without the data folder, whose path in config.yaml may be relative to another directory."""
+    src = tokenizer_dir(cfg)
+    if src is not None:
+        shutil.copytree(src, ckpt / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
+
+
+def _warn(msg: str) -> None:
+    print(f"moc: {msg}", file=sys.stderr, flush=True)
 
 
 def _val_loss(ckpt: Path) -> float | None:

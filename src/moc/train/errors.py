@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from moc.errors import MocError
 
-class TrainError(RuntimeError):
+
+class TrainError(MocError, RuntimeError):
     """A problem that stops training before or during the run (bad data, bad checkpoint, ...)."""
 
 
@@ -13,3 +15,15 @@ class CheckpointError(TrainError):
 
 class DivergenceError(TrainError):
     """The loss became NaN or infinite (``train.nan_policy=stop``)."""
+
+
+class TrainingInterrupted(TrainError):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the run after a step; a checkpoint of that step was written.
+
+    ``moc pretrain`` / ``moc ift`` exit with status 130 and print where to resume from."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, step: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint

@@ -1,7 +1,8 @@
 """Run logging: a tqdm progress bar, ``metrics.jsonl``, TensorBoard and (optionally) Weights & Biases.
 
 Only the main process logs. Rows in ``OUT_DIR/metrics.jsonl`` are JSON objects with a ``kind`` of
-``train`` (step, loss, aux_loss, lr_<group>, grad_norm, tokens_per_s, mfu on GPU) or ``eval``
+``train`` (step, loss, aux_loss, lr_<group>, grad_norm, tokens_per_s, distinct_chapters for MoC, mfu and
+mfu_measured on GPU) or ``eval``
 (step, val_loss, val_ppl, val_tokens). On resume, rows after the resumed step are dropped so the
 file never shows two histories.
 """
@@ -15,11 +16,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from moc.config import MoCConfig
+from moc.config import RunConfig
 
 
 class RunLogger:
-    def __init__(self, cfg: MoCConfig, out_dir: Path, enabled: bool, start_step: int) -> None:
+    def __init__(self, cfg: RunConfig, out_dir: Path, enabled: bool, start_step: int) -> None:
         self.enabled = enabled
         self.bar = None
         self.tb = None

@@ -12,22 +12,23 @@ import contextlib
 import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import moc
-from moc.config import ConfigError, MoCConfig, load_config
-from moc.train import batches as B
-from moc.train import checkpoint as C
-from moc.train import parallel as P
-from moc.train.errors import DivergenceError, TrainError
+from moc.config import RunConfig, load_config, validate_train
+from moc.train import batches, checkpoint, parallel
+from moc.train.errors import DivergenceError, TrainError, TrainingInterrupted
 from moc.train.logger import RunLogger
 from moc.train.optim import apply_freezing, build_optimizer, group_lrs, optimizer_state_bytes
 from moc.train.schedule import lr_multiplier
@@ -57,7 +58,7 @@ class TrainResult:
 
 
 def train(
-    cfg: MoCConfig | str | dict,
+    cfg: RunConfig | str | dict,
     *,
     init_from: str | Path | None = None,
     resume: bool = False,
@@ -74,26 +75,13 @@ def train(
 
     Under ``torchrun`` every process calls this; the process group is created and destroyed here.
     """
-    if not isinstance(cfg, MoCConfig):
+    if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
-    info = P.init_distributed()
+    info = parallel.init_distributed()
     try:
         return _Run(cfg, info, model).execute(init_from=init_from, resume=resume)
     finally:
-        P.shutdown(info)
-
-
-def check_train_config(cfg: MoCConfig) -> None:
-    t = cfg.train
-    for key in ("seq_len", "micro_batch_size", "grad_accum_steps", "max_steps"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
-    if t.seq_len > cfg.model.max_seq_len:
-        raise ConfigError(
-            f"train.seq_len={t.seq_len} is longer than model.max_seq_len={cfg.model.max_seq_len}; "
-            f"lower train.seq_len or raise model.max_seq_len"
-        )
-    lr_multiplier(t)  # validates the schedule
+        parallel.shutdown(info)
 
 
 @dataclass
@@ -112,22 +100,32 @@ class _Progress:
 class _Run:
     """One training job: setup (data, model, resume/init, wrapping, optimizer), the loop, the result."""
 
-    def __init__(self, cfg: MoCConfig, info: P.DistInfo, model: nn.Module | None) -> None:
-        check_train_config(cfg)
+    def __init__(self, cfg: RunConfig, info: parallel.DistInfo, model: nn.Module | None) -> None:
+        validate_train(cfg)  # before any work
         self.cfg, self.t, self.info = cfg, cfg.train, info
         self.out_dir = Path(self.t.out_dir)
-        self.manager = C.CheckpointManager(self.out_dir / "checkpoints", self.t.keep_last)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise TrainError(f"train.out_dir={self.out_dir} is a file, not a folder; choose another out_dir")
+        self.manager = checkpoint.CheckpointManager(self.out_dir / "checkpoints", self.t.keep_last)
         _seed_everything(self.t.seed)
-        self.train_ds = B.windows(B.open_split(cfg, "train", required=True), self.t.seq_len)
+        docs = cfg.data.separate_documents
+        self.train_ds = batches.windows(batches.open_split(cfg, "train", required=True), self.t.seq_len, docs)
         if len(self.train_ds) == 0:
             raise TrainError(f"no windows of train.seq_len={self.t.seq_len} in {cfg.data.prepared_dir}")
-        val = B.open_split(cfg, "val", required=False)
-        self.val_ds = B.windows(val, self.t.seq_len) if val is not None else None
+        if self.t.epochs is not None:  # train.epochs: max_steps from the number of packed windows
+            global_batch = self.t.micro_batch_size * self.t.grad_accum_steps * info.world_size
+            steps = batches.steps_for_epochs(len(self.train_ds), self.t.epochs, global_batch)
+            self.cfg = cfg = cfg.replace({"train.max_steps": steps})
+            self.t = cfg.train
+            validate_train(cfg)
+        val = batches.open_split(cfg, "val", required=False)
+        self.val_ds = batches.windows(val, self.t.seq_len, docs) if val is not None else None
         self.model = model if model is not None else moc.build_model(cfg)
-        self.aliases = C.shared_aliases(self.model)  # before wrapping changes the parameters
+        self.aliases = checkpoint.shared_aliases(self.model)  # before wrapping changes the parameters
         self.autocast_dtype = _autocast_dtype(self.t.dtype, info.device)
         self.mfu_per_token_s = _mfu_per_token_per_s(cfg, info.device)
         self.progress = _Progress()
+        self.distinct_chapters = 0.0  # measured in each step (see _distinct_chapters)
 
     # --- setup ------------------------------------------------------------------------------------
 
@@ -143,17 +141,17 @@ class _Run:
             )
         initialized_from = None
         if ckpt is not None:
-            C.check_config_compatible(ckpt, self.cfg.to_dict())
-            self._load_weights(ckpt / C.WEIGHTS, str(ckpt))
+            checkpoint.check_config_compatible(ckpt, self.cfg.to_dict())
+            self._load_weights(ckpt / checkpoint.WEIGHTS, str(ckpt))
         elif init_from is not None:
-            src = C.resolve_checkpoint(init_from)
-            C.check_config_compatible(src.parent if src.is_file() else src, self.cfg.to_dict())
-            self._load_weights(src if src.is_file() else src / C.WEIGHTS, str(src))
+            src = checkpoint.resolve_checkpoint(init_from)
+            checkpoint.check_config_compatible(src.parent if src.is_file() else src, self.cfg.to_dict())
+            self._load_weights(src if src.is_file() else src / checkpoint.WEIGHTS, str(src))
             initialized_from = str(src)
 
         if stale and info.is_main:  # after loading --init-from, which may point into this out_dir
             self.manager.remove_all()
-        P.barrier(info)
+        parallel.barrier(info)
 
         model = self.model
         frozen = apply_freezing(model, t)
@@ -161,14 +159,14 @@ class _Run:
             if hasattr(model, "gradient_checkpointing"):
                 model.gradient_checkpointing = True  # MoCModel checkpoints each block itself
             else:
-                P.apply_activation_checkpointing(model)
+                parallel.apply_activation_checkpointing(model)
         model.to(info.device)
         if t.compile:
-            P.compile_blocks(model)
-        self.wrapped = P.wrap_model(model, t.parallel, info)
+            parallel.compile_blocks(model)
+        self.wrapped = parallel.wrap_model(model, t.parallel, info)
         self.opt = build_optimizer(model, t)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_multiplier(t))
-        self.batches = B.TrainBatches(self.train_ds, self.cfg, info)
+        self.batches = batches.TrainBatches(self.train_ds, self.cfg, info)
         if ckpt is not None:
             self._load_training_state(ckpt)
 
@@ -191,7 +189,8 @@ class _Run:
                 f"process(es) on {info.device}, global batch {self.batches.global_batch} x {t.seq_len} "
                 f"tokens, {start}"
             )
-            final = self._loop()
+            with self._stop_on_signals():
+                final = self._loop()
         finally:
             self.log.close()
 
@@ -223,7 +222,7 @@ class _Run:
         t, p = self.t, self.progress
         val_batches = None
         if self.val_ds is not None and t.eval_batches > 0:
-            val_batches = B.eval_batches(self.val_ds, self.cfg, self.info)
+            val_batches = batches.eval_batches(self.val_ds, self.cfg, self.info)
         else:
             self.log.message("no validation split (or train.eval_batches=0): skipping evaluation")
         final: dict[str, Any] = {}
@@ -268,7 +267,63 @@ class _Run:
                 if evaluated:
                     metrics.update(p.val_history[-1])
                 self._save(step, metrics)
+            if not last and self._stop_agreed():
+                self._stop_after(step, {"step": step, "loss": loss, "aux_loss": aux})
         return final
+
+    # --- SIGINT / SIGTERM: finish the step, save, exit 130 ----------------------------------------
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, Ctrl-C (SIGINT) and SIGTERM (what schedulers send before killing a job) only
+        set a flag: the current step finishes, a checkpoint is written and :class:`TrainingInterrupted`
+        is raised. A second signal acts as usual (KeyboardInterrupt), and the atomic save still never
+        leaves a partial checkpoint. Only the main thread may install handlers; elsewhere, nothing."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+            for s, h in previous.items():  # the next signal of either kind interrupts at once
+                signal.signal(s, h)
+            if self.info.is_main:
+                print(
+                    f"\nmoc train: {signal.Signals(signum).name} received; finishing this step and saving "
+                    "a checkpoint (send it again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank if any rank got a signal: one all_reduce per step, so all ranks stop after
+        the same step (under torchrun a signal may reach the ranks at different moments)."""
+        flag = torch.tensor([1.0 if getattr(self, "_stop_signal", None) else 0.0], device=self.info.device)
+        return bool(parallel.all_reduce_sum(flag, self.info).item() > 0)
+
+    def _stop_after(self, step: int, metrics: dict[str, Any]) -> None:
+        t = self.t
+        if not (t.save_every > 0 and step % t.save_every == 0):  # not saved at this step yet
+            self._save(step, metrics)
+        ckpt = self.manager.root / checkpoint.step_dir_name(step)
+        own = getattr(self, "_stop_signal", None)
+        name = signal.Signals(own).name if own else "a signal to another process"
+        raise TrainingInterrupted(
+            f"stopped by {name} after step {step}; checkpoint saved in {ckpt}; continue with the same "
+            "command plus --resume",
+            step=step,
+            checkpoint=str(ckpt),
+        )
 
     def _train_row(
         self, step: int, loss: float, aux: float, gnorm: float, lrs: dict[str, float], tok_s: float
@@ -277,9 +332,18 @@ class _Run:
         row.update({f"lr_{k}": v for k, v in lrs.items()})
         row.update(tokens_per_s=tok_s, tokens_seen=self.progress.tokens_seen)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{next(iter(lrs.values())):.2e}", "tok/s": f"{tok_s:,.0f}"}
+        chapters = self.distinct_chapters
+        if chapters > 0:  # measured: distinct chapters one micro-batch projected (mean over memory layers)
+            row["distinct_chapters"] = chapters
         if self.mfu_per_token_s is not None:  # MFU per device against the peak in train.mfu_peak_flops
+            # "mfu": the batch-aware count (expected distinct chapters under uniform routing);
+            # "mfu_measured": the same count with the distinct chapters this step actually projected.
             row["mfu"] = tok_s / self.info.world_size * self.mfu_per_token_s
             postfix["mfu"] = f"{100 * row['mfu']:.1f}%"
+            if chapters > 0:
+                per_token_s = _mfu_per_token_per_s(self.cfg, self.info.device, chapters)
+                if per_token_s is not None:
+                    row["mfu_measured"] = tok_s / self.info.world_size * per_token_s
         self.log.progress(step, postfix)
         return row
 
@@ -288,32 +352,35 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(self.info.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self, micro: list[B.Batch]) -> tuple[float, float, float]:
+    def _train_step(self, micro: list[batches.Batch]) -> tuple[float, float, float]:
         """Forward/backward over this rank's micro-batches, then clip. Returns (loss, aux, grad_norm)."""
         info, accum, model = self.info, len(micro), self.model
         n_local = float(sum(b.n_targets for b in micro))
         count = torch.tensor([n_local], dtype=torch.float64, device=info.device)  # NCCL needs device tensors
-        n_targets = float(P.all_reduce_sum(count, info).item())
+        n_targets = float(parallel.all_reduce_sum(count, info).item())
         # DDP/FSDP average gradients over ranks, so each rank scales its token-loss sum by world / total.
         scale = info.world_size / max(n_targets, 1.0)
-        sums = torch.zeros(2, dtype=torch.float64, device=info.device)
+        # [token-loss sum, aux sum, distinct chapters summed over micro-batches]
+        sums = torch.zeros(3, dtype=torch.float64, device=info.device)
         for j, b in enumerate(micro):
-            with P.grad_sync(self.wrapped, model, sync=j == accum - 1):
+            with parallel.grad_sync(self.wrapped, model, sync=j == accum - 1):
                 with self._autocast():
-                    out = self.wrapped(b.input_ids)
-                    ce = F.cross_entropy(
-                        out.logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100, reduction="sum"
-                    )
+                    out = self.wrapped(b.input_ids, **_loss_kwargs(b))
+                    ce = out.loss
                 aux = out.aux_loss if out.aux_loss is not None else ce.new_zeros(())
                 (ce * scale + aux / accum).backward()
-            sums += torch.stack([ce.detach().double(), aux.detach().double()])
-        P.all_reduce_sum(sums, info)
+            chapters = _distinct_chapters(out.routing, self.cfg.memory.n_chapters, sums)
+            sums += torch.stack([ce.detach().double(), aux.detach().double(), chapters])
+        parallel.all_reduce_sum(sums, info)
         params = [q for q in model.parameters() if q.grad is not None]
         clip = self.t.grad_clip if self.t.grad_clip > 0 else float("inf")  # inf: just measure the norm
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros(())
         if hasattr(gnorm, "full_tensor"):  # FSDP2 returns a DTensor
             gnorm = gnorm.full_tensor()
-        loss, aux_sum, gn = torch.stack([sums[0] / max(n_targets, 1.0), sums[1], gnorm.to(sums)]).tolist()
+        loss, aux_sum, gn, chapters = torch.stack(
+            [sums[0] / max(n_targets, 1.0), sums[1], gnorm.to(sums), sums[2]]
+        ).tolist()
+        self.distinct_chapters = chapters / (accum * info.world_size)
         return loss, aux_sum / (accum * info.world_size), gn
 
     def _non_finite(self, step: int, loss: float, aux: float, gnorm: float) -> None:
@@ -338,7 +405,7 @@ class _Run:
         )
 
     @torch.no_grad()
-    def _evaluate(self, batches: list[B.Batch]) -> tuple[float, int]:
+    def _evaluate(self, batches: list[batches.Batch]) -> tuple[float, int]:
         """Token-weighted validation loss: sum of token losses / number of target tokens (all ranks)."""
         model = self.model  # unwrapped: DDP's forward hooks are for training (FSDP shards in place)
         was_training = model.training
@@ -346,18 +413,15 @@ class _Run:
         sums = torch.zeros(2, dtype=torch.float64, device=self.info.device)
         for b in batches:
             with self._autocast():
-                logits = model(b.input_ids).logits
-                ce = F.cross_entropy(
-                    logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100, reduction="sum"
-                )
+                ce = model(b.input_ids, **_loss_kwargs(b)).loss
             sums[0] += ce.double()
             sums[1] += b.n_targets
-        P.all_reduce_sum(sums, self.info)
+        parallel.all_reduce_sum(sums, self.info)
         model.train(was_training)
         total, n = sums.tolist()
         return total / max(n, 1.0), int(n)
 
-    def _eval_and_log(self, step: int, batches: list[B.Batch]) -> dict[str, Any]:
+    def _eval_and_log(self, step: int, batches: list[batches.Batch]) -> dict[str, Any]:
         val_loss, n_tok = self._evaluate(batches)
         ev = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
         self.progress.val_history.append(dict(ev))
@@ -368,37 +432,66 @@ class _Run:
     # --- checkpoints ------------------------------------------------------------------------------
 
     def _find_resume_checkpoint(self) -> Path | None:
-        found = None
+        found, problem = None, None
         if self.info.is_main:
             self.manager.clean_temp()  # leftovers of a save that was killed
-            latest = self.manager.latest()
+            # The newest checkpoint that matches the sizes/hashes recorded when it was saved; each damaged
+            # newer one is named on stderr and skipped.
+            latest = self.manager.latest_verified(warn=lambda m: print(f"moc train: {m}", file=sys.stderr))
             found = str(latest) if latest else None
-        found = P.broadcast_object(found, self.info)
+            if latest is None and self.manager.latest() is not None:
+                problem = (
+                    f"no checkpoint in {self.manager.root} verifies (see above); restore the damaged files, "
+                    "or start over with train.overwrite=true or another train.out_dir"
+                )
+        found, problem = parallel.broadcast_object((found, problem), self.info)  # every rank raises together
+        if problem:
+            raise checkpoint.CheckpointError(problem)
         if found is None and self.info.is_main:
             print(f"moc train: --resume found no complete checkpoint in {self.manager.root}; starting fresh")
         return Path(found) if found else None
 
     def _load_weights(self, path: Path, source: str) -> None:
         if not path.is_file():
-            raise C.CheckpointError(f"{path} does not exist")
-        state = C.load_weights(path)
-        C.check_state_fits(self.model.state_dict(), state, source)
+            raise checkpoint.CheckpointError(f"{path} does not exist")
+        state = checkpoint.load_weights(path)
+        checkpoint.check_state_fits(self.model.state_dict(), state, source)
         self.model.load_state_dict(state, strict=True)
 
     def _load_training_state(self, ckpt: Path) -> None:
-        osd = torch.load(ckpt / C.OPTIMIZER, map_location="cpu", weights_only=True)
+        osd = checkpoint.load_torch_file(ckpt / checkpoint.OPTIMIZER)
         try:
-            P.load_full_optimizer_state(self.model, self.opt, osd)
+            parallel.load_full_optimizer_state(self.model, self.opt, osd)
         except (KeyError, ValueError, RuntimeError) as e:
-            raise C.CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"the optimizer state in {ckpt} does not fit this run ({e}); was train.freeze_bank or the "
                 "set of trainable parameters changed? Start a new out_dir or use --init-from for weights only"
             ) from e
-        ts = torch.load(ckpt / C.TRAINER_STATE, map_location="cpu", weights_only=True)
-        self.sched.load_state_dict(ts["scheduler"])
-        self.batches.sampler.load_state_dict(ts["sampler"])
-        C.restore_rng(ts["rng"])
-        self.progress = _Progress(**ts["progress"])
+        ts = checkpoint.load_torch_file(ckpt / checkpoint.TRAINER_STATE)
+        try:
+            self.sched.load_state_dict(ts["scheduler"])
+            self.batches.sampler.load_state_dict(ts["sampler"])
+            checkpoint.restore_rng(ts["rng"])
+            self.progress = _Progress(**ts["progress"])
+        except ValueError as e:  # the data or train.seq_len changed: the saved data position is meaningless
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {ckpt}: {e}; resume with the original data and train.seq_len, or start "
+                "a new out_dir (--init-from CHECKPOINT keeps the weights)"
+            ) from None
+        except (KeyError, TypeError) as e:
+            raise checkpoint.CheckpointError(
+                f"{ckpt / checkpoint.TRAINER_STATE} is not a moc trainer state (missing or bad {e}); "
+                "resume from another checkpoint or start a new out_dir"
+            ) from None
+        threads = ts.get("cpu_threads")
+        cpu = self.info.device.type == "cpu"
+        if cpu and threads and threads != torch.get_num_threads() and self.info.is_main:
+            print(
+                f"moc train: the checkpoint was written with {threads} CPU threads, this run uses "
+                f"{torch.get_num_threads()}; losses will differ from an uninterrupted run in the last digits "
+                f"(set OMP_NUM_THREADS={threads} for a bit-identical resume)",
+                file=sys.stderr,
+            )
         if ts.get("global_batch") != self.batches.global_batch and self.info.is_main:
             print(
                 f"moc train: the checkpoint used a global batch of {ts.get('global_batch')} windows, this "
@@ -406,27 +499,29 @@ class _Run:
             )
 
     def _save(self, step: int, metrics: dict[str, Any]) -> None:
-        msd = P.full_model_state(self.model)  # collectives under FSDP: every rank must call these
-        osd = P.full_optimizer_state(self.model, self.opt)
+        msd = parallel.full_model_state(self.model)  # collectives under FSDP: every rank must call these
+        osd = parallel.full_optimizer_state(self.model, self.opt)
         if self.info.is_main:
             ts = {
                 "progress": asdict(self.progress),
                 "scheduler": self.sched.state_dict(),
                 "sampler": self.batches.sampler.state_dict(),
-                "rng": C.capture_rng(),
+                "rng": checkpoint.capture_rng(),
                 "world_size": self.info.world_size,
                 "global_batch": self.batches.global_batch,
+                "cpu_threads": torch.get_num_threads(),  # CPU losses repeat exactly only at the same count
             }
 
             def write(d: Path) -> None:
-                C.save_weights(msd, d / C.WEIGHTS, self.aliases)
-                torch.save(osd, d / C.OPTIMIZER)
-                torch.save(ts, d / C.TRAINER_STATE)
-                (d / C.CONFIG).write_text(self.cfg.to_yaml())
-                (d / C.METRICS).write_text(json.dumps(metrics, default=str))
+                checkpoint.save_weights(msd, d / checkpoint.WEIGHTS, self.aliases)
+                torch.save(osd, d / checkpoint.OPTIMIZER)
+                torch.save(ts, d / checkpoint.TRAINER_STATE)
+                (d / checkpoint.CONFIG).write_text(self.cfg.to_yaml())
+                (d / checkpoint.METRICS).write_text(json.dumps(metrics, default=str))
+                checkpoint.copy_tokenizer(self.cfg, d)  # generate/export then work from any directory
 
             self.manager.save(step, write)
-        P.barrier(self.info)
+        parallel.barrier(self.info)
 
 
 def _seed_everything(seed: int) -> None:
@@ -442,13 +537,47 @@ def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if dtype == "bfloat16" else None
 
 
-def _mfu_per_token_per_s(cfg: MoCConfig, device: torch.device) -> float | None:
-    """MFU of one device at 1 token/s (MFU is linear in throughput); None off-GPU or without moc.flops."""
+def _loss_kwargs(b: batches.Batch) -> dict[str, Any]:
+    """Model kwargs for a packed batch: its document positions, and the summed LM loss of its (already
+    shifted) targets computed in chunks, so no (B, L, vocab) logits are held (``model.loss_chunk_size``)."""
+    return {
+        "position_ids": b.position_ids,
+        "labels": b.targets,  # already shifted: hence shift_labels=False
+        "return_logits": False,
+        "shift_labels": False,
+        "loss_reduction": "sum",
+    }
+
+
+def _distinct_chapters(routing: list[Any], n_chapters: int, like: torch.Tensor) -> torch.Tensor:
+    """Distinct chapters a forward projected, mean over memory layers (0 for a dense model); no sync.
+
+    The memory layer projects the union of ``info.indices`` over the micro-batch once, so this is the
+    measured counterpart of :func:`moc.accounting.expected_distinct_chapters`.
+    """
+    if not routing:
+        return like.new_zeros(())
+    total = like.new_zeros(())
+    for info in routing:
+        hit = torch.zeros(n_chapters, dtype=torch.bool, device=info.indices.device)
+        total = total + hit.index_fill_(0, info.indices.flatten(), True).sum().to(like)
+    return total / len(routing)
+
+
+def _mfu_per_token_per_s(
+    cfg: RunConfig, device: torch.device, projected_chapters: float | None = None
+) -> float | None:
+    """MFU of one device at 1 token/s (MFU is linear in throughput) at the run's micro-batch; None
+    off-GPU or when the accounting does not cover the config. ``projected_chapters``: measured distinct
+    chapters per micro-batch."""
     if device.type != "cuda":
         return None
     try:
-        from moc.flops import mfu
+        from moc.accounting import mfu
 
-        return float(mfu(1.0, cfg, cfg.train.seq_len, peak_flops=cfg.train.mfu_peak_flops))
+        t = cfg.train
+        return float(
+            mfu(1.0, cfg, t.seq_len, t.mfu_peak_flops, t.micro_batch_size, projected_chapters)
+        )
     except Exception:  # accounting may not cover every config; never fail a run over a metric
         return None

@@ -1,7 +1,8 @@
 """AdamW with one parameter group per (category, decay) pair: backbone, memory layers and bank.
 
-Categories come from :func:`moc.model.params.param_category`. Each category has its own learning rate
-and weight decay; norms, biases and embeddings never get weight decay, whatever their category.
+Categories come from :func:`moc.model.param_groups.param_category`. Each category has its own learning rate
+and weight decay; norms, biases and embeddings get no weight decay, whatever their category, unless
+``train.weight_decay_all`` (the paper's runs: decay on every parameter).
 ``train.freeze_bank`` turns the bank off for real: ``requires_grad=False`` and no optimizer state.
 """
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from moc.config import TrainConfig
-from moc.model.params import param_category
+from moc.model.param_groups import param_category
 
 CATEGORIES = ("backbone", "memory", "bank")
 
@@ -66,7 +67,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     Frozen parameters (``requires_grad=False``) are left out, so they get no optimizer state.
     """
     specs = group_specs(cfg)
-    exempt = no_decay_names(model)
+    exempt = set() if cfg.weight_decay_all else no_decay_names(model)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():  # shared parameters appear once
         if not p.requires_grad:

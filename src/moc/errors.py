@@ -1,0 +1,53 @@
+"""The root of every error ``moc`` reports as one line.
+
+Every problem caused by the user's input or environment (a bad config key, a missing file, a corrupt
+checkpoint, a full disk while saving) is raised as a subclass of :class:`MocError` whose message names
+the path or key and the fix. The ``moc`` command catches :class:`MocError` once, in
+:func:`moc.cli.main`, prints ``moc <command>: <message>`` on stderr and exits with status 2 (130 for an
+interrupted run). Anything else that escapes is a bug in moc and keeps its traceback.
+
+The tree::
+
+    MocError
+    ├── ConfigError (ValueError)        moc.config: bad keys, values, YAML, --set overrides
+    │   ├── DataError                   moc.data: sources, tokenizers, prepared folders
+    │   └── HFError                     moc.hf: checkpoints to load, export folders, tokenizers
+    ├── TrainError (RuntimeError)       moc.train
+    │   ├── CheckpointError             missing, corrupt or mismatched checkpoints
+    │   ├── DivergenceError             NaN/Inf loss with train.nan_policy=stop
+    │   └── TrainingInterrupted         SIGINT/SIGTERM: a checkpoint was written (exit 130)
+    ├── ExperimentError (RuntimeError)  moc.experiment: a run of the protocol failed
+    └── CorpusError (ValueError)        moc.corpus: bad settings, no text source installed
+"""
+
+from __future__ import annotations
+
+
+class MocError(Exception):
+    """A problem with the user's input or environment; the message names the path or key and the fix."""
+
+    #: process exit status of the ``moc`` command for this error
+    exit_code: int = 2
+
+
+class CorpusError(MocError, ValueError, RuntimeError):
+    """A demo-corpus build cannot run (unknown source or relation, bad sizes, no text installed).
+
+    It is also a ``ValueError`` and a ``RuntimeError`` because those were raised before it existed.
+    """
+
+
+def one_line(text: object) -> str:
+    """``text`` as a single line: a multi-line message (e.g. from a C++ library) joined with ' | '."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines and isinstance(text, BaseException):
+        return type(text).__name__  # e.g. a bare MemoryError
+    return " | ".join(lines)
+
+
+def os_error_message(e: OSError) -> str:
+    """``path: reason`` for an ``OSError`` (``[Errno 28] No space left on device: 'x'`` -> readable)."""
+    reason = e.strerror or one_line(e) or type(e).__name__
+    paths = [p for p in (e.filename, e.filename2) if p is not None]
+    where = " -> ".join(str(p) for p in paths)
+    return f"{where}: {reason}" if where else reason
