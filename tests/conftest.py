@@ -27,6 +27,6 @@ def tiny_model(*overrides: str, live_memory: bool = True) -> moc.model.MoCModel:
 
 
 @pytest.fixture
-def make_model():  # noqa: ANN201
+def make_model():
     """Factory fixture: ``make_model("memory.routing=token", live_memory=True)``."""
     return tiny_model

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["ConfigError", "RunConfig", "build_model", "load_config", "preset_names", "__version__"]
 
 
-def build_model(cfg: RunConfig | str, overrides: list[str] | None = None):  # noqa: ANN201
+def build_model(cfg: RunConfig | str, overrides: list[str] | None = None):
     """Build the network described by ``cfg`` (a config, preset name or YAML path)."""
     from moc.model import MoCModel
 

@@ -1,10 +1,10 @@
 """Generic typed-config loading: YAML files and presets, ``base:`` chains, dotted overrides, dataclasses.
 
 Both config families use this one loader: the run config (:mod:`moc.config`: ``model``, ``memory``,
-``train``, ``data``) and the experiment config (:mod:`moc.experiment.config`). A config is a tree of
-dataclasses; a nested dict (from YAML) becomes one with :func:`build`, which checks every key and
-type and suggests the closest name for a typo ("did you mean"). Overrides are ``a.b.c=value`` at any
-depth (values parsed as YAML)::
+``train``, ``data``) and the experiment config of the demo application
+(:mod:`moc_experiments.experiment.config`). A config is a tree of dataclasses; a nested dict (from
+YAML) becomes one with :func:`build`, which checks every key and type and suggests the closest name
+for a typo ("did you mean"). Overrides are ``a.b.c=value`` at any depth (values parsed as YAML)::
 
     d = read_spec("tiny-moc", PRESET_DIR, "config")     # preset name or YAML path -> dict
     d = resolve_base(d, lambda s: read_spec(s, PRESET_DIR, "config"))

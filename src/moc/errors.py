@@ -16,8 +16,8 @@ The tree::
     │   ├── CheckpointError             missing, corrupt or mismatched checkpoints
     │   ├── DivergenceError             NaN/Inf loss with train.nan_policy=stop
     │   └── TrainingInterrupted         SIGINT/SIGTERM: a checkpoint was written (exit 130)
-    ├── ExperimentError (RuntimeError)  moc.experiment: a run of the protocol failed
-    └── CorpusError (ValueError)        moc.corpus: bad settings, no text source installed
+    ├── ExperimentError (RuntimeError)  moc_experiments.experiment: a run of the protocol failed
+    └── CorpusError (ValueError)        moc_experiments.corpus: bad settings, no text source installed
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_removed_chapter_is_never_picked_and_restored_after(make_model) -> None:
     assert any((info.indices == most_used).any() for info in out.routing)
 
 
-def _token_mean_loss(model, batches) -> float:  # noqa: ANN001
+def _token_mean_loss(model, batches) -> float:
     """Token-weighted next-token loss over all batches, computed here (not with moc.analysis)."""
     with torch.no_grad():
         logits = torch.cat([model(b["input_ids"]).logits for b in batches])

@@ -10,7 +10,7 @@ import yaml
 from moc.cli import main
 from moc.config import RunConfig, load_config
 from moc.configio import field_paths
-from moc.experiment.config import ExperimentConfig, load_experiment
+from moc_experiments.experiment.config import ExperimentConfig, load_experiment
 
 
 def test_show_prints_the_resolved_run_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

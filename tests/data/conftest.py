@@ -80,7 +80,7 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tok(tok_dir: Path):  # noqa: ANN201 - a transformers tokenizer
+def tok(tok_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tok_dir)

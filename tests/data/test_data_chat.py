@@ -32,12 +32,12 @@ CHATML = (
 )
 
 
-def write_chats(path: Path, chats: list) -> Path:  # noqa: ANN001
+def write_chats(path: Path, chats: list) -> Path:
     path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
     return path
 
 
-def conversations(d) -> list[tuple[list[int], list[int]]]:  # noqa: ANN001 - TokenData
+def conversations(d) -> list[tuple[list[int], list[int]]]:
     ends = [*d.doc_starts[1:].tolist(), d.n_tokens]
     return [
         (d.tokens[lo:hi].tolist(), d.loss_mask[lo:hi].tolist()) for lo, hi in zip(d.doc_starts.tolist(), ends)
@@ -45,7 +45,7 @@ def conversations(d) -> list[tuple[list[int], list[int]]]:  # noqa: ANN001 - Tok
 
 
 @pytest.mark.parametrize("template", [None, CHATML], ids=["generation-blocks", "prefix-diff"])
-def test_only_assistant_tokens_are_trained(tmp_path: Path, tok_dir: Path, tok, template) -> None:  # noqa: ANN001
+def test_only_assistant_tokens_are_trained(tmp_path: Path, tok_dir: Path, tok, template) -> None:
     src = write_chats(tmp_path / "c.jsonl", CHATS)
     out = prepare_chat_data(
         [src], tok_dir, tmp_path / "p", val_fraction=0.0, chat_template=template, progress=False
@@ -93,7 +93,7 @@ def test_chat_validation_names_file_and_line(tmp_path: Path, tok_dir: Path) -> N
     assert not (tmp_path / "p" / "meta.json").exists()
 
 
-def test_template_problems(tok) -> None:  # noqa: ANN001
+def test_template_problems(tok) -> None:
     msgs = validate_messages({"messages": CHATS[0]}, "x")
     tok.chat_template, saved = None, tok.chat_template
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from moc.cli import main
 
 
-def test_cli_round_trip(tmp_path: Path, make_docs, capsys) -> None:  # noqa: ANN001
+def test_cli_round_trip(tmp_path: Path, make_docs, capsys) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("\n\n".join(make_docs(30)))
@@ -87,7 +87,7 @@ def test_cli_round_trip(tmp_path: Path, make_docs, capsys) -> None:  # noqa: ANN
     assert info["kind"] == "chat" and info["n_documents"] == {"train": 4, "val": 1}
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "x.csv").write_text("a")
     assert (
         main(

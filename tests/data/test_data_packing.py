@@ -68,7 +68,7 @@ def test_loss_mask_becomes_ignore_index() -> None:
     assert ps[1]["input_ids"].tolist() == [9, 10, 11, 12]
 
 
-def test_documents_are_eos_separated_across_windows(tmp_path: Path, tok_dir: Path, tok, make_docs) -> None:  # noqa: ANN001
+def test_documents_are_eos_separated_across_windows(tmp_path: Path, tok_dir: Path, tok, make_docs) -> None:
     texts = make_docs(12)
     (tmp_path / "c.txt").write_text("\n".join(texts))
     d = load_prepared(

@@ -20,7 +20,7 @@ from moc.data import (
 )
 
 
-def split_docs(d) -> list[list[int]]:  # noqa: ANN001 - TokenData
+def split_docs(d) -> list[list[int]]:
     """Token lists of each document of a split, without the trailing eos."""
     ends = [*d.doc_starts[1:].tolist(), d.n_tokens]
     out = []
@@ -31,7 +31,7 @@ def split_docs(d) -> list[list[int]]:  # noqa: ANN001 - TokenData
     return out
 
 
-def test_format_and_contents(tmp_path: Path, tok_dir: Path, tok, make_docs, write_jsonl) -> None:  # noqa: ANN001
+def test_format_and_contents(tmp_path: Path, tok_dir: Path, tok, make_docs, write_jsonl) -> None:
     texts = make_docs(40)
     write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts[:30]])
     (tmp_path / "b.txt").write_text("\n".join(texts[30:]))
@@ -63,7 +63,7 @@ def test_format_and_contents(tmp_path: Path, tok_dir: Path, tok, make_docs, writ
     assert (out / "tokenizer" / "tokenizer.json").read_text() == (tok_dir / "tokenizer.json").read_text()
 
 
-def test_reuse_and_invalidation(tmp_path: Path, tok_dir: Path, make_docs, capsys) -> None:  # noqa: ANN001
+def test_reuse_and_invalidation(tmp_path: Path, tok_dir: Path, make_docs, capsys) -> None:
     src = tmp_path / "c.txt"
     src.write_text("\n".join(make_docs(20)))
     kw = dict(txt_mode="line", progress=False)
@@ -84,7 +84,7 @@ def test_reuse_and_invalidation(tmp_path: Path, tok_dir: Path, make_docs, capsys
     assert "reusing" not in capsys.readouterr().out
 
 
-def test_failed_prepare_leaves_old_data(tmp_path: Path, tok_dir: Path, make_docs, monkeypatch) -> None:  # noqa: ANN001
+def test_failed_prepare_leaves_old_data(tmp_path: Path, tok_dir: Path, make_docs, monkeypatch) -> None:
     import moc.data.prepare as prep
 
     src = tmp_path / "c.txt"
@@ -93,7 +93,7 @@ def test_failed_prepare_leaves_old_data(tmp_path: Path, tok_dir: Path, make_docs
     before = (out / "meta.json").read_text()
     src.write_text("\n".join(make_docs(25)))
 
-    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def boom(*a, **k):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(prep, "_write_splits", boom)
@@ -123,7 +123,7 @@ def test_dtype_choice(tmp_path: Path) -> None:
     assert d.tokens.tolist() == [69992, 7, 0, 65537, 65536, 3, 0]
 
 
-def test_val_split_is_deterministic_by_seed(tmp_path: Path, tok_dir: Path, make_docs, tok) -> None:  # noqa: ANN001
+def test_val_split_is_deterministic_by_seed(tmp_path: Path, tok_dir: Path, make_docs, tok) -> None:
     texts = make_docs(200, words=6)
     (tmp_path / "a.txt").write_text("\n".join(texts))
     (tmp_path / "r.txt").write_text("\n".join(reversed(texts)))
@@ -188,7 +188,7 @@ def test_check_compatible() -> None:
         check_compatible({"vocab_size": 400}, 256)
 
 
-def test_prepare_from_config(tmp_path: Path, tok_dir: Path, make_docs) -> None:  # noqa: ANN001
+def test_prepare_from_config(tmp_path: Path, tok_dir: Path, make_docs) -> None:
     (tmp_path / "c.txt").write_text("\n\n".join(make_docs(10)))
     cfg = moc.load_config(
         "tiny-moc",
@@ -212,7 +212,7 @@ def test_prepare_from_config(tmp_path: Path, tok_dir: Path, make_docs) -> None: 
         prepare_from_config(no_tok)
 
 
-def test_tokenizer_truncation_settings_do_not_cut_documents(tmp_path: Path, tok_dir: Path, tok) -> None:  # noqa: ANN001
+def test_tokenizer_truncation_settings_do_not_cut_documents(tmp_path: Path, tok_dir: Path, tok) -> None:
     from transformers import AutoTokenizer
 
     truncating = AutoTokenizer.from_pretrained(tok_dir)

@@ -30,7 +30,7 @@ def test_trained_dir_loads_with_autotokenizer(tok_dir: Path) -> None:
     assert chat_stop_token_ids(tok) == [0, 4]
 
 
-def test_default_chat_template(tok) -> None:  # noqa: ANN001
+def test_default_chat_template(tok) -> None:
     msgs = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -44,7 +44,7 @@ def test_default_chat_template(tok) -> None:  # noqa: ANN001
     )
 
 
-def test_training_is_deterministic(tmp_path: Path, make_docs) -> None:  # noqa: ANN001
+def test_training_is_deterministic(tmp_path: Path, make_docs) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(make_docs(60, seed=1)))
     a = train_tokenizer([corpus], 300, tmp_path / "a", txt_mode="line", progress=False)

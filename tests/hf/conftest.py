@@ -19,7 +19,7 @@ TEXT = (
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202
+def _one_thread():
     """Tiny models run fastest single-threaded (and do not fight other processes for the cores)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def write_checkpoint(model: moc.model.MoCModel, out: Path, tokenizer: Path | Non
 
 
 @pytest.fixture
-def make_checkpoint(tmp_path: Path, tok_dir: Path):  # noqa: ANN201
+def make_checkpoint(tmp_path: Path, tok_dir: Path):
     """``make_checkpoint(*overrides, tokenizer=True)`` -> (checkpoint dir, the MoCModel)."""
 
     def make(*overrides: str, tokenizer: bool = True, name: str = "ckpt") -> tuple[Path, moc.model.MoCModel]:
@@ -73,6 +73,6 @@ def make_checkpoint(tmp_path: Path, tok_dir: Path):  # noqa: ANN201
 
 
 @pytest.fixture
-def make_core():  # noqa: ANN201
+def make_core():
     """``make_core(*overrides)`` -> a tiny MoCModel with live memory (vocab 320)."""
     return build_core

@@ -21,7 +21,7 @@ def _left_padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return ids.masked_fill(mask == 0, 0), mask
 
 
-def _reference_greedy(model, ids: torch.Tensor, mask: torch.Tensor, routing: str):  # noqa: ANN202
+def _reference_greedy(model, ids: torch.Tensor, mask: torch.Tensor, routing: str):
     """Step-by-step argmax of a full forward (no cache) on each row's growing, unpadded sequence.
     Sequence routing is computed as generation does it: routed on the prompt only.
     Returns the new tokens (B, N_NEW) and each step's next-token logits (B, N_NEW, V)."""
@@ -39,7 +39,7 @@ def _reference_greedy(model, ids: torch.Tensor, mask: torch.Tensor, routing: str
     return torch.stack(rows), torch.stack(logits)
 
 
-def _generate(model, ids, mask, with_logits: bool = False, **kw):  # noqa: ANN202
+def _generate(model, ids, mask, with_logits: bool = False, **kw):
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,9 +21,22 @@ import torch
 from moc.kernels.routed_read import routed_read, routed_read_forward_torch
 
 DT = torch.float64
+KVFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+Problem = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, KVFn]
 
 
-def _problem(D=5, Qt=3, H=4, hd=8, U=7, T=4, kvh=2, n=3, dim=16, seed=0):  # noqa: ANN001, ANN202
+def _problem(
+    D: int = 5,
+    Qt: int = 3,
+    H: int = 4,
+    hd: int = 8,
+    U: int = 7,
+    T: int = 4,
+    kvh: int = 2,
+    n: int = 3,
+    dim: int = 16,
+    seed: int = 0,
+) -> Problem:
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(D, Qt, H, hd, dtype=DT, generator=g).requires_grad_()
     mem = torch.randn(U, T, dim, dtype=DT, generator=g).requires_grad_()
@@ -37,7 +51,16 @@ def _problem(D=5, Qt=3, H=4, hd=8, U=7, T=4, kvh=2, n=3, dim=16, seed=0):  # noq
     return q, mem, wk, wv, idx, w, kv_fn
 
 
-def _naive(q, mem, wk, wv, idx, w, kv_fn, weighting):  # noqa: ANN001, ANN202
+def _naive(
+    q: torch.Tensor,
+    mem: torch.Tensor,
+    wk: torch.Tensor,
+    wv: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    kv_fn: KVFn,
+    weighting: str,
+) -> torch.Tensor:
     k, v = kv_fn(mem, wk, wv)
     D, Qt, H, hd = q.shape
     kvh = k.shape[2]

@@ -220,11 +220,11 @@ def test_cuda_without_triton_says_once_why_it_falls_back(monkeypatch: pytest.Mon
 
 def test_the_tile_layout_is_computed_once_per_forward(make_model, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its host sync runs once per forward, not once per memory layer; a new input gets a new layout."""
-    from moc.model import memory
+    from moc.model import routing_layout
 
     calls = []
-    real = memory._layout
-    monkeypatch.setattr(memory, "_layout", lambda *a: calls.append(1) or real(*a))
+    real = routing_layout.tile_layout
+    monkeypatch.setattr(routing_layout, "tile_layout", lambda *a: calls.append(1) or real(*a))
     model = make_model("memory.routing=causal")  # memory layers 1 and 3
     ids = torch.randint(0, 256, (2, 20))
     model(ids)
@@ -234,7 +234,7 @@ def test_the_tile_layout_is_computed_once_per_forward(make_model, monkeypatch: p
 
 
 def test_one_document_rows_need_no_tile_count_and_a_wrong_hint_is_caught() -> None:
-    from moc.model.memory import _layout
+    from moc.model.routing_layout import tile_layout as _layout
 
     valid = torch.ones(2, 10, dtype=torch.bool)
     valid[0, :3] = False  # left padding: positions still start at 0 at the first real token

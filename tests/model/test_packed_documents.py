@@ -116,3 +116,14 @@ def test_hf_packed_position_ids(routing: str) -> None:
     for got, want in zip(_split(packed), alone, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(loss, sum(per_doc) / (sum(LENGTHS) - len(LENGTHS)), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_prompt_with_a_cache_is_refused(make_model) -> None:
+    """A cache holds one history per row: decoding after a packed prompt would mix documents."""
+    model = make_model("memory.routing=causal").eval()
+    row, pos = _packed(_docs())
+    with torch.no_grad(), pytest.raises(ValueError, match="packed documents.*KV cache"):
+        model(row, position_ids=pos, use_cache=True)
+    with torch.no_grad():  # one document per row with explicit positions still decodes
+        doc = _docs()[0]
+        model(doc, position_ids=torch.arange(doc.shape[1])[None], use_cache=True)

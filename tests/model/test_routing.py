@@ -11,7 +11,7 @@ import moc
 from moc.model.memory import ChapterRouter, router_losses
 
 
-def _logits(model, ids, mask=None):  # noqa: ANN001, ANN202
+def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return model(ids, attention_mask=mask).logits
 
 

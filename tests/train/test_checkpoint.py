@@ -17,7 +17,7 @@ from torch import nn
 from moc.train import checkpoint, train
 
 
-def _writer(val_loss: float | None = None, fail: bool = False):  # noqa: ANN202
+def _writer(val_loss: float | None = None, fail: bool = False):
     def write(d: Path) -> None:
         (d / checkpoint.WEIGHTS).write_bytes(b"w")
         if fail:
@@ -89,7 +89,7 @@ def test_sigkill_during_save_never_leaves_a_loadable_half_checkpoint(tiny_cfg) -
     """Kill -9 a training process while it writes a ~25 MB checkpoint; --resume uses the previous one."""
     big = ("memory.n_tokens=65536", "memory.n_chapters=2048", "train.save_every=1", "train.eval_every=0")
     cfg = tiny_cfg(*big, "train.max_steps=3")
-    import torch._dynamo  # noqa: F401 - imported once here, not in the child and again in this process
+    import torch._dynamo
     import torch.distributed.checkpoint.state_dict  # noqa: F401
 
     root = Path(cfg.train.out_dir) / "checkpoints"

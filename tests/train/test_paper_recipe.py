@@ -10,10 +10,10 @@ import torch
 import moc
 from moc.config import ConfigError
 from moc.data import PackedSequences, load_prepared
-from moc.experiment import load_experiment
 from moc.train import train
 from moc.train.batches import steps_for_epochs
 from moc.train.optim import param_groups
+from moc_experiments.experiment import load_experiment
 
 
 def test_epochs_set_max_steps_from_the_packed_windows(tiny_cfg) -> None:

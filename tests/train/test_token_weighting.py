@@ -37,7 +37,7 @@ def _micro_batches() -> list[batches.Batch]:
     return out
 
 
-def _step_runner(  # noqa: ANN202
+def _step_runner(
     cfg: moc.RunConfig, model: torch.nn.Module, wrapped: torch.nn.Module, info: parallel.DistInfo
 ):
     """A training run object with just what ``_train_step`` reads (no data, no optimizer)."""

@@ -1,6 +1,6 @@
 """Analytic parameter counts for any MoC or dense config (no model is built, so paper sizes are instant).
 
-The split matches ``moc.model.params.param_category``: ``backbone`` (embeddings, self-attention, MLPs,
+The split matches ``moc.model.param_groups.param_category``: ``backbone`` (embeddings, self-attention, MLPs,
 norms, untied LM head), ``memory_layers`` (memory cross-attention, its RMSNorm, the router, and block
 variant B's second MLP + norm) and ``bank`` (the memory tokens).
 """

@@ -112,7 +112,7 @@ class MemoryAdapter(nn.Module):
         self.aux_loss = torch.zeros((), device=device)
         self.routing = []
 
-    def _after_layer(self, i: int):  # noqa: ANN202
+    def _after_layer(self, i: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             h = output[0] if isinstance(output, tuple) else output
             call = self._call

@@ -24,14 +24,16 @@ def _is_experiment(spec: str, forced: bool) -> bool:
     """An experiment config when asked (``--experiment``) or when ``spec`` names only an experiment preset."""
     if forced:
         return True
-    from moc.experiment.config import experiment_presets
+    if spec in preset_names():
+        return False  # a run preset: the demo application (moc_experiments) is not even imported
+    from moc_experiments.experiment.config import experiment_presets
 
-    return spec in experiment_presets() and spec not in preset_names()
+    return spec in experiment_presets()
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     if _is_experiment(args.config, args.experiment):
-        from moc.experiment.config import load_experiment
+        from moc_experiments.experiment.config import load_experiment
 
         exp = load_experiment(args.config, args.overrides)
         d = exp.to_dict()
@@ -50,7 +52,7 @@ def _yaml_scalar(value: object) -> str:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.experiment:
-        from moc.experiment.config import ExperimentConfig
+        from moc_experiments.experiment.config import ExperimentConfig
 
         rows = describe(ExperimentConfig)
     else:

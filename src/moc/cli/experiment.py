@@ -1,4 +1,8 @@
-"""``moc experiment``, ``moc demo`` and ``moc report``: the paper's protocol end to end, and its report."""
+"""``moc experiment``, ``moc demo`` and ``moc report``: the paper's protocol end to end, and its report.
+
+They run the demo application, :mod:`moc_experiments`, imported inside each command: the ``moc`` library
+itself never imports it (``tests/test_library_boundary.py``).
+"""
 
 from __future__ import annotations
 
@@ -54,18 +58,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moc.experiment import load_experiment, run_experiment
+    from moc_experiments.experiment import load_experiment, run_experiment
 
     overrides = list(args.overrides)
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     if args.out is not None:
         overrides.append(f"out_dir={args.out}")
-    from moc.experiment.capacity import is_capacity
+    from moc_experiments.experiment.capacity import is_capacity
 
     if is_capacity(args.experiment):  # the knowledge-capacity experiment (its own runner and report)
-        from moc.experiment.capacity import load_capacity, run_capacity
-        from moc.experiment.capacity_report import tables as capacity_tables
+        from moc_experiments.experiment.capacity import load_capacity, run_capacity
+        from moc_experiments.experiment.capacity_report import tables as capacity_tables
 
         cap = run_capacity(load_capacity(args.experiment, overrides), progress=not args.quiet)
         if args.quiet:
@@ -73,13 +77,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     exp = load_experiment(args.experiment, overrides)
     if args.plan:
-        from moc.experiment.plan import experiment_plan, format_plan
+        from moc_experiments.experiment.plan import experiment_plan, format_plan
 
         print(format_plan(experiment_plan(exp)))
         return 0
     results = run_experiment(exp, progress=not args.quiet)
     if args.quiet:
-        from moc.experiment.report import tables
+        from moc_experiments.experiment.report import tables
 
         print(tables(results))
     return 0
@@ -90,8 +94,8 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if not args.plan:
-        from moc.experiment.capacity import load_capacity, run_capacity
-        from moc.experiment.capacity_report import tables as capacity_tables
+        from moc_experiments.experiment.capacity import load_capacity, run_capacity
+        from moc_experiments.experiment.capacity_report import tables as capacity_tables
 
         over = [f"out_dir={Path(args.out or 'runs/demo') / 'knowledge'}"]
         if args.seeds is not None:
@@ -105,12 +109,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from moc.experiment.report import load_results, tables, write_report
+    from moc_experiments.experiment.report import load_results, tables, write_report
 
     results_path = Path(args.run) / "results.json" if Path(args.run).is_dir() else Path(args.run)
     if results_path.is_file() and '"kind": "capacity"' in results_path.read_text()[:2000]:
-        from moc.experiment.capacity_report import tables as capacity_tables
-        from moc.experiment.capacity_report import write_report as capacity_report
+        from moc_experiments.experiment.capacity_report import tables as capacity_tables
+        from moc_experiments.experiment.capacity_report import write_report as capacity_report
 
         path = capacity_report(results_path, args.out)
         print(capacity_tables(json.loads(results_path.read_text())))

@@ -80,7 +80,7 @@ def train_tokenizer(
         raise DataError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     resolved = as_sources(sources)
 
-    def texts():  # noqa: ANN202 - a generator of str
+    def texts():
         for source in resolved:
             for text, _ in iter_source_documents(source, text_field, txt_mode):
                 yield text

@@ -2,8 +2,8 @@
 
 The folder holds ``config.json`` (with ``auto_map``), ``model.safetensors``, ``generation_config.json``,
 the tokenizer files, and the model code (``configuration_moc.py``, ``modeling_moc.py`` and moc's core
-``transformer.py``, ``memory.py``, ``layers.py``, ``param_groups.py``, and the memory read's kernel
-``routed_read.py`` from ``moc/kernels``), so that anyone can run::
+``transformer.py``, ``memory.py``, ``routing_layout.py``, ``layers.py``, ``param_groups.py``, and the
+memory read's kernel ``routed_read.py`` from ``moc/kernels``), so that anyone can run::
 
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 

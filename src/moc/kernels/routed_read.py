@@ -197,7 +197,7 @@ class RoutedRead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # noqa: PLR0913
+    def forward(
         ctx: Any,
         q: torch.Tensor,
         idx: torch.Tensor,

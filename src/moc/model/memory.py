@@ -10,16 +10,17 @@ Each routing *decision* picks S for a group of positions:
 
     sequence  one decision per document from the mean of all its (valid) positions — the paper's mode.
               NOT causal: the chapters read at position t depend on tokens after t.
-    causal    positions [g*S, (g+1)*S) of a document (S = causal_chunk_size) share one decision made from
-              the mean of the document's positions < g*S. Strictly causal. Chunk 0 of every document
+    causal    positions [g*c, (g+1)*c) of a document (c = causal_chunk_size) share one decision made from
+              the mean of the document's positions < g*c. Strictly causal. Chunk 0 of every document
               has seen no content yet: its summary is zero, so the router bias alone picks its chapters
-              (the same chapters for every document's first S tokens).
+              (the same chapters for every document's first c tokens).
     token     every position decides from its own hidden state. Causal.
 
 Documents: a row may pack several; a new one starts at a valid position whose id is 0 or not greater
 than the previous valid position's (Hugging Face's packed convention). Routing never pools across
 documents, and chunks are counted in *positions* from the document's start, so left padding does not
-move them. With positions from an attention mask every row is one document.
+move them. With positions from an attention mask every row is one document. The bookkeeping (documents,
+chunks, query tiles, pooling) lives in ``routing_layout``.
 
 The router pools RMSNorm(h) (``router_input: memory_norm``) or the block's input residual stream
 (``block_input``, the paper's code). ``chapter_weighting`` says how a chapter's weight enters the read:
@@ -49,6 +50,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import RMSNorm, rms_normalize
+from .routing_layout import (
+    TileLayout,
+    cached_tile_layout,
+    causal_tile_sums,
+    document_sums,
+    from_tiles,
+    prefix_sums,
+    to_tiles,
+)
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
@@ -82,12 +92,21 @@ class MemoryBank(nn.Module):
         else:
             self.weight = nn.Parameter(torch.randn(n_tokens, dim) * init_std)
 
-    def chapters(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (U,) chapter ids -> (U, T, dim). Indexes the bank directly (no batch expansion)."""
+    @property
+    def params(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the bank is made of: (A, B) for a factorized bank, else (weight,)."""
+        return (self.A, self.B) if self.kind == "factorized" else (self.weight,)
+
+    def chapters(self, idx: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        """idx: (U,) chapter ids -> (U, T, dim). Indexes the bank directly (no batch expansion).
+
+        ``params`` (default: :attr:`params`) lets a read that recomputes in backward pass them in.
+        """
+        params = params or self.params
         if self.kind == "factorized":
-            rows = self.A.view(self.n_chapters, self.chapter_size, -1)[idx]
-            return rows @ self.B.t()
-        return self.weight.view(self.n_chapters, self.chapter_size, self.dim)[idx]
+            a, b = params
+            return a.view(self.n_chapters, self.chapter_size, -1)[idx] @ b.t()
+        return params[0].view(self.n_chapters, self.chapter_size, -1)[idx]
 
 
 def bank_owners(cfg: MemoryConfig, n_memory_layers: int) -> list[int]:
@@ -150,6 +169,56 @@ class MemoryState:
     k: torch.Tensor | None = None  # (B, n_kv_heads, N_sel, head_dim), chapter weights applied
     v: torch.Tensor | None = None
     bias: torch.Tensor | None = None  # (B, 1, 1, N_sel) log chapter weights ("logit" weighting only)
+
+    # Every write to the state goes through these three methods.
+
+    def start(
+        self,
+        prefix_sum: torch.Tensor,
+        prefix_count: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        group: torch.Tensor | None = None,
+    ) -> None:
+        """After the prompt: its last document's router-input sum (B, d) and count (B,), the current
+        decision's K/V/bias (None for token routing, which decides afresh) and its chunk (causal only)."""
+        self.prefix_sum, self.prefix_count, self.group = prefix_sum, prefix_count, group
+        if kv is not None:
+            self.k, self.v, self.bias = kv
+
+    def switch(
+        self,
+        new: torch.Tensor,
+        group: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    ) -> None:
+        """Causal decoding entered a new chunk in the rows ``new`` (B,): take their new decision's K/V."""
+        k, v, bias = kv
+        sel = new[:, None, None, None]
+        self.k = torch.where(sel, k, self.k)
+        self.v = torch.where(sel, v, self.v)
+        if bias is not None:
+            self.bias = torch.where(sel, bias, self.bias)
+        self.group = torch.where(new, group, self.group)
+
+    def append(self, r: torch.Tensor, valid: torch.Tensor) -> None:
+        """One decoded position: add its router input r (B, d) where valid (B,)."""
+        self.prefix_sum = self.prefix_sum + r.float() * valid[:, None]
+        self.prefix_count = self.prefix_count + valid.float()
+
+
+@dataclass
+class Decisions:
+    """What ``MemoryLayer.route`` returns: the decisions for the read and the record of them.
+
+    indices, weights: (B, G, n_selected), the weights still in the autograd graph (the read trains the
+    router through them); aux: the scalar router loss (load balance + z-loss, with their coefficients);
+    info: the detached record for logging and inspection.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    aux: torch.Tensor
+    info: RoutingInfo
 
 
 class ChapterRouter(nn.Module):
@@ -273,23 +342,16 @@ class MemoryLayer(nn.Module):
         weights enter inside the read. The inputs are the bank's parameters and W_K, W_V, so the read
         can recompute K and V in backward instead of saving them.
         """
-        C, T, eps, kind = bank.n_chapters, bank.chapter_size, self.eps, bank.kind
-        kvh, hd = self.n_kv_heads, self.head_dim
+        T, eps, kvh, hd = bank.chapter_size, self.eps, self.n_kv_heads, self.head_dim
 
         def kv_fn(
             chapters: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, *bank_params: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            if kind == "factorized":
-                a, b = bank_params
-                rows = a.view(C, T, -1)[chapters] @ b.t()
-            else:
-                rows = bank_params[0].view(C, T, -1)[chapters]
-            mem = rms_normalize(rows, eps)  # (U, T, dim)
+            mem = rms_normalize(bank.chapters(chapters, *bank_params), eps)  # (U, T, dim)
             U = mem.shape[0]
             return F.linear(mem, wk).view(U, T, kvh, hd), F.linear(mem, wv).view(U, T, kvh, hd)
 
-        params = (bank.A, bank.B) if kind == "factorized" else (bank.weight,)
-        return kv_fn, (chapters, self.k_proj.weight, self.v_proj.weight, *params)
+        return kv_fn, (chapters, self.k_proj.weight, self.v_proj.weight, *bank.params)
 
     def read(
         self,
@@ -332,10 +394,8 @@ class MemoryLayer(nn.Module):
         bias = b.repeat_interleave(T, dim=1)[:, None, None].to(k.dtype) if self.weighting == "logit" else None
         return k, v, bias
 
-    def route(
-        self, summary: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """summary: (B, G, d); valid: (B, G) -> indices, weights, aux loss, stats."""
+    def route(self, summary: torch.Tensor, valid: torch.Tensor) -> Decisions:
+        """summary: (B, G, d) pooled router inputs; valid: (B, G) decisions serving a real token."""
         indices, weights, logits, probs = self.router(summary)
         n_shared = indices.shape[-1] - self.cfg.top_k
         lb, z, counts = router_losses(logits, probs, indices, valid, n_shared)
@@ -343,8 +403,15 @@ class MemoryLayer(nn.Module):
         with torch.no_grad():  # for logging only: keeps (decisions x C) tensors out of the autograd graph
             entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
             entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
-        stats = {"lb": lb.detach(), "z": z.detach(), "counts": counts, "entropy": entropy}
-        return indices, weights, aux, stats
+        info = RoutingInfo(
+            layer=self.layer_idx,
+            indices=indices.detach(),
+            weights=weights.detach(),
+            valid=valid.detach(),
+            stats=torch.stack([entropy, lb.detach(), z.detach()]).float(),
+            chapter_counts=counts,
+        )
+        return Decisions(indices, weights, aux, info)
 
     # -- forward ------------------------------------------------------------------------------------
 
@@ -366,7 +433,8 @@ class MemoryLayer(nn.Module):
         ``route_input`` (B, L, d): what the router pools instead of RMSNorm(h) (``router_input:
         block_input`` passes the block's input residual stream). ``one_document``: the caller knows every
         row is one document with positions 0, 1, ... (positions from an attention mask), so the tiles
-        per row are at most ceil(L / S) and the read needs no host sync (checked on the device).
+        per row are at most ceil(L / causal_chunk_size) and the read needs no host sync (checked on the
+        device).
         """
         x = self.norm(h)
         r = x if route_input is None else route_input
@@ -384,102 +452,91 @@ class MemoryLayer(nn.Module):
             )
         return self.o_proj(out.reshape(B, L, -1)), aux, info
 
-    def _info(
-        self, stats: dict, indices: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor
-    ) -> RoutingInfo:
-        return RoutingInfo(
-            layer=self.layer_idx,
-            indices=indices.detach(),
-            weights=weights.detach(),
-            valid=valid.detach(),
-            stats=torch.stack([stats["entropy"], stats["lb"], stats["z"]]).float(),
-            chapter_counts=stats["counts"],
-        )
-
-    def _read_token(self, r, q, bank, valid, state):  # noqa: ANN001, ANN202
-        """Every position its own decision: B * L tiles of one query."""
+    def _read_token(
+        self,
+        r: torch.Tensor,
+        q: torch.Tensor,
+        bank: MemoryBank,
+        valid: torch.Tensor,
+        state: MemoryState | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo]:
+        """Every position its own decision: B * L tiles of one query. r: (B, L, d); q: (B, L, H, hd)."""
         B, L, H, hd = q.shape
-        indices, weights, aux, stats = self.route(r, valid)  # (B, L, n_sel)
-        n = indices.shape[-1]
-        out = self.read(q.reshape(B * L, 1, H, hd), bank, indices.reshape(-1, n), weights.reshape(-1, n))
-        if state is not None:  # decoding routes every new token afresh: only mark the state as filled
-            state.prefix_sum = (r.float() * valid[..., None]).sum(1)
-            state.prefix_count = valid.sum(1).float()
-        return out.view(B, L, H, hd), aux, self._info(stats, indices, weights, valid)
+        dec = self.route(r, valid)  # (B, L, n_sel)
+        out = self.read(q.reshape(B * L, 1, H, hd), bank, *_flat(dec))
+        if state is not None:  # decoding routes every new token afresh: only the running sum is kept
+            state.start((r.float() * valid[..., None]).sum(1), valid.sum(1).float())
+        return out.view(B, L, H, hd), dec.aux, dec.info
 
-    def _read_tiled(self, r, q, bank, position_ids, valid, state, sequence_route_len, one_document):  # noqa: ANN001, ANN202
-        """Causal and sequence routing: tiles of up to S positions of one document share a decision.
-
-        Tile = (document, chunk of positions [g*S, (g+1)*S)); a query's slot in its tile is its position
-        mod S (positions rise inside a document, so no two tokens share a slot). Causal: one decision per
-        tile, from the mean of the document's earlier tokens (chunk 0 of a document sees no content: the
-        router bias alone decides it). Sequence: one decision per document, from the mean of all of it.
+    def _read_tiled(
+        self,
+        r: torch.Tensor,
+        q: torch.Tensor,
+        bank: MemoryBank,
+        position_ids: torch.Tensor,
+        valid: torch.Tensor,
+        state: MemoryState | None,
+        sequence_route_len: int | torch.Tensor | None,
+        one_document: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo]:
+        """Causal and sequence routing: the positions of one document in one chunk form a query tile
+        (see ``routing_layout``). Causal: one decision per tile, from the mean of the document's earlier
+        tokens. Sequence: one decision per document, from the mean of all of it (or of its positions
+        below ``sequence_route_len``), read by each of its tiles. r: (B, L, d); q: (B, L, H, hd).
         """
-        B, L, H, hd = q.shape
-        S = self.cfg.causal_chunk_size
-        lay = _cached_layout(position_ids, valid, S, -(-L // S) if one_document else None)
-        G = lay.G
-        csum = ccount = None
-        if self.cfg.routing == "causal" or state is not None:
-            # Exclusive prefix sums of the router input along the row, in float64 so that differences
-            # across long rows (a document's pooled sum) keep full float32 precision.
-            rv = r.to(torch.float64) * valid[..., None]
-            zero = rv.new_zeros(B, 1, rv.shape[-1])
-            csum = torch.cat([zero, rv.cumsum(1)], 1)  # (B, L + 1, d)
-            ccount = torch.cat([zero[..., 0], valid.to(torch.float64).cumsum(1)], 1)  # (B, L + 1)
+        L, chunk = q.shape[1], self.cfg.causal_chunk_size
+        lay = cached_tile_layout(position_ids, valid, chunk, -(-L // chunk) if one_document else None)
+        prefix = prefix_sums(r, valid) if self.cfg.routing == "causal" or state is not None else None
         if self.cfg.routing == "causal":
-            first, doc0 = lay.tile_first_row, lay.tile_doc_row  # (B, G)
-            d = csum.shape[-1]
-            sums = csum.gather(1, first[..., None].expand(-1, -1, d)) - csum.gather(
-                1, doc0[..., None].expand(-1, -1, d)
-            )
-            counts = ccount.gather(1, first) - ccount.gather(1, doc0)
-            dec_valid = lay.tile_valid
+            sums, counts = causal_tile_sums(*prefix, lay)
+            dec_valid, tile_decision = lay.tile_valid, None  # tile = decision
         else:
-            pool = valid
-            if sequence_route_len is not None:
-                pool = valid & (position_ids < sequence_route_len)
-            Gd = lay.Gd  # one decision per document
-            base = torch.arange(B, device=r.device)[:, None] * Gd
-            key = torch.where(valid, base + lay.doc, B * Gd).reshape(-1)
-            rp = (r.to(torch.float64) * pool[..., None]).reshape(B * L, -1)
-            sums = rp.new_zeros(B * Gd + 1, rp.shape[-1]).index_add(0, key, rp)[:-1].view(B, Gd, -1)
-            counts = rp.new_zeros(B * Gd + 1).index_add(0, key, pool.reshape(-1).to(rp.dtype))
-            counts = counts[:-1].view(B, Gd)
-            dec_valid = lay.doc_valid
+            pool = valid if sequence_route_len is None else valid & (position_ids < sequence_route_len)
+            sums, counts = document_sums(r, valid, pool, lay)
+            dec_valid, tile_decision = lay.doc_valid, lay.tile_document_decision()
         summary = (sums / counts.clamp(min=1)[..., None]).to(r.dtype)  # (B, G, d); 0 where nothing pooled
-        indices, weights, aux, stats = self.route(summary, dec_valid)  # (B, G, n_sel)
-        n = indices.shape[-1]
-        dec = None  # causal: tile = decision
-        if self.cfg.routing == "sequence":  # each tile reads its document's decision
-            dec = (torch.arange(B, device=r.device)[:, None] * lay.Gd + lay.tile_doc).reshape(-1)
-        slot = lay.slot.reshape(-1)  # (B * L,) into B * G * S tile slots, padding -> the bin at the end
-        q_tiles = q.new_zeros(B * G * S + 1, H, hd).index_copy(0, slot, q.reshape(B * L, H, hd))
-        q_tiles = q_tiles[:-1].view(B * G, S, H, hd)
-        out = self.read(q_tiles, bank, indices.reshape(-1, n), weights.reshape(-1, n), dec)
-        out = torch.cat([out.reshape(B * G * S, H, hd), out.new_zeros(1, H, hd)]).index_select(0, slot)
+        dec = self.route(summary, dec_valid)  # (B, G, n_sel)
+        out = from_tiles(self.read(to_tiles(q, lay, chunk), bank, *_flat(dec), tile_decision), lay)
         if state is not None:
-            self._prefill(state, lay, indices, weights, bank, csum, ccount)
-        return out.view(B, L, H, hd), aux, self._info(stats, indices, weights, dec_valid)
+            self._prefill(state, lay, dec, bank, prefix)
+        return out, dec.aux, dec.info
 
-    def _prefill(self, state, lay, indices, weights, bank, csum, ccount):  # noqa: ANN001, ANN202
+    def _prefill(
+        self,
+        state: MemoryState,
+        lay: TileLayout,
+        dec: Decisions,
+        bank: MemoryBank,
+        prefix: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
         """Remember what decoding needs: the last document's running sum, its current decision's K/V."""
-        B = indices.shape[0]
-        rows = torch.arange(B, device=indices.device)
+        csum, ccount = prefix
+        B, _, n = dec.indices.shape
+        rows = torch.arange(B, device=dec.indices.device)
+        causal = self.cfg.routing == "causal"
         with torch.no_grad():
-            state.prefix_sum = (csum[:, -1] - csum[rows, lay.last_doc_row]).float()
-            state.prefix_count = (ccount[:, -1] - ccount[rows, lay.last_doc_row]).float()
-            if self.cfg.routing == "causal":
-                last = lay.n_tiles.clamp(min=1) - 1  # (B,) the last tile is the current decision
-                state.group = lay.last_chunk
-            else:
-                last = lay.doc_valid.sum(1).clamp(min=1) - 1
-            take = last[:, None, None].expand(B, 1, indices.shape[-1])
-            idx, w = indices.gather(1, take)[:, 0], weights.gather(1, take)[:, 0]
-            state.k, state.v, state.bias = self.dense_kv(bank, idx, w)
+            # The current decision: the last tile (causal) or the last document (sequence).
+            last = (lay.n_tiles if causal else lay.doc_valid.sum(1)).clamp(min=1) - 1  # (B,)
+            take = last[:, None, None].expand(B, 1, n)
+            kv = self.dense_kv(bank, dec.indices.gather(1, take)[:, 0], dec.weights.gather(1, take)[:, 0])
+            state.start(
+                (csum[:, -1] - csum[rows, lay.last_doc_row]).float(),
+                (ccount[:, -1] - ccount[rows, lay.last_doc_row]).float(),
+                kv,
+                lay.last_chunk if causal else None,
+            )
 
-    def _decode(self, r, q, bank, position_ids, valid, state: MemoryState) -> torch.Tensor:  # noqa: ANN001
-        """Incremental decoding: one position at a time, reusing the cached decision where it holds."""
+    def _decode(
+        self,
+        r: torch.Tensor,
+        q: torch.Tensor,
+        bank: MemoryBank,
+        position_ids: torch.Tensor,
+        valid: torch.Tensor,
+        state: MemoryState,
+    ) -> torch.Tensor:
+        """Incremental decoding: one position at a time, reusing the cached decision where it holds.
+        r: (B, L, d); q: (B, L, H, hd) -> (B, L, H, hd)."""
         outs = []
         for t in range(r.shape[1]):
             rt, qt, vt = r[:, t], q[:, t], valid[:, t]  # (B, d), (B, H, hd), (B,)
@@ -487,134 +544,33 @@ class MemoryLayer(nn.Module):
             if mode == "token":
                 idx, w, _, _ = self.router(rt)  # (B, n_sel)
                 k, v, bias = self.dense_kv(bank, idx, w)
-            elif mode == "causal":
-                group = position_ids[:, t] // self.cfg.causal_chunk_size
-                new = (group != state.group) & vt
-                if bool(new.any()):
-                    summary = state.prefix_sum / state.prefix_count.clamp(min=1)[:, None]
-                    idx, w, _, _ = self.router(summary.to(r.dtype))
-                    k_new, v_new, bias_new = self.dense_kv(bank, idx, w)
-                    sel = new[:, None, None, None]
-                    state.k = torch.where(sel, k_new, state.k)
-                    state.v = torch.where(sel, v_new, state.v)
-                    if bias_new is not None:
-                        state.bias = torch.where(sel, bias_new, state.bias)
-                    state.group = torch.where(new, group, state.group)
-                k, v, bias = state.k, state.v, state.bias
             else:  # sequence: the decision made on the prompt stands for the whole generation
+                if mode == "causal":
+                    group = position_ids[:, t] // self.cfg.causal_chunk_size
+                    new = (group != state.group) & vt
+                    if bool(new.any()):
+                        summary = state.prefix_sum / state.prefix_count.clamp(min=1)[:, None]
+                        idx, w, _, _ = self.router(summary.to(r.dtype))
+                        state.switch(new, group, self.dense_kv(bank, idx, w))
                 k, v, bias = state.k, state.v, state.bias
             out = F.scaled_dot_product_attention(
                 qt[:, :, None], k, v, attn_mask=bias, enable_gqa=self.n_kv_heads != self.n_heads
             )
             outs.append(out[:, :, 0])  # (B, H, hd)
-            state.prefix_sum = state.prefix_sum + rt.float() * vt[:, None]
-            state.prefix_count = state.prefix_count + vt.float()
+            state.append(rt, vt)
         return torch.stack(outs, dim=1)
 
 
-@dataclass
-class _Layout:
-    """Where every position sits among the query tiles (see ``MemoryLayer._read_tiled``).
-
-    All (B, L) unless noted; G = the most tiles any row needs.
-    """
-
-    valid: torch.Tensor
-    G: int
-    Gd: int  # the most documents any row holds
-    slot: torch.Tensor  # flat slot in the (B * G * S) tiles; padding -> B * G * S (a bin)
-    doc: torch.Tensor  # document number within the row (0, 1, ...) of each valid position
-    row_base: torch.Tensor  # b * G
-    n_tiles: torch.Tensor  # (B,)
-    tile_valid: torch.Tensor  # (B, G) tile exists
-    tile_first_row: torch.Tensor  # (B, G) row index of the tile's first position
-    tile_doc_row: torch.Tensor  # (B, G) row index where the tile's document starts
-    tile_doc: torch.Tensor  # (B, G) the tile's document number
-    doc_valid: torch.Tensor  # (B, Gd) document exists
-    last_doc_row: torch.Tensor  # (B,) where the row's last document starts
-    last_chunk: torch.Tensor  # (B,) chunk (position // S) of the row's last valid position
-
-
-def _layout(position_ids: torch.Tensor, valid: torch.Tensor, S: int, G: int | None = None) -> _Layout:
-    """Documents and tiles of each row from position ids: a document starts at a valid position that
-    is 0 or not greater than the previous valid position (packed rows restart their positions); a tile
-    is the positions of one document in one chunk [g*S, (g+1)*S). ``G``: a known bound on the tiles per
-    row (one document per row), else counted (a host sync)."""
-    B, L = valid.shape
-    dev = valid.device
-    ar = torch.arange(L, device=dev).expand(B, L)
-    last_valid = torch.where(valid, ar, -1).cummax(1).values
-    prev = torch.cat([last_valid.new_full((B, 1), -1), last_valid[:, :-1]], 1)  # last valid index < t
-    pos = position_ids
-    prev_pos = pos.gather(1, prev.clamp(min=0))
-    doc_start = valid & ((prev < 0) | (pos == 0) | (pos <= prev_pos))
-    chunk = torch.div(pos, S, rounding_mode="floor")
-    tile_start = valid & (doc_start | (chunk != chunk.gather(1, prev.clamp(min=0))))
-    tile = tile_start.long().cumsum(1) - 1
-    doc = doc_start.long().cumsum(1) - 1
-    n_tiles, n_docs = tile_start.sum(1), doc_start.sum(1)
-    if G is None:
-        # The one host sync of the read: how many tiles and documents the busiest row has (packed rows
-        # can need more than ceil(L / S) tiles, one extra per document boundary inside a chunk).
-        G, Gd = (max(1, int(n)) for n in torch.stack([n_tiles.max(), n_docs.max()]).tolist())
-    else:  # the caller's bound, checked on the device (no sync): a wrong one must not mix rows
-        Gd = 1
-        torch._assert_async((n_tiles.max() <= G) & (n_docs.max() <= 1), "memory read: one_document was wrong")
-    row_base = (torch.arange(B, device=dev) * G)[:, None].expand(B, L)
-    slot = torch.where(valid, (row_base + tile) * S + pos % S, B * G * S)
-    doc_row = torch.where(doc_start, ar, -1).cummax(1).values  # where each position's document starts
-    # Per tile: scatter from its first position (other positions go to a bin column G).
-    col = torch.where(tile_start, tile, G)
-
-    def per_tile(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(B, G + 1, dtype=torch.long, device=dev).scatter(1, col, values)[:, :G]
-
-    tile_first_row, tile_doc_row = per_tile(ar), per_tile(doc_row.clamp(min=0))
-    tile_doc = per_tile(doc.clamp(min=0))
-    g = torch.arange(G, device=dev)[None]
-    last_doc_row = doc_row[:, -1].clamp(min=0)
-    last_pos = torch.where(valid, pos, -1).max(1).values.clamp(min=0)
-    return _Layout(
-        valid=valid,
-        G=G,
-        slot=slot,
-        doc=doc.clamp(min=0),
-        row_base=row_base,
-        n_tiles=n_tiles,
-        tile_valid=g < n_tiles[:, None],
-        tile_first_row=tile_first_row,
-        tile_doc_row=tile_doc_row,
-        tile_doc=tile_doc,
-        Gd=Gd,
-        doc_valid=torch.arange(Gd, device=dev)[None] < n_docs[:, None],
-        last_doc_row=last_doc_row,
-        last_chunk=torch.div(last_pos, S, rounding_mode="floor"),
-    )
-
-
-# The layout depends only on (position_ids, valid, S): every memory layer of one forward shares it, so
-# its host sync runs once per forward, not once per layer. One entry, holding its tensors (so their ids
-# cannot be reused while cached) and checking their in-place version counters.
-_LAYOUT_CACHE: list = []
-
-
-def _cached_layout(position_ids: torch.Tensor, valid: torch.Tensor, S: int, G: int | None) -> _Layout:
-    if torch.compiler.is_compiling():
-        return _layout(position_ids, valid, S, G)
-    key = (position_ids, valid, position_ids._version, valid._version, S, G)
-    if _LAYOUT_CACHE:
-        old = _LAYOUT_CACHE[0]
-        if old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]:
-            return _LAYOUT_CACHE[1]
-    lay = _layout(position_ids, valid, S, G)
-    _LAYOUT_CACHE[:] = [key, lay]
-    return lay
+def _flat(dec: Decisions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, weights) of the decisions as (N, n_sel) rows, the read's layout."""
+    n = dec.indices.shape[-1]
+    return dec.indices.reshape(-1, n), dec.weights.reshape(-1, n)
 
 
 _WARNED: set[str] = set()
 
 
-def _kernels():  # noqa: ANN202
+def _kernels() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
     """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds."""
     try:
         from moc.kernels.routed_read import chapter_coefficients, routed_read
@@ -623,7 +579,7 @@ def _kernels():  # noqa: ANN202
     return routed_read, chapter_coefficients
 
 
-def _triton(device: torch.device):  # noqa: ANN202
+def _triton(device: torch.device) -> tuple[Callable[..., object] | None, Callable[..., object] | None]:
     """The Triton forward and backward of the read on CUDA, or (None, None): the blocked PyTorch loops.
     Says once why not on CUDA."""
     if device.type != "cuda":

@@ -222,6 +222,13 @@ class MoCModel(nn.Module):
             attn_mask = attn_mask | (kj == qi)[None, None]
         if packed:
             doc = document_ids(position_ids, valid)
+            if cache is not None and not torch.compiler.is_compiling() and int(doc.max()) > 1:
+                # The cache keeps one running routing state and one causal KV history per row, so
+                # tokens decoded after a packed prompt would read the other documents' context.
+                raise ValueError(
+                    "position_ids restart inside a row (packed documents) while a KV cache is used; "
+                    "decode each document in its own row (left-pad them) instead of packing them"
+                )
             # Several documents in a row (a host sync when eager; compiled code always masks).
             if torch.compiler.is_compiling() or int(doc.max()) > 1:
                 backend = getattr(self.config.model, "attention_backend", "auto")

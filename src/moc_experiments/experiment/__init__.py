@@ -1,0 +1,14 @@
+"""Experiments: the paper's protocol end to end (``moc experiment``, ``moc demo``) and its report.
+
+from moc_experiments.experiment import load_experiment, run_experiment
+exp = load_experiment("demo", ["seeds=2"])          # presets: demo, smoke, paper; or a YAML file
+results = run_experiment(exp)                        # runs/demo/{results.json, report.md, *.png}
+
+from moc_experiments.experiment.report import write_report
+write_report("runs/demo/results.json")              # regenerate the report from the results
+"""
+
+from moc_experiments.experiment.config import ExperimentConfig, experiment_presets, load_experiment
+from moc_experiments.experiment.runner import ExperimentError, run_experiment
+
+__all__ = ["ExperimentConfig", "ExperimentError", "experiment_presets", "load_experiment", "run_experiment"]

@@ -1,0 +1,391 @@
+"""Run an experiment end to end: data -> pretrain every model -> measure -> IFT -> measure -> report.
+
+    from moc_experiments.experiment import load_experiment, run_experiment
+    results = run_experiment(load_experiment("demo"))      # writes runs/demo/{results.json,report.md,*.png}
+
+Protocol (per seed): every model pretrains on the same tokens in the same order (same seed, sequence
+length and batch); then each MoC IFT variant and each dense baseline fine-tunes from its pretrained
+checkpoint with the same IFT recipe; after each phase we measure validation loss on the pretraining
+distribution, router usage and the knowledge probes. Runs are independent single-process jobs, so
+``workers`` of them can run side by side (one per CPU core) without changing any result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moc.errors import MocError
+from moc_experiments.experiment.config import ExperimentConfig, check_data_given
+from moc_experiments.experiment.data import ExperimentData, prepare_experiment_data
+from moc_experiments.experiment.jobs import Job, ProbeJob, run_job
+from moc_experiments.experiment.models import (
+    ModelSpec,
+    ift_label,
+    ift_runs,
+    model_specs,
+    phase_config,
+    phase_micro_batch,
+    phase_seq_len,
+)
+from moc_experiments.experiment.report import RESULTS_FILE, tables, write_report
+
+RESULTS_FORMAT = 1
+
+
+class ExperimentError(MocError, RuntimeError):
+    """A run of the experiment failed; the message names the run and its log file."""
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"moc experiment: {msg}", flush=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
+    """Parallel jobs and torch threads per job: on CPU one job per core (small models use a core
+    better alone than two cores share one model); on GPU one job at a time."""
+    cores = _cores()
+    if torch.cuda.is_available():
+        return 1, exp.threads or cores
+    workers = exp.workers or cores
+    return workers, exp.threads or max(cores // workers, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_record(spec: ModelSpec, seq_len: int, batch_size: int = 1) -> dict[str, Any]:
+    from moc.accounting import count_flops, count_params
+
+    fl = count_flops(spec.cfg, seq_len, batch_size)  # per sequence at the pretraining micro-batch
+    rec: dict[str, Any] = {
+        "label": spec.label,
+        "role": spec.role,
+        "n_layers": spec.cfg.model.n_layers,
+        "d_model": spec.cfg.model.d_model,
+        "params": count_params(spec.cfg),
+        "seq_len": seq_len,
+        "micro_batch_size": batch_size,
+        "forward_flops_per_seq": fl["forward"],
+        "train_flops_per_seq": fl["total"],
+        "architecture": {"model": spec.cfg.to_dict()["model"], "memory": spec.cfg.to_dict()["memory"]},
+    }
+    if spec.has_memory:
+        rec["routing"] = spec.cfg.memory.routing
+        rec["memory_layers"] = spec.cfg.memory_layers
+    if spec.isoflop_mismatch is not None:
+        rec["isoflop_mismatch"] = spec.isoflop_mismatch
+    return rec
+
+
+def plan_jobs(
+    exp: ExperimentConfig, specs: dict[str, ModelSpec], data: ExperimentData, out: Path, threads: int
+) -> list[Job]:
+    """Every training run of every seed, pretraining before the IFT runs that start from it."""
+    ift = ift_runs(exp, specs)
+    probes = None
+    if data.probe_tasks:
+        probes = ProbeJob(
+            str(data.probes_dir) if data.probes_dir else None,
+            list(data.probe_tasks),
+            str(data.tokenizer_dir),
+            exp.eval.probe_limit,
+            exp.eval.batch_size,
+        )
+    val_len = phase_seq_len(exp, exp.pretrain)
+    val_batch = min(exp.eval.batch_size, 16)  # logits of 16 x seq_len x vocab stay small
+    jobs: list[Job] = []
+    for seed in exp.seed_list:
+        runs = out / "runs" / f"seed{seed}"
+        for key, spec in specs.items():
+            # Sequence routing sees the future: its probe scores would be invalid (so none are taken) and
+            # its weights are also measured with causal routing.
+            leaky = _leaky(spec)
+            cfg = phase_config(
+                spec,
+                exp,
+                "pretrain",
+                seed=seed,
+                out_dir=runs / "pretrain" / key,
+                prepared_dir=data.pretrain_dir,
+            )
+            jobs.append(
+                Job(
+                    name=f"seed{seed}/pretrain/{key}",
+                    seed=seed,
+                    phase="pretrain",
+                    key=key,
+                    cfg=cfg.to_dict(),
+                    init_from=None,
+                    pretrain_dir=str(data.pretrain_dir),
+                    val_seq_len=val_len,
+                    val_windows=exp.eval.val_windows,
+                    eval_batch_size=val_batch,
+                    also_causal=leaky,
+                    probes=None if leaky else probes,
+                    threads=threads,
+                    log_path=str(out / "logs" / f"seed{seed}-pretrain-{key}.log"),
+                    cost=_cost(cfg, spec),
+                )
+            )
+        for run_key, (base, variant) in ift.items():
+            spec = specs[base]
+            cfg = phase_config(
+                spec,
+                exp,
+                "ift",
+                seed=seed,
+                out_dir=runs / "ift" / run_key,
+                prepared_dir=data.ift_dir,
+                variant=variant,
+            )
+            jobs.append(
+                Job(
+                    name=f"seed{seed}/ift/{run_key}",
+                    seed=seed,
+                    phase="ift",
+                    key=run_key,
+                    cfg=cfg.to_dict(),
+                    init_from=str(runs / "pretrain" / base),
+                    pretrain_dir=str(data.pretrain_dir),
+                    val_seq_len=val_len,
+                    val_windows=exp.eval.val_windows,
+                    eval_batch_size=val_batch,
+                    also_causal=False,
+                    probes=None if _leaky(spec) else probes,
+                    threads=threads,
+                    log_path=str(out / "logs" / f"seed{seed}-ift-{run_key}.log"),
+                    cost=_cost(cfg, spec),
+                    depends_on=f"seed{seed}/pretrain/{base}",
+                )
+            )
+    return jobs
+
+
+def _leaky(spec: ModelSpec) -> bool:
+    return spec.has_memory and spec.cfg.memory.routing == "sequence"
+
+
+def _cost(cfg: Any, spec: ModelSpec) -> float:
+    """Relative cost for scheduling: counted training FLOPs of the run (memory layers cost ~1.5x on CPU
+    what their FLOPs suggest, from measurements; only the order of jobs depends on this)."""
+    from moc.accounting import count_flops
+
+    t = cfg.train
+    per_seq = count_flops(cfg, t.seq_len, t.micro_batch_size)["total"]
+    flops = per_seq * t.max_steps * t.micro_batch_size * t.grad_accum_steps
+    return flops * (1.5 if spec.has_memory else 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Execution
+# --------------------------------------------------------------------------------------------------
+
+
+def _ready(jobs: list[Job], done: set[str], started: set[str]) -> list[Job]:
+    ready = [j for j in jobs if j.name not in started and (j.depends_on is None or j.depends_on in done)]
+    return sorted(ready, key=lambda j: -j.cost)  # longest first keeps the workers evenly loaded
+
+
+def execute(jobs: list[Job], workers: int, on_done: Any) -> None:
+    """Run ``jobs`` respecting ``depends_on``, at most ``workers`` at a time (in-process when 1)."""
+    done: set[str] = set()
+    started: set[str] = set()
+    if workers <= 1:
+        while len(done) < len(jobs):
+            ready = _ready(jobs, done, started)
+            if not ready:
+                raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
+            job = ready[0]
+            started.add(job.name)
+            on_done(job, _guarded(job, lambda j: run_job(j)))
+            done.add(job.name)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        running: dict[Future, Job] = {}
+        try:
+            while len(done) < len(jobs):
+                for job in _ready(jobs, done, started)[: workers - len(running)]:
+                    started.add(job.name)
+                    running[pool.submit(run_job, job)] = job
+                if not running:
+                    raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job = running.pop(fut)
+                    on_done(job, _guarded(job, lambda _j, f=fut: f.result()))
+                    done.add(job.name)
+        except BaseException:
+            # Fail fast: the other runs' results would be thrown away anyway. The pool has no public
+            # way to stop running jobs, so end its worker processes (ours, started above) directly.
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _guarded(job: Job, get: Any) -> dict[str, Any]:
+    try:
+        return get(job)
+    except Exception as e:
+        raise ExperimentError(
+            f"run {job.name} failed: {type(e).__name__}: {e} (full log: {job.log_path})"
+        ) from e
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------------------
+
+
+def _phase_record(exp: ExperimentConfig, phase: str, specs: dict[str, ModelSpec]) -> dict[str, Any]:
+    cfg = phase_config(specs["moc"], exp, phase, seed=0, out_dir=Path("."), prepared_dir=Path("."))
+    t = cfg.train
+    batch = t.micro_batch_size * t.grad_accum_steps
+    rec = {
+        "steps": t.max_steps,
+        "batch": batch,
+        "seq_len": t.seq_len,
+        "tokens": t.max_steps * batch * t.seq_len,
+        "lr": t.lr,
+        "memory_lr": t.memory_lr,
+        "bank_lr": t.bank_lr,
+        "schedule": t.schedule,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "grad_clip": t.grad_clip,
+    }
+    if phase == "ift":
+        rec["variants"] = list(exp.ift.variants)
+    return rec
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Run ``exp`` and write ``results.json``, ``report.md`` and plots into ``exp.run_dir``."""
+    t_start = time.perf_counter()
+    check_data_given(exp)  # before anything is written
+    out = exp.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.yaml").write_text(exp.to_yaml())
+    cache = Path(exp.data.cache_dir) if exp.data.cache_dir else out / "data"
+    data = prepare_experiment_data(exp, cache, progress)
+    t_data = time.perf_counter() - t_start
+
+    specs = model_specs(exp, data.vocab_size)
+    workers, threads = workers_and_threads(exp)
+    jobs = plan_jobs(exp, specs, data, out, threads)
+    pre_len = phase_seq_len(exp, exp.pretrain)
+    pre_micro = phase_micro_batch(exp, exp.pretrain)  # FLOPs per sequence at the micro-batch run
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "name": exp.name,
+        "description": (
+            "The Mixture-of-Chapters protocol at small scale: pretrain MoC and dense baselines on the same "
+            "tokens, measure, instruction fine-tune (MoC with its bank frozen or at a low learning rate), "
+            "measure again."
+        ),
+        "config": exp.to_dict(),
+        "environment": {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "workers": workers,
+            "threads": threads,
+        },
+        "data": data.summary,
+        "probe_tasks": data.probe_info,
+        "models": {k: _model_record(s, pre_len, pre_micro) for k, s in specs.items()},
+        "ift_runs": {
+            k: {"base": base, "variant": variant, "label": ift_label(specs, base, variant)}
+            for k, (base, variant) in ift_runs(exp, specs).items()
+        },
+        "phases": {"pretrain": _phase_record(exp, "pretrain", specs)},
+        "runs": [{"seed": s, "pretrain": {}, "ift": {}} for s in exp.seed_list],
+        "notes": _notes(exp, data),
+    }
+    if exp.ift.steps > 0:
+        results["phases"]["ift"] = _phase_record(exp, "ift", specs)
+    by_seed = {r["seed"]: r for r in results["runs"]}
+    _log(
+        f"{len(jobs)} training runs on {workers} worker(s) x {threads} thread(s); logs in {out / 'logs'}",
+        progress,
+    )
+    t_train = time.perf_counter()
+
+    def on_done(job: Job, record: dict[str, Any]) -> None:
+        record.pop("checkpoint", None)
+        by_seed[job.seed][job.phase][job.key] = record
+        _write_json(out / RESULTS_FILE, results)  # partial results survive an interrupted run
+        _log(
+            f"{job.name}: val loss {record['val']['loss']:.3f}, train {record['train_s']:.0f}s, "
+            f"eval {record['eval_s']:.0f}s (elapsed {time.perf_counter() - t_start:.0f}s)",
+            progress,
+        )
+
+    execute(jobs, workers, on_done)
+    for seed_run in results["runs"]:  # a stable order in the file, whatever order jobs finished in
+        seed_run["pretrain"] = {k: seed_run["pretrain"][k] for k in specs if k in seed_run["pretrain"]}
+        seed_run["ift"] = {k: seed_run["ift"][k] for k in results["ift_runs"] if k in seed_run["ift"]}
+    results["timing"] = {
+        "data_s": t_data,
+        **data.timing,
+        "train_s": time.perf_counter() - t_train,
+        "total_s": time.perf_counter() - t_start,
+    }
+    _write_json(out / RESULTS_FILE, results)
+    report = write_report(results, out)
+    results["timing"]["total_s"] = time.perf_counter() - t_start
+    _write_json(out / RESULTS_FILE, results)
+    write_report(results, out)  # again, with the final wall time
+    if progress:
+        print()
+        print(tables(results))
+        print()
+        _log(f"done in {results['timing']['total_s']:.0f}s; report: {report}", progress)
+    return results
+
+
+def _notes(exp: ExperimentConfig, data: ExperimentData) -> list[str]:
+    notes = []
+    if data.probes_dir is not None and exp.eval.probe_limit:
+        notes.append(
+            f"Knowledge probes use the first {exp.eval.probe_limit} questions of each task "
+            "(eval.probe_limit), scored by lm-evaluation-harness (acc: summed log-likelihood)."
+        )
+    if any("unigram" in t for t in data.probe_info.values()):
+        notes.append(
+            "Probe baselines: lm-eval's acc sums the log-likelihood of each answer, so a model that knows "
+            "no fact still beats chance by preferring short answers (shortest) or frequent tokens "
+            "(unigram); knowledge shows only above every baseline."
+        )
+    if exp.moc_config.memory.routing == "sequence":
+        notes.append(
+            "The main MoC model uses the paper's sequence routing, which sees the future: its "
+            "validation loss and probe scores are not valid language-model measurements."
+        )
+    return notes

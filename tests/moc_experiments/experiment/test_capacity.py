@@ -1,0 +1,257 @@
+"""`moc experiment capacity`: recall and memory-off metrics, FLOPs axes, config errors, and the smoke run
+through the CLI (results.json, report.md, plots)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moc.accounting import count_flops
+from moc.cli import main
+from moc.config import ConfigError, load_config
+from moc.model import MoCModel
+from moc_experiments.corpus.world import KnowledgeWorld
+from moc_experiments.experiment.capacity import (
+    flops_per_token,
+    load_capacity,
+    memory_off,
+    model_config,
+    recall,
+    train_run,
+)
+
+
+class Oracle(torch.nn.Module):
+    """Answers a prompt with the fact for its person token, or with a fixed wrong token for ``wrong``."""
+
+    def __init__(self, world: KnowledgeWorld, wrong: set[int]) -> None:
+        super().__init__()
+        self.world, self.wrong = world, wrong
+
+    def forward(self, x: torch.Tensor):
+        w = self.world
+        logits = torch.zeros(x.shape[0], x.shape[1], len(w.vocab))
+        for i, row in enumerate(x.tolist()):
+            words = w.decode(row).split()
+            person = next(w.names.index(t) for t in words if t in w.names)
+            a = next(
+                j
+                for j, (_, ts, noun) in enumerate(w.attributes)
+                if words[2:4] == ts[0].split()[:2] or noun in words
+            )
+            ans = w.index[w.values[a][w.facts[person, a]]]
+            logits[i, -1, w.pad_id if person in self.wrong else ans] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_recall_is_exact_match() -> None:
+    w = KnowledgeWorld(12, 2, 4, seed=0)
+    assert recall(Oracle(w, set()), w, "bio") == 1.0
+    assert recall(Oracle(w, set(range(6))), w, "bio") == 0.5
+    assert recall(Oracle(w, set()), w, "question", w.heldout_people) == 1.0
+    assert np.isnan(recall(Oracle(w, set()), w, "bio", np.array([], dtype=int)))
+
+
+def _tiny_moc() -> MoCModel:
+    cfg = load_config(
+        {
+            "model": {"vocab_size": 50, "d_model": 16, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1,
+                      "d_ff": 32},
+            "memory": {"enabled": True, "layers": [1], "n_tokens": 64, "n_chapters": 8, "top_k": 2,
+                       "n_heads": 2, "n_kv_heads": 2, "routing": "token"},
+        }
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return MoCModel(cfg)
+
+
+def test_memory_off_removes_the_read_only() -> None:
+    model = _tiny_moc()
+    torch.nn.init.normal_(model.layers[1].memory.o_proj.weight, std=0.5)  # a memory that is used
+    x = torch.randint(0, 50, (2, 7))
+    off = memory_off(model)
+    with torch.no_grad():
+        assert not torch.allclose(model(x).logits, off(x).logits)
+        before = off(x).logits
+        torch.nn.init.normal_(off.banks[0].weight if hasattr(off.banks[0], "weight") else next(
+            off.banks[0].parameters()), std=1.0)  # fmt: skip
+        assert torch.equal(off(x).logits, before)  # the bank no longer matters
+    assert model.layers[1].memory.o_proj.weight.abs().sum() > 0  # the original is untouched
+
+
+def test_flops_axes() -> None:
+    cfg = load_capacity("capacity")
+    dense = model_config(cfg, "dense_backbone", 600, 40)
+    fl = flops_per_token(dense, 40, 32)
+    assert fl["inference"] == count_flops(dense, 40)["forward"] / 40  # nothing cached in a dense model
+    assert fl["train"] == pytest.approx(3 * fl["inference"])
+    small, big = (
+        flops_per_token(model_config(cfg, k, 600, 40), 40, 32) for k in ("moc_token_2k", "moc_token_32k")
+    )
+    # Constant tokens read: with the bank's K/V cached, only the router's scoring (and the count's small
+    # weighting term, which follows the chapters touched) grows with the bank.
+    grow = 0.0
+    for k, sign in (("moc_token_32k", 1), ("moc_token_2k", -1)):
+        terms = count_flops(model_config(cfg, k, 600, 40), 40)["breakdown"]["memory_layer"]["terms"]
+        grow += (
+            sign
+            * sum(
+                terms[t] for t in ("router.linear", "router.softmax", "router.topk", "preprocess.weighting")
+            )
+            / 40
+        )
+    assert big["inference"] - small["inference"] == pytest.approx(grow)
+    assert big["train"] - small["train"] > 3 * grow  # training also re-projects the chapters it reads
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="models.x: unknown key"):
+        load_capacity("capacity-smoke", ["models.x={bank_lr: 1}"])
+    with pytest.raises(ConfigError, match="compare"):
+        load_capacity("capacity-smoke", ["compare=[[moc_token, nope]]"])
+    with pytest.raises(ConfigError, match="bank_lr_scale"):
+        load_capacity("capacity-smoke", ["models.moc_token.bank_lr_scale=fast"])
+    with pytest.raises(ConfigError, match="unknown key world.people"):
+        load_capacity("capacity-smoke", ["world.people=3"])
+    with pytest.raises(ConfigError, match="no capacity preset"):
+        load_capacity("capacity-nope")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("capacity") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["experiment", "capacity-smoke", "--out", str(out), "--quiet"]) == 0
+    return out, json.loads((out / "results.json").read_text()), buf.getvalue()
+
+
+def test_smoke_outputs(smoke: tuple[Path, dict, str]) -> None:
+    out, results, printed = smoke
+    for name in ("report.md", "recall_vs_flops.png", "memory_off.png", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    assert "| model |" in printed and "memory off" in printed
+    exp = load_capacity("capacity-smoke")
+    assert set(results["runs"]) == set(exp.models)
+    for key, runs in results["runs"].items():
+        assert [r["seed"] for r in runs] == exp.seed_list
+        for r in runs:
+            assert 0 <= r["recall"]["bio"] <= 1 and r["tokens"] > 0 and len(r["loss_curve"]) > 1
+            assert ("recall_memory_off" in r) == (key == "moc_token")
+    assert (
+        results["models"]["dense_d24"]["flops_per_token"]["train"]
+        > results["models"]["dense_backbone"]["flops_per_token"]["train"]
+    )
+    buf = io.StringIO()
+    (out / "report.md").unlink()
+    with contextlib.redirect_stdout(buf):
+        assert main(["report", str(out)]) == 0  # `moc report` rebuilds a capacity report from results.json
+    assert "| model | seeds |" in buf.getvalue()
+    report = (out / "report.md").read_text()
+    assert "MoC token" in report and "![recall_vs_flops](recall_vs_flops.png)" in report
+
+
+def test_smoke_deterministic(smoke: tuple[Path, dict, str]) -> None:
+    """The same seed gives the same run, in a worker process or here."""
+    _, results, _ = smoke
+    exp = load_capacity("capacity-smoke")
+    first = results["runs"]["moc_token"][0]
+    again = train_run(
+        {
+            "experiment": exp.to_dict(),
+            "key": "moc_token",
+            "seed": first["seed"],
+            "steps": first["steps"],
+            "threads": 1,
+        }
+    )
+    assert again["loss_curve"] == first["loss_curve"] and again["recall"] == first["recall"]
+    other = results["runs"]["moc_token"][1]
+    assert other["loss_curve"] != first["loss_curve"]  # seeds differ
+
+
+def test_smoke_retention(smoke: tuple[Path, dict, str]) -> None:
+    """IFT runs per bank treatment for MoC and once for dense models; a frozen bank does not move."""
+    out, results, _ = smoke
+    for key, runs in results["runs"].items():
+        for r in runs:
+            ift = r["ift"]
+            if key == "moc_token":
+                assert set(ift) == {"frozen", "low_lr"}
+                assert ift["frozen"]["bank_max_change"] == 0.0 and ift["low_lr"]["bank_max_change"] > 0
+                assert "chat_heldout" in ift["frozen"]["recall_memory_off"]
+            else:
+                assert set(ift) == {"full"} and "bank_max_change" not in ift["full"]
+            assert all(0 <= v <= 1 for v in ift[next(iter(ift))]["recall"].values())
+    assert "Retention" in (out / "report.md").read_text()
+
+
+def test_demo_runs_the_knowledge_world_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`moc demo` = capacity-demo into OUT/knowledge, then the real-text `demo` experiment into OUT."""
+    import moc.cli.experiment as cli_exp
+    import moc_experiments.experiment.capacity as cap
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(cap, "run_capacity", lambda cfg, progress: calls.append(("knowledge", cfg)) or {})
+    monkeypatch.setattr(cli_exp, "_run", lambda args: calls.append(("text", args.experiment)) or 0)
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "2"]) == 0
+    (_, cfg), second = calls
+    assert cfg.name == "capacity-demo" and cfg.run_dir == tmp_path / "knowledge" and cfg.seeds == 2
+    assert second == ("text", "demo")
+    assert cfg.ift.steps > 0 and {"moc_token", "dense_backbone", "dense_d24"} == set(cfg.models)
+
+
+def test_resume_trains_only_missing_runs(
+    smoke: tuple[Path, dict, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun reuses finished (model, seed) runs of the same recipe and trains only what is missing."""
+    import shutil
+
+    import moc_experiments.experiment.capacity as cap
+
+    out, results, _ = smoke
+    shutil.copy(out / "results.json", tmp_path / "results.json")
+    trained: list[tuple[str, int]] = []
+
+    def fake(job: dict) -> dict:
+        trained.append((job["key"], job["seed"]))
+        return {**results["runs"][job["key"]][0], "seed": job["seed"]}
+
+    monkeypatch.setattr(cap, "train_run", fake)
+    seeds = len(results["runs"]["moc_token"])
+    again = cap.run_capacity(
+        load_capacity("capacity-smoke", [f"out_dir={tmp_path}", f"seeds={seeds + 1}"]), False
+    )
+    new_seed = load_capacity("capacity-smoke").seed + seeds
+    assert sorted(trained) == sorted((k, new_seed) for k in results["runs"])
+    assert again["runs"]["moc_token"][0] == results["runs"]["moc_token"][0]
+    trained.clear()
+    cap.run_capacity(load_capacity("capacity-smoke", [f"out_dir={tmp_path}", "train.lr=0.02"]), False)
+    assert len(trained) == len(results["runs"]) * seeds  # another recipe: nothing reused
+
+
+def test_real_text_report_colours_are_per_run() -> None:
+    """The real-text report: one colour per model in every plot; a dense model's IFT run keeps its colour."""
+    from moc_experiments.experiment.plots import run_colors
+
+    results = {
+        "models": {"moc": {}, "dense_backbone": {}, "dense_isoflop": {}, "moc_sequence": {}},
+        "ift_runs": {"moc_frozen": {}, "moc_low_lr": {}, "dense_backbone": {}, "dense_isoflop": {}},
+    }
+    colors = run_colors(results)
+    assert set(colors) == {
+        "moc",
+        "dense_backbone",
+        "dense_isoflop",
+        "moc_sequence",
+        "moc_frozen",
+        "moc_low_lr",
+    }
+    assert len(set(colors.values())) == len(colors)
+    assert run_colors({"models": results["models"]})["dense_isoflop"] == colors["dense_isoflop"]
