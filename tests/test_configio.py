@@ -110,3 +110,19 @@ def test_readme_names_only_real_config_keys() -> None:
         assert named or doc.name != "README.md"  # the pattern still finds the README's keys
         unknown = sorted(k for k in named if k not in keys)
         assert not unknown, f"{doc.name} names config keys that do not exist: {unknown}"
+
+
+def test_resolve_base_with_another_parent_key_and_replaced_keys() -> None:
+    """Capacity presets point at their parent with ``extends`` (``base`` is a field there) and a child's
+    ``models`` replace the parent's rather than adding to them; other mappings still merge."""
+    files = {
+        "parent": {"base": {"x": 1}, "models": {"a": {}, "b": {}}, "train": {"lr": 1, "steps": 2}},
+        "child": {"extends": "parent", "models": {"c": {}}, "train": {"lr": 3}},
+    }
+    def read(name: str) -> dict:
+        return dict(files[name])
+
+    out = resolve_base(read("child"), read, parent_key="extends", replace=("models",))
+    assert out == {"base": {"x": 1}, "models": {"c": {}}, "train": {"lr": 3, "steps": 2}}
+    merged = resolve_base(read("child"), read, parent_key="extends")
+    assert merged["models"] == {"a": {}, "b": {}, "c": {}}

@@ -301,16 +301,27 @@ def resolve_base(
     read: Callable[[str], dict[str, Any]],
     what: str = "config",
     seen: set[str] | None = None,
+    *,
+    parent_key: str = "base",
+    replace: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Follow ``base: NAME_OR_PATH`` chains (read with ``read``), merging each child over its parent."""
+    """Follow ``base: NAME_OR_PATH`` chains (read with ``read``), merging each child over its parent.
+
+    ``parent_key`` names the key that points at the parent (for configs where ``base`` is a field);
+    keys in ``replace`` that a child sets replace the parent's value whole instead of merging into it.
+    """
     seen = set() if seen is None else seen
-    base = d.pop("base", None)
+    base = d.pop(parent_key, None)
     if base is None:
         return d
     if base in seen:
-        raise ConfigError(f"{what} 'base' chain loops at {base!r}")
+        raise ConfigError(f"{what} '{parent_key}' chain loops at {base!r}")
     seen.add(base)
-    return deep_merge(resolve_base(read(str(base)), read, what, seen), d)
+    parent = resolve_base(read(str(base)), read, what, seen, parent_key=parent_key, replace=replace)
+    for key in replace:
+        if key in d:
+            parent.pop(key, None)
+    return deep_merge(parent, d)
 
 
 def load(
@@ -322,6 +333,8 @@ def load(
     read_parent: Callable[[str], dict[str, Any]] | None = None,
     what: str = "config",
     example: str = "memory.top_k=16",
+    parent_key: str = "base",
+    replace: tuple[str, ...] = (),
 ) -> Any:
     """The one loading path: ``spec`` (a ``cls`` instance, a dict, or a preset name / YAML path read
     with ``read``) -> follow ``base:`` (parents read with ``read_parent``, default ``read``) -> apply
@@ -332,6 +345,6 @@ def load(
         d = dict(spec)
     else:
         d = read(str(spec))
-    d = resolve_base(d, read_parent or read, what)
+    d = resolve_base(d, read_parent or read, what, parent_key=parent_key, replace=replace)
     apply_overrides(d, overrides, example)
     return build(cls, d)

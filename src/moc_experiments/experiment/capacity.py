@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from moc.config import ConfigError, RunConfig, deep_merge, load_config, read_yaml
-from moc.configio import apply_overrides, build, check_type
+from moc.configio import check_type, load, presets_in, read_spec
 
 PRESET_DIR = Path(__file__).parent / "capacity_presets"
 RESULTS_FILE = "results.json"
@@ -134,7 +134,7 @@ MODEL_KEYS = ("label", "model", "memory", "lr_scale", "memory_lr_scale", "bank_l
 
 
 def capacity_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return presets_in(PRESET_DIR)
 
 
 def is_capacity(spec: str) -> bool:
@@ -148,27 +148,26 @@ def is_capacity(spec: str) -> bool:
     return False
 
 
-def load_capacity(spec: str | Path | dict[str, Any], overrides: list[str] | None = None) -> CapacityConfig:
-    """A capacity preset name, YAML path or dict, plus ``--set key.sub=value`` overrides."""
-    if isinstance(spec, dict):
-        d = copy.deepcopy(spec)
-    else:
-        path = PRESET_DIR / f"{spec}.yaml" if str(spec) in capacity_presets() else Path(spec)
-        if not path.is_file():
-            raise ConfigError(
-                f"no capacity preset or file {spec!r}; presets: {', '.join(capacity_presets())}"
-            )
-        d = read_yaml(path, "experiment file") or {}
-        d.setdefault("name", path.stem)
-        if "extends" in d:  # a preset on top of another one (e.g. the smoke run of `capacity`)
-            parent = load_capacity(d.pop("extends")).to_dict()
-            parent.pop("name")
-            if "models" in d:  # a child lists its own models (merging would keep every parent model)
-                parent.pop("models")
-            d = deep_merge(parent, d)
+def _read_capacity(spec: str) -> dict[str, Any]:
+    """A capacity preset or YAML file as a mapping (its ``kind: capacity`` marker dropped)."""
+    d = read_spec(spec, PRESET_DIR, "capacity")
     d.pop("kind", None)
-    apply_overrides(d, overrides)
-    cfg = build(CapacityConfig, d)
+    return d
+
+
+def load_capacity(spec: str | Path | dict[str, Any], overrides: list[str] | None = None) -> CapacityConfig:
+    """A capacity preset name, YAML path or dict, plus ``--set key.sub=value`` overrides.
+
+    A preset may build on another with ``extends: NAME`` (``base`` is the models' base config here);
+    a child that lists ``models`` replaces the parent's models instead of adding to them.
+    """
+    if isinstance(spec, dict):
+        spec = copy.deepcopy(spec)
+        spec.pop("kind", None)
+    cfg = load(
+        CapacityConfig, spec, overrides, _read_capacity, what="capacity", parent_key="extends",
+        replace=("models",),
+    )  # fmt: skip
     _validate(cfg)
     return cfg
 
