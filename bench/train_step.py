@@ -166,12 +166,18 @@ def run_saved_bytes(base: moc.RunConfig, args: argparse.Namespace) -> list[dict]
         a = saved_bytes(cfg, lo, args.seq_len, device, args.full_logits)
         b = saved_bytes(cfg, hi, args.seq_len, device, args.full_logits)
         rows.append(
-            {"routing": mode, f"bytes_b{lo}": a, f"bytes_b{hi}": b, "growth": b - a,
-             "seconds": time.perf_counter() - t0}
+            {
+                "routing": mode,
+                f"bytes_b{lo}": a,
+                f"bytes_b{hi}": b,
+                "growth": b - a,
+                "seconds": time.perf_counter() - t0,
+            }
         )
         print(
             f"{mode:9s} batch {lo}: {a / 2**20:9.1f} MiB  batch {hi}: {b / 2**20:9.1f} MiB  "
-            f"growth {(b - a) / 2**20:9.1f} MiB", flush=True
+            f"growth {(b - a) / 2**20:9.1f} MiB",
+            flush=True,
         )
     seq = next((r for r in rows if r["routing"] == "sequence"), {"growth": float("nan")})["growth"]
     for r in rows:

@@ -12,6 +12,7 @@ import pytest
 
 from moc.config import ConfigError, RunConfig, load_config
 from moc.configio import apply_overrides, build, describe, field_paths, read_spec, resolve_base
+from moc_experiments.experiment.capacity import CapacityConfig
 from moc_experiments.experiment.config import ExperimentConfig, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_describe_lists_every_key_with_its_default() -> None:
 def test_readme_names_only_real_config_keys() -> None:
     """A config key written in the README or docs (``memory.top_k``, ``pretrain.steps``) exists, so a
     renamed key cannot leave the docs behind."""
-    keys = set(field_paths(RunConfig)) | set(field_paths(ExperimentConfig))
+    keys = set(field_paths(RunConfig)) | set(field_paths(ExperimentConfig)) | set(field_paths(CapacityConfig))
     sections = "model|memory|train|data|pretrain|ift|eval"
     pattern = re.compile(rf"(?<![\w./-])((?:{sections})\.[a-z_]+(?:\.[a-z_]+)*)(?=[=`\s,)])")
     files = "bin|py|safetensors|yaml|jsonl|json|md"  # a linked page such as data.md is no key
@@ -119,6 +120,7 @@ def test_resolve_base_with_another_parent_key_and_replaced_keys() -> None:
         "parent": {"base": {"x": 1}, "models": {"a": {}, "b": {}}, "train": {"lr": 1, "steps": 2}},
         "child": {"extends": "parent", "models": {"c": {}}, "train": {"lr": 3}},
     }
+
     def read(name: str) -> dict:
         return dict(files[name])
 

@@ -317,6 +317,39 @@ def test_causal_routing_counts() -> None:
     assert r["projected_chapters"] == pytest.approx(chapters, rel=1e-12)
 
 
+@pytest.mark.parametrize(("seq", "chunk", "g"), [(1000, 64, 64 + 15), (5, 8, 5), (17, 4, 4 + 4)])
+def test_per_token_first_chunk_counts(seq: int, chunk: int, g: int) -> None:
+    """causal_first_chunk=per_token: the first chunk's positions decide alone (g written out by hand:
+    e.g. 64 one-position decisions + ceil(936 / 64) = 15 chunks)."""
+    c = PAPER.replace(
+        {
+            "memory.routing": "causal",
+            "memory.causal_chunk_size": chunk,
+            "memory.causal_first_chunk": "per_token",
+        }
+    )
+    t = mem_terms(c, seq)
+    assert count_flops(c, seq)["routing"]["decisions"] == g
+    assert t["router.linear"] == g * 2 * D * C
+    assert t["router.pooling"] == D * seq + D * g
+
+
+@pytest.mark.parametrize("L", [3, 9, 13])
+def test_per_token_first_chunk_decisions_match_the_model(L: int) -> None:
+    """The decisions counted are the ones the model makes (its routing record, one document per row)."""
+    c = cfg(
+        "tiny-moc",
+        memory__routing="causal",
+        memory__causal_chunk_size=4,
+        memory__causal_first_chunk="per_token",
+    )
+    model = moc.build_model(c).eval()
+    with torch.no_grad():
+        out = model(torch.randint(0, c.model.vocab_size, (2, L)))
+    made = int(out.routing[0].valid.sum()) // 2
+    assert made == count_flops(c, L)["routing"]["decisions"]
+
+
 def test_causal_projection_never_exceeds_the_bank() -> None:
     # 8-token chunks at L=1024: 128 decisions * 4160 = 532,480 selections > 262,208 bank tokens.
     c = PAPER.replace({"memory.routing": "causal", "memory.causal_chunk_size": 8})

@@ -109,6 +109,11 @@ class MemoryConfig:
     # causal routing: positions [g*S, (g+1)*S) share one routing decision, made from the mean of
     # the hidden states at positions < g*S (chunk 0 routes from the router bias alone).
     causal_chunk_size: int = 64
+    # causal routing, a document's first chunk (which has seen nothing before it): "bias" = one decision
+    # from the router bias alone, the same chapters for every document; "per_token" = each of its
+    # positions is its own decision, from the mean of the document's positions before it (so a short
+    # prompt is routed by its content; costs chunk - 1 extra one-query tiles per document).
+    causal_first_chunk: Literal["bias", "per_token"] = "bias"
     # How a selected chapter's weight enters the read: "kv" scales the memory vectors before W_K and
     # W_V (the paper), "v" scales only the values, "logit" adds log(weight) to that chapter's logits.
     chapter_weighting: Literal["kv", "v", "logit"] = "kv"

@@ -10,6 +10,7 @@ import yaml
 from moc.cli import main
 from moc.config import RunConfig, load_config
 from moc.configio import field_paths
+from moc_experiments.experiment.capacity import CapacityConfig, load_capacity
 from moc_experiments.experiment.config import ExperimentConfig, load_experiment
 
 
@@ -34,7 +35,18 @@ def test_show_resolves_an_experiment_preset_and_its_model(
     assert again.data == want.data and again.ift == want.ift
 
 
-@pytest.mark.parametrize(("extra", "cls"), [([], RunConfig), (["--experiment"], ExperimentConfig)])
+def test_show_resolves_a_capacity_preset(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["config", "show", "capacity-demo", "--set", "seeds=2"]) == 0
+    d = yaml.safe_load(capsys.readouterr().out)
+    shown = tmp_path / "cap.yaml"
+    shown.write_text(yaml.safe_dump({"kind": "capacity", **d}))
+    assert load_capacity(str(shown)) == load_capacity("capacity-demo", ["seeds=2"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "cls"),
+    [([], RunConfig), (["--experiment"], ExperimentConfig), (["--capacity"], CapacityConfig)],
+)
 def test_keys_lists_every_key(capsys: pytest.CaptureFixture[str], extra: list[str], cls: type) -> None:
     assert main(["config", "keys", *extra]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -55,10 +55,17 @@ def _generate(model, ids, mask, with_logits: bool = False, **kw):
     return (new, torch.stack(out.logits, dim=1)) if with_logits else new
 
 
-@pytest.mark.parametrize("routing", ["causal", "token", "sequence"])
+@pytest.mark.parametrize("routing", ["causal", "causal/per_token", "token", "sequence"])
 def test_cached_greedy_generation_equals_full_recomputation(make_core, routing: str) -> None:
     # chunk size 4: causal routing makes new decisions during the prompt and during generation
-    model = from_moc_model(make_core(f"memory.routing={routing}", "memory.causal_chunk_size=4")).eval()
+    routing, _, first = routing.partition("/")
+    model = from_moc_model(
+        make_core(
+            f"memory.routing={routing}",
+            "memory.causal_chunk_size=4",
+            f"memory.causal_first_chunk={first or 'bias'}",
+        )
+    ).eval()
     ids, mask = _left_padded_batch()
     expected, expected_logits = _reference_greedy(model, ids, mask, routing)
     tokens, logits = _generate(model, ids, mask, with_logits=True, do_sample=False)

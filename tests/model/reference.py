@@ -68,16 +68,29 @@ def documents(position_ids: Tensor, valid: Tensor) -> list[list[list[int]]]:
     return rows
 
 
-def _decisions(mode: str, chunk: int, pos: list[int], idx: list[int]) -> list[tuple[list[int], list[int]]]:
+def _decisions(
+    mode: str, chunk: int, pos: list[int], idx: list[int], first_chunk: str = "bias"
+) -> list[tuple[list[int], list[int]]]:
     """One document's decisions: (row indices it pools, row indices it serves).
 
-    pos: the document's position ids; idx: their row indices (same order).
+    pos: the document's position ids; idx: their row indices (same order). first_chunk "per_token":
+    under causal routing each position p < chunk decides alone from the positions before it.
     """
     if mode == "sequence":
         return [(idx, idx)]
     if mode == "token":
         return [([t], [t]) for t in idx]
     out = []
+    if first_chunk == "per_token":
+        for t, p in zip(idx, pos, strict=True):
+            if p < chunk:
+                out.append(([u for u, q in zip(idx, pos, strict=True) if q < p], [t]))
+        pos_idx = [(p, t) for p, t in zip(pos, idx, strict=True) if p >= chunk]
+        for g in sorted({p // chunk for p, _ in pos_idx}):
+            served = [t for p, t in pos_idx if p // chunk == g]
+            pooled = [t for t, p in zip(idx, pos, strict=True) if p < g * chunk]
+            out.append((pooled, served))
+        return out
     for g in sorted({p // chunk for p in pos}):
         served = [t for t, p in zip(idx, pos, strict=True) if p // chunk == g]
         pooled = [t for t, p in zip(idx, pos, strict=True) if p < g * chunk]
@@ -147,7 +160,8 @@ def reference_memory_layer(
         row = [torch.zeros(Wo.shape[0], dtype=DT) for _ in range(L)]
         for doc in documents(position_ids, valid)[b]:
             pos = [int(position_ids[b, t]) for t in doc]
-            for pooled, served in _decisions(mode, chunk, pos, doc):
+            first_chunk = getattr(cfg, "causal_first_chunk", "bias")
+            for pooled, served in _decisions(mode, chunk, pos, doc, first_chunk):
                 if pooled:
                     summary = torch.stack([r[b, t] for t in pooled]).mean(0)
                 else:  # causal chunk 0: nothing seen yet

@@ -50,9 +50,12 @@ def test_dense_document_mask_is_block_diagonal_causal() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
-@pytest.mark.parametrize("routing", ["causal", "token", "sequence", None])
+@pytest.mark.parametrize("routing", ["causal", "causal/per_token", "token", "sequence", None])
 def test_packed_logits_equal_each_document_alone(make_model, routing: str | None, backend: str) -> None:
-    mem = [f"memory.routing={routing}"] if routing else ["memory.enabled=false", "memory.layers=[]"]
+    mem = ["memory.enabled=false", "memory.layers=[]"]
+    if routing:
+        mode, _, first = routing.partition("/")
+        mem = [f"memory.routing={mode}", f"memory.causal_first_chunk={first or 'bias'}"]
     model = make_model(*mem, f"model.attention_backend={backend}").eval()
     docs = _docs()
     row, pos = _packed(docs)

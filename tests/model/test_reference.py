@@ -133,10 +133,19 @@ def test_model_matches_reference_outputs_and_gradients(
     L=st.integers(3, 20),
     chunk=st.sampled_from([1, 3, 4, 8]),
     kv_heads=st.sampled_from([4, 2, 1]),
+    first_chunk=st.sampled_from(["bias", "per_token"]),
     seed=st.integers(0, 2**16),
 )
 def test_memory_layer_matches_reference(
-    mode: str, kind: str, weighting: str, pad: str, L: int, chunk: int, kv_heads: int, seed: int
+    mode: str,
+    kind: str,
+    weighting: str,
+    pad: str,
+    L: int,
+    chunk: int,
+    kv_heads: int,
+    first_chunk: str,
+    seed: int,
 ) -> None:
     """One MemoryLayer, called directly: update and aux loss, gradients w.r.t. h and every parameter."""
     torch.manual_seed(seed)
@@ -146,6 +155,7 @@ def test_memory_layer_matches_reference(
         f"memory.bank_type={kind}",
         f"memory.causal_chunk_size={chunk}",
         f"memory.n_kv_heads={kv_heads}",
+        f"memory.causal_first_chunk={first_chunk}",
         *extra,
     )
     layer, bank = model.layers[1].memory, model.banks[0]
@@ -199,10 +209,13 @@ def test_reference_splits_documents_at_position_restarts() -> None:
     assert documents(pos, valid) == [[[0, 1, 2], [3, 4, 5], [6], [7]], [[2, 3, 4, 5], [7]]]
 
 
-@pytest.mark.parametrize("mode", ["causal", "token", "sequence"])
-def test_packed_rows_match_reference(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "first_chunk"),
+    [("causal", "bias"), ("causal", "per_token"), ("token", "bias"), ("sequence", "bias")],
+)
+def test_packed_rows_match_reference(mode: str, first_chunk: str) -> None:
     """Two documents packed in one row (position ids restart) are read as two separate documents."""
-    model = _model(f"memory.routing={mode}")
+    model = _model(f"memory.routing={mode}", f"memory.causal_first_chunk={first_chunk}")
     ids = torch.randint(0, 256, (2, 13))
     pos = torch.tensor([list(range(6)) + list(range(7)), list(range(9)) + list(range(4))])
     logits = model(ids, position_ids=pos).logits

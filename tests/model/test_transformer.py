@@ -62,9 +62,13 @@ def test_bad_inputs_give_clear_errors(make_model) -> None:
         model(torch.zeros(1, 5))
 
 
-@pytest.mark.parametrize("mode", ["causal", "token"])
-def test_incremental_decoding_matches_the_full_forward(make_model, mode: str) -> None:
-    model = make_model(f"memory.routing={mode}", "memory.causal_chunk_size=4").eval()
+@pytest.mark.parametrize(
+    ("mode", "first_chunk"), [("causal", "bias"), ("causal", "per_token"), ("token", "bias")]
+)
+def test_incremental_decoding_matches_the_full_forward(make_model, mode: str, first_chunk: str) -> None:
+    model = make_model(
+        f"memory.routing={mode}", "memory.causal_chunk_size=4", f"memory.causal_first_chunk={first_chunk}"
+    ).eval()
     ids = torch.randint(0, 256, (2, 23))
     mask = torch.ones(2, 23, dtype=torch.long)
     mask[0, :5] = 0
@@ -96,6 +100,21 @@ def test_decoding_from_a_one_token_prompt_with_grouped_memory_heads(make_model, 
         full = model(ids).logits
         cache = MoCCache()
         steps = [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(7)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_inside_a_per_token_first_chunk(make_model) -> None:
+    """causal_first_chunk=per_token: a prompt that ends inside the first chunk, then one decision per
+    generated position until the chunk ends, then one per chunk."""
+    model = make_model(
+        "memory.routing=causal", "memory.causal_chunk_size=4", "memory.causal_first_chunk=per_token"
+    ).eval()
+    ids = torch.randint(0, 256, (2, 11))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = MoCCache()
+        steps = [model(ids[:, :2], past_key_values=cache).logits]
+        steps += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(2, 11)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 

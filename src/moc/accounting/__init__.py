@@ -1,9 +1,9 @@
 """Parameter and FLOP accounting (the paper's Appendix A.2): analytic, exact, instant even at paper size.
 
-    from moc.accounting import count_params, count_flops, isoflop, mfu
-    count_params("paper-moc")["total"]      # 371292932
-    count_flops("paper-moc")["forward"]     # 459171802488
-    isoflop("paper-moc")["dense_layers"]    # 22
+from moc.accounting import count_params, count_flops, isoflop, mfu
+count_params("paper-moc")["total"]      # 371292932
+count_flops("paper-moc")["forward"]     # 459171802488
+isoflop("paper-moc")["dense_layers"]    # 22
 """
 
 from moc.accounting.flops import (

@@ -21,6 +21,8 @@ Routing modes. ``C = n_chapters`` (the router scores every chapter), ``k = top_k
 - ``sequence`` (the paper): ``G = 1``; pooling is a mean over the sequence, ``d*(L-1) + d``.
 - ``causal``: ``G = ceil(L / causal_chunk_size)``; each chunk routes from the mean of the hidden
   states before it, computed as a running (prefix) sum: pooling ``d*L`` adds + ``d*G`` divisions.
+  With ``causal_first_chunk: per_token`` each of the first ``c = min(chunk, L)`` positions decides
+  alone: ``G = c + ceil((L - c) / chunk)``.
 - ``token``: ``G = L``; each token routes from its own hidden state, so pooling costs nothing.
 
 In every mode the router linear (``2*d*C``), softmax (``5*C``) and top-k (``C*ceil(log2 k)``) run
@@ -109,6 +111,9 @@ def routing_geometry(
         decisions = 1
     elif mem.routing == "causal":
         decisions = math.ceil(seq_len / mem.causal_chunk_size)
+        if mem.causal_first_chunk == "per_token":
+            first = min(mem.causal_chunk_size, seq_len)
+            decisions = first + math.ceil((seq_len - first) / mem.causal_chunk_size)
     else:  # token
         decisions = seq_len
     batch_decisions = batch_size * decisions

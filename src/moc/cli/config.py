@@ -6,6 +6,7 @@ Both read the dataclasses themselves, so what they print cannot drift from what 
     moc config show demo                              # an experiment preset (found by name)
     moc config keys                                   # every run-config key: type, default
     moc config keys --experiment                      # every experiment key
+    moc config keys --capacity                        # every key of `moc experiment capacity`
 """
 
 from __future__ import annotations
@@ -31,8 +32,24 @@ def _is_experiment(spec: str, forced: bool) -> bool:
     return spec in experiment_presets()
 
 
+def _is_capacity(spec: str, forced: bool) -> bool:
+    """A capacity experiment config when asked (``--capacity``) or when ``spec`` names a capacity preset or
+    a YAML file of ``kind: capacity``."""
+    if forced:
+        return True
+    if spec in preset_names():
+        return False
+    from moc_experiments.experiment.capacity import is_capacity
+
+    return is_capacity(spec)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    if _is_experiment(args.config, args.experiment):
+    if _is_capacity(args.config, args.capacity):
+        from moc_experiments.experiment.capacity import load_capacity
+
+        text = yaml.safe_dump(load_capacity(args.config, args.overrides).to_dict(), sort_keys=False)
+    elif _is_experiment(args.config, args.experiment):
         from moc_experiments.experiment.config import load_experiment
 
         exp = load_experiment(args.config, args.overrides)
@@ -51,7 +68,11 @@ def _yaml_scalar(value: object) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    if args.experiment:
+    if args.capacity:
+        from moc_experiments.experiment.capacity import CapacityConfig
+
+        rows = describe(CapacityConfig)
+    elif args.experiment:
         from moc_experiments.experiment.config import ExperimentConfig
 
         rows = describe(ExperimentConfig)
@@ -83,12 +104,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read CONFIG as an experiment config (automatic for experiment preset names)",
     )
+    show.add_argument(
+        "--capacity",
+        action="store_true",
+        help="read CONFIG as a capacity experiment config (automatic for capacity presets, kind: capacity)",
+    )
     show.set_defaults(func=cmd_show)
     keys = sub.add_parser(
         "keys",
         help="list every config key with its default and type",
-        description="List every key of the run config (or, with --experiment, the experiment config) "
-        "with its default value and type.",
+        description="List every key of the run config (or, with --experiment, the experiment config; with "
+        "--capacity, the capacity experiment's) with its default value and type.",
     )
     keys.add_argument("--experiment", action="store_true", help="list the experiment config's keys")
+    keys.add_argument("--capacity", action="store_true", help="list the capacity experiment config's keys")
     keys.set_defaults(func=cmd_keys)

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "experiment",
-        help="experiment preset (demo, smoke, paper; capacity, capacity-demo, capacity-smoke) "
-        "or an experiment YAML",
+        help="experiment preset (demo, smoke, paper; capacity, capacity-demo, capacity-retention, "
+        "capacity-smoke) or an experiment YAML",
     )
     _common(p)
     p.set_defaults(func=_run)
@@ -31,10 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "demo",
         help="the offline CPU demo (its measured time is in the README): the knowledge world "
-        "(`moc experiment capacity-demo`, into OUT/knowledge), then `moc experiment demo` (offline corpus, "
-        "tiny models, full report); --set applies to the latter",
+        "(`moc experiment capacity-demo`, into OUT/knowledge); with --text also the real-text protocol "
+        "(`moc experiment demo`: offline corpus, tiny models, full report, into OUT); --set applies to "
+        "the knowledge world, or to the real text with --text",
     )
     _common(d)
+    d.add_argument(
+        "--text",
+        action="store_true",
+        help="also run the real-text protocol (validation loss, probes, leak ablation; ~3.5 more minutes)",
+    )
     d.set_defaults(func=_demo, experiment="demo")
 
     r = subparsers.add_parser("report", help="regenerate report.md and plots from a run's results.json")
@@ -68,9 +74,12 @@ def _run(args: argparse.Namespace) -> int:
     from moc_experiments.experiment.capacity import is_capacity
 
     if is_capacity(args.experiment):  # the knowledge-capacity experiment (its own runner and report)
-        from moc_experiments.experiment.capacity import load_capacity, run_capacity
+        from moc_experiments.experiment.capacity import capacity_plan, load_capacity, run_capacity
         from moc_experiments.experiment.capacity_report import tables as capacity_tables
 
+        if args.plan:
+            print(capacity_plan(load_capacity(args.experiment, overrides)))
+            return 0
         cap = run_capacity(load_capacity(args.experiment, overrides), progress=not args.quiet)
         if args.quiet:
             print(capacity_tables(cap))
@@ -90,20 +99,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """`moc demo`: the knowledge world first (OUT/knowledge), then the real-text protocol (OUT)."""
+    """`moc demo`: the knowledge world (OUT/knowledge); with ``--text`` then the real-text protocol (OUT)."""
     from pathlib import Path
 
-    if not args.plan:
-        from moc_experiments.experiment.capacity import load_capacity, run_capacity
-        from moc_experiments.experiment.capacity_report import tables as capacity_tables
+    from moc_experiments.experiment.capacity import capacity_plan, load_capacity, run_capacity
+    from moc_experiments.experiment.capacity_report import tables as capacity_tables
 
-        over = [f"out_dir={Path(args.out or 'runs/demo') / 'knowledge'}"]
-        if args.seeds is not None:
-            over.append(f"seeds={args.seeds}")
-        cap = run_capacity(load_capacity("capacity-demo", over), progress=not args.quiet)
+    over = [f"out_dir={Path(args.out or 'runs/demo') / 'knowledge'}"]
+    if args.seeds is not None:
+        over.append(f"seeds={args.seeds}")
+    if not args.text:
+        over += list(args.overrides)  # --set applies to the knowledge world when it runs alone
+    cfg = load_capacity("capacity-demo", over)
+    if args.plan:
+        print(capacity_plan(cfg))
+    else:
+        cap = run_capacity(cfg, progress=not args.quiet)
         if args.quiet:
             print(capacity_tables(cap))
-    return _run(args)
+    return _run(args) if args.text else 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "n_kv_heads": 12,
     "routing": "causal",
     "causal_chunk_size": 64,
+    "causal_first_chunk": "bias",
     "chapter_weighting": "kv",
     "router_input": "memory_norm",
     "bank_sharing": "shared",

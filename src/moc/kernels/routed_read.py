@@ -41,9 +41,7 @@ DEFAULT_BLOCK_ELEMENTS = 1 << 24
 CUDA_BLOCK_ELEMENTS = 1 << 27
 
 
-def chapter_coefficients(
-    w: torch.Tensor, weighting: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def chapter_coefficients(w: torch.Tensor, weighting: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w: (D, n) chapter weights -> (logit scale a, logit bias b, value scale c), each (D, n), >= fp32."""
     w = w.to(torch.promote_types(w.dtype, torch.float32))
     if weighting == "kv":

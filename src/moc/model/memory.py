@@ -12,8 +12,9 @@ Each routing *decision* picks S for a group of positions:
               NOT causal: the chapters read at position t depend on tokens after t.
     causal    positions [g*c, (g+1)*c) of a document (c = causal_chunk_size) share one decision made from
               the mean of the document's positions < g*c. Strictly causal. Chunk 0 of every document
-              has seen no content yet: its summary is zero, so the router bias alone picks its chapters
-              (the same chapters for every document's first c tokens).
+              has seen no content yet: with ``causal_first_chunk: bias`` its summary is zero, so the
+              router bias alone picks its chapters (the same for every document's first c tokens); with
+              ``per_token`` each of its positions t is a decision of its own, from the mean of positions < t.
     token     every position decides from its own hidden state. Causal.
 
 Documents: a row may pack several; a new one starts at a valid position whose id is 0 or not greater
@@ -54,8 +55,10 @@ from .routing_layout import (
     TileLayout,
     cached_tile_layout,
     causal_tile_sums,
+    chunk_group,
     document_sums,
     from_tiles,
+    max_tiles,
     prefix_sums,
     to_tiles,
 )
@@ -317,6 +320,11 @@ class MemoryLayer(nn.Module):
     def weighting(self) -> str:
         return getattr(self.cfg, "chapter_weighting", "kv")
 
+    @property
+    def split_first_chunk(self) -> bool:
+        """Causal routing decides each position of a document's first chunk on its own."""
+        return self.cfg.routing == "causal" and getattr(self.cfg, "causal_first_chunk", "bias") == "per_token"
+
     # -- the read -----------------------------------------------------------------------------------
 
     @staticmethod
@@ -433,8 +441,8 @@ class MemoryLayer(nn.Module):
         ``route_input`` (B, L, d): what the router pools instead of RMSNorm(h) (``router_input:
         block_input`` passes the block's input residual stream). ``one_document``: the caller knows every
         row is one document with positions 0, 1, ... (positions from an attention mask), so the tiles
-        per row are at most ceil(L / causal_chunk_size) and the read needs no host sync (checked on the
-        device).
+        per row have a bound known from L (``routing_layout.max_tiles``) and the read needs no host sync
+        (checked on the device).
         """
         x = self.norm(h)
         r = x if route_input is None else route_input
@@ -484,8 +492,9 @@ class MemoryLayer(nn.Module):
         tokens. Sequence: one decision per document, from the mean of all of it (or of its positions
         below ``sequence_route_len``), read by each of its tiles. r: (B, L, d); q: (B, L, H, hd).
         """
-        L, chunk = q.shape[1], self.cfg.causal_chunk_size
-        lay = cached_tile_layout(position_ids, valid, chunk, -(-L // chunk) if one_document else None)
+        L, chunk, split = q.shape[1], self.cfg.causal_chunk_size, self.split_first_chunk
+        bound = max_tiles(L, chunk, split) if one_document else None
+        lay = cached_tile_layout(position_ids, valid, chunk, bound, split)
         prefix = prefix_sums(r, valid) if self.cfg.routing == "causal" or state is not None else None
         if self.cfg.routing == "causal":
             sums, counts = causal_tile_sums(*prefix, lay)
@@ -546,7 +555,9 @@ class MemoryLayer(nn.Module):
                 k, v, bias = self.dense_kv(bank, idx, w)
             else:  # sequence: the decision made on the prompt stands for the whole generation
                 if mode == "causal":
-                    group = position_ids[:, t] // self.cfg.causal_chunk_size
+                    group = chunk_group(
+                        position_ids[:, t], self.cfg.causal_chunk_size, self.split_first_chunk
+                    )
                     new = (group != state.group) & vt
                     if bool(new.any()):
                         summary = state.prefix_sum / state.prefix_count.clamp(min=1)[:, None]

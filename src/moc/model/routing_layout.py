@@ -2,8 +2,9 @@
 
 A row may pack several documents (a new one starts at a valid position whose id is 0 or not greater than
 the previous valid position's). A *tile* is the positions of one document inside one chunk
-``[g * chunk, (g + 1) * chunk)`` of positions; a query's *slot* in its tile is its position mod ``chunk``
-(positions rise inside a document, so no two tokens share a slot). Causal routing makes one decision per
+``[g * chunk, (g + 1) * chunk)`` of positions (or, with ``split_first``, one position of the document's
+first chunk); a query's *slot* in its tile is its position mod ``chunk`` (positions rise inside a
+document, so no two tokens share a slot). Causal routing makes one decision per
 tile, sequence routing one per document; the memory read runs over tiles (see ``moc.model.memory``).
 
 This module only does the bookkeeping: the layout, pooling router inputs per tile or per document, and
@@ -33,7 +34,7 @@ class TileLayout:
     tile_doc: torch.Tensor  # (B, G) the tile's document number
     doc_valid: torch.Tensor  # (B, Gd) document exists
     last_doc_row: torch.Tensor  # (B,) where the row's last document starts
-    last_chunk: torch.Tensor  # (B,) chunk (position // chunk) of the row's last valid position
+    last_chunk: torch.Tensor  # (B,) routing group (``chunk_group``) of the row's last valid position
 
     def tile_document_decision(self) -> torch.Tensor:
         """(B * G,) the flat (row, document) decision each tile reads under sequence routing."""
@@ -41,11 +42,30 @@ class TileLayout:
         return (torch.arange(B, device=self.tile_doc.device)[:, None] * self.Gd + self.tile_doc).reshape(-1)
 
 
+def chunk_group(pos: torch.Tensor, chunk: int, split_first: bool) -> torch.Tensor:
+    """The routing group of each position id: its chunk ``pos // chunk``; with ``split_first`` every
+    position of the first chunk is a group of its own (numbered ``pos - chunk``, below every chunk id)."""
+    g = torch.div(pos, chunk, rounding_mode="floor")
+    return torch.where(pos < chunk, pos - chunk, g) if split_first else g
+
+
+def max_tiles(L: int, chunk: int, split_first: bool) -> int:
+    """The most tiles a row of L positions holding one document can need."""
+    if not split_first:
+        return -(-L // chunk)
+    return min(L, chunk) + max(0, -(-(L - chunk) // chunk))
+
+
 def tile_layout(
-    position_ids: torch.Tensor, valid: torch.Tensor, chunk: int, G: int | None = None
+    position_ids: torch.Tensor,
+    valid: torch.Tensor,
+    chunk: int,
+    G: int | None = None,
+    split_first: bool = False,
 ) -> TileLayout:
     """Documents and tiles of each row from position_ids, valid: (B, L). ``G``: a known bound on the
-    tiles per row (one document per row), else counted (a host sync)."""
+    tiles per row (one document per row), else counted (a host sync). ``split_first``: each position of
+    a document's first chunk is a tile of its own (``causal_first_chunk: per_token``)."""
     B, L = valid.shape
     dev = valid.device
     ar = torch.arange(L, device=dev).expand(B, L)
@@ -54,7 +74,7 @@ def tile_layout(
     pos = position_ids
     prev_pos = pos.gather(1, prev.clamp(min=0))
     doc_start = valid & ((prev < 0) | (pos == 0) | (pos <= prev_pos))
-    chunk_id = torch.div(pos, chunk, rounding_mode="floor")
+    chunk_id = chunk_group(pos, chunk, split_first)
     tile_start = valid & (doc_start | (chunk_id != chunk_id.gather(1, prev.clamp(min=0))))
     tile = tile_start.long().cumsum(1) - 1
     doc = doc_start.long().cumsum(1) - 1
@@ -88,7 +108,7 @@ def tile_layout(
         tile_doc=per_tile(doc.clamp(min=0)),
         doc_valid=torch.arange(Gd, device=dev)[None] < n_docs[:, None],
         last_doc_row=doc_row[:, -1].clamp(min=0),
-        last_chunk=torch.div(last_pos, chunk, rounding_mode="floor"),
+        last_chunk=chunk_group(last_pos, chunk, split_first),
     )
 
 
@@ -99,17 +119,17 @@ _LAYOUT_CACHE: list = []
 
 
 def cached_tile_layout(
-    position_ids: torch.Tensor, valid: torch.Tensor, chunk: int, G: int | None
+    position_ids: torch.Tensor, valid: torch.Tensor, chunk: int, G: int | None, split_first: bool = False
 ) -> TileLayout:
     """``tile_layout``, reused while the same (unmodified) tensors come back."""
     if torch.compiler.is_compiling():
-        return tile_layout(position_ids, valid, chunk, G)
-    key = (position_ids, valid, position_ids._version, valid._version, chunk, G)
+        return tile_layout(position_ids, valid, chunk, G, split_first)
+    key = (position_ids, valid, position_ids._version, valid._version, chunk, G, split_first)
     if _LAYOUT_CACHE:
         old = _LAYOUT_CACHE[0]
         if old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]:
             return _LAYOUT_CACHE[1]
-    lay = tile_layout(position_ids, valid, chunk, G)
+    lay = tile_layout(position_ids, valid, chunk, G, split_first)
     _LAYOUT_CACHE[:] = [key, lay]
     return lay
 

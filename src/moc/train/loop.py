@@ -576,8 +576,6 @@ def _mfu_per_token_per_s(
         from moc.accounting import mfu
 
         t = cfg.train
-        return float(
-            mfu(1.0, cfg, t.seq_len, t.mfu_peak_flops, t.micro_batch_size, projected_chapters)
-        )
+        return float(mfu(1.0, cfg, t.seq_len, t.mfu_peak_flops, t.micro_batch_size, projected_chapters))
     except Exception:  # accounting may not cover every config; never fail a run over a metric
         return None

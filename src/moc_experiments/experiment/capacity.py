@@ -14,6 +14,11 @@ recall of every fact:
 - ``memory_off``: the same, with every memory layer's output projection zeroed (the trained model with
   its memory read removed; a drop means the model uses what it reads).
 
+Optionally (``text.fraction > 0``, ``ift.data: real_chat``; preset ``capacity-retention``) the paper's
+retention protocol: pretraining mixes windows of real text from the offline demo corpus into the world's
+documents (word-level, the world's vocabulary extended: :mod:`moc_experiments.corpus.world_text`), and
+instruction fine-tuning uses the corpus's real chat examples (loss on the answers only).
+
 Models are given as overrides of one base model (``models: {key: {model: ..., memory: ..., bank_lr_scale:
 ...}}``): dense widths and depths, routing modes, bank learning rates, bank sizes and chapter weightings.
 FLOPs per token come from :func:`moc.accounting.count_flops` (training: 3x forward at the padded document
@@ -81,12 +86,30 @@ class CapacityTrain:
 
 
 @dataclass
+class CapacityText:
+    """Real text mixed into pretraining (the paper's retention protocol; 0: the world alone, as before).
+
+    ``fraction`` of the pretraining documents are ``[BOS] + a window of real text`` from the offline demo
+    corpus (:func:`moc_experiments.corpus.build_corpus`, built or reused in ``corpus_dir``; default
+    ``OUT/data/corpus``, the demo's convention), word-tokenised in the world's vocabulary extended by the
+    ``vocab_words`` most frequent real-text words (:mod:`moc_experiments.corpus.world_text`)."""
+
+    fraction: float = 0.0
+    vocab_words: int = 2000
+    max_text_mb: float = 2.0
+    corpus_dir: str | None = None
+
+
+@dataclass
 class CapacityIft:
-    """Instruction fine-tuning after pretraining (0 steps: none): the chat form about ``qa_people``, then
-    recall again. MoC models run each ``variants`` treatment of the bank; dense models one full run.
-    Learning rates follow the paper's IFT recipe relative to ``lr`` (memory 1/2, bank 1/6 or frozen)."""
+    """Instruction fine-tuning after pretraining (0 steps: none), then recall again. ``data``: the chat
+    form of the world's questions about ``qa_people`` (``world_chat``) or the corpus's real chat examples
+    (``real_chat``: loss on the assistant's answer only). MoC models run each ``variants`` treatment of the
+    bank; dense models one full run. Learning rates follow the paper's IFT recipe relative to ``lr``
+    (memory 1/2, bank 1/6 or frozen)."""
 
     steps: int = 0
+    data: Literal["world_chat", "real_chat"] = "world_chat"
     lr: float = 1e-3
     memory_lr_scale: float = 0.5
     bank_lr_scale: float = 0.16667
@@ -104,6 +127,7 @@ class CapacityConfig:
     world: WorldSettings = field(default_factory=WorldSettings)
     base: dict[str, Any] = field(default_factory=dict)  # RunConfig sections model/memory
     train: CapacityTrain = field(default_factory=CapacityTrain)
+    text: CapacityText = field(default_factory=CapacityText)
     ift: CapacityIft = field(default_factory=CapacityIft)
     # key -> {label, model: {...}, memory: {...}, lr_scale, memory_lr_scale, bank_lr_scale}
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -121,6 +145,15 @@ class CapacityConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.name}")
+
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether any real text or real chat data is used (only then is the corpus built or read)."""
+        return self.text.fraction > 0 or self.ift.data == "real_chat"
+
+    @property
+    def corpus_dir(self) -> Path:
+        return Path(self.text.corpus_dir) if self.text.corpus_dir else self.run_dir / "data" / "corpus"
 
     @property
     def seed_list(self) -> list[int]:
@@ -189,6 +222,10 @@ def _validate(cfg: CapacityConfig) -> None:
             raise ConfigError(f"compare: {pair} must be two keys of `models` ({list(cfg.models)})")
     if cfg.seeds < 1 or cfg.train.tokens <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("capacity: seeds, train.tokens and train.batch_size must be positive")
+    if not 0 <= cfg.text.fraction < 1:
+        raise ConfigError(f"text.fraction must be in [0, 1), got {cfg.text.fraction}")
+    if cfg.text.vocab_words < 0 or cfg.text.max_text_mb <= 0:
+        raise ConfigError("text.vocab_words must be >= 0 and text.max_text_mb > 0")
 
 
 def model_config(cfg: CapacityConfig, key: str, vocab_size: int, seq_len: int) -> RunConfig:
@@ -216,24 +253,76 @@ def _world(cfg: CapacityConfig):
     return KnowledgeWorld(**dataclasses.asdict(cfg.world))
 
 
-def _batch(world: Any, rng: np.random.Generator, n: int, qa_frac: float, L: int) -> tuple[torch.Tensor, ...]:
-    """n documents, right-padded to L: input_ids, attention_mask, labels (B, L)."""
+def text_corpus(cfg: CapacityConfig, roots: Any = None, progress: bool = False, **corpus: Any) -> Any:
+    """Build or reuse the offline demo corpus for ``cfg.text`` in ``cfg.corpus_dir`` -> ``CorpusPaths``.
+
+    The same builder and settings as the real-text demo (``data.corpus`` of ``moc experiment demo``) with
+    ``text.max_text_mb``; ``roots``/``corpus`` override the source locations and builder settings (tests
+    build a tiny corpus from fake sources)."""
+    from moc_experiments.corpus import build_corpus
+    from moc_experiments.experiment.config import CorpusSettings
+
+    settings = dataclasses.asdict(CorpusSettings(max_text_mb=cfg.text.max_text_mb)) | corpus
+    return build_corpus(cfg.corpus_dir, roots=roots, verbose=progress, **settings)
+
+
+def _world_text(cfg: CapacityConfig, world: Any, corpus: dict[str, str] | None = None) -> Any:
+    """The world's vocabulary extended with the corpus's real text (``None`` when ``cfg`` uses none).
+
+    ``corpus``: {"text": pretrain/text.jsonl, "ift": ift/train.jsonl} of a built corpus (default: build or
+    reuse it with :func:`text_corpus`)."""
+    if not cfg.uses_corpus:
+        return None
+    from moc_experiments.corpus.world_text import WorldText
+
+    if corpus is None:
+        paths = text_corpus(cfg)
+        corpus = {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)}
+    chat = cfg.ift.data == "real_chat"
+    return WorldText.load(world, corpus["text"], corpus["ift"], cfg.text.vocab_words, chat=chat)
+
+
+def _batch(
+    world: Any,
+    rng: np.random.Generator,
+    n: int,
+    qa_frac: float,
+    L: int,
+    text: Any = None,
+    text_frac: float = 0.0,
+    counts: dict[str, int] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """n documents, right-padded to L: input_ids, attention_mask, labels (B, L).
+
+    With ``text`` (a :class:`~moc_experiments.corpus.world_text.WorldText`) and ``text_frac > 0`` a share
+    ``text_frac`` of the documents are real-text windows; ``counts`` accumulates real tokens per kind
+    ("world", "text")."""
     ids = np.full((n, L), world.pad_id, dtype=np.int64)
     mask = np.zeros((n, L), dtype=np.int64)
     for i in range(n):
-        if len(world.qa_people) and rng.random() < qa_frac:
+        # Only draw when text is mixed in: without it the rng stream (the documents) is exactly as before.
+        if text is not None and text_frac > 0 and rng.random() < text_frac:
+            doc = text.window(rng, L)
+            kind = "text"
+        elif len(world.qa_people) and rng.random() < qa_frac:
             doc = world.questions(int(rng.choice(world.qa_people)), rng)
+            kind = "world"
         else:
             doc = world.biography(int(rng.integers(world.n_people)), rng)
+            kind = "world"
         ids[i, : len(doc)] = doc
         mask[i, : len(doc)] = 1
+        if counts is not None:
+            counts[kind] = counts.get(kind, 0) + len(doc)
     x, m = torch.from_numpy(ids), torch.from_numpy(mask)
     return x, m, x.masked_fill(m == 0, -100)
 
 
-def mean_doc_tokens(world: Any, qa_frac: float, n: int = 400) -> float:
-    """Average real tokens per training document (the document mix is seeded, so this is exact per seed)."""
-    _, m, _ = _batch(world, np.random.default_rng(12345), n, qa_frac, world.max_doc_len)
+def mean_doc_tokens(
+    world: Any, qa_frac: float, n: int = 400, text: Any = None, text_frac: float = 0.0
+) -> float:
+    """Average real tokens per training document, over a fixed seeded sample of the document mix."""
+    _, m, _ = _batch(world, np.random.default_rng(12345), n, qa_frac, world.max_doc_len, text, text_frac)
     return float(m.sum()) / n
 
 
@@ -250,21 +339,33 @@ def _chat_batch(world: Any, rng: np.random.Generator, n: int, L: int) -> tuple[t
 
 
 @torch.no_grad()
-def recall(model: torch.nn.Module, world: Any, form: str, people: np.ndarray | None = None) -> float:
-    """Exact recall: fraction of (person, attribute) prompts whose argmax next token is the value."""
+def recall_and_type(
+    model: torch.nn.Module, world: Any, form: str, people: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(exact recall, answer-type accuracy) over the (person, attribute) prompts of ``form``: the
+    fraction whose argmax next token is the value, and the fraction whose argmax is *some* value of the
+    asked attribute (any person's city for a city prompt). The second is the control of the memory-off
+    ablation: if it stays high while recall falls, the model lost facts, not the format."""
     if people is not None and len(people) == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     was = model.training
     model.eval()
-    hits = total = 0
-    for prompts, answers in world.recall_prompts(form, people):
+    hits = typed = total = 0
+    for a, (prompts, answers) in enumerate(world.recall_prompts(form, people)):
+        value_ids = torch.tensor([world.index[v] for v in world.values[a]])
         for s in range(0, len(prompts), 512):
             x = torch.from_numpy(prompts[s : s + 512])
             pred = model(x).logits[:, -1].argmax(-1)
             hits += int((pred == torch.from_numpy(answers[s : s + 512])).sum())
+            typed += int(torch.isin(pred, value_ids).sum())
             total += len(x)
     model.train(was)
-    return hits / total
+    return hits / total, typed / total
+
+
+def recall(model: torch.nn.Module, world: Any, form: str, people: np.ndarray | None = None) -> float:
+    """Exact recall: fraction of (person, attribute) prompts whose argmax next token is the value."""
+    return recall_and_type(model, world, form, people)[0]
 
 
 def recalls(model: torch.nn.Module, world: Any) -> dict[str, float]:
@@ -283,6 +384,26 @@ def memory_off(model: torch.nn.Module) -> torch.nn.Module:
         if getattr(block, "memory", None) is not None:
             torch.nn.init.zeros_(block.memory.o_proj.weight)
     return off
+
+
+@torch.no_grad()
+def chapters_shuffled(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` whose routed chapters hold each other's content: every bank's routed chapters
+    are permuted (a seeded cycle, so none keeps its own), the shared chapters stay. The router still
+    picks the same chapter ids and the memory still reads vectors of the trained bank (same norms, same
+    generic content), but what a chapter stored about a person is now somewhere else: recall that
+    survives zeroing the memory but not this lived outside the bank; a drop here is knowledge that
+    lived in the routed chapters."""
+    shuffled = copy.deepcopy(model)
+    for bank in getattr(shuffled, "banks", []):
+        n_shared = next(b.memory.router.n_shared for b in shuffled.layers if getattr(b, "memory", None))
+        C = bank.n_chapters
+        order = torch.randperm(C - n_shared, generator=torch.Generator().manual_seed(seed)) + n_shared
+        perm = torch.arange(C)
+        perm[order] = order.roll(1)  # chapter order[i] takes the content of order[i - 1]
+        store = bank.params[0]  # (N_m, dim) weight, or (N_m, rank) A of a factorized bank
+        store.copy_(store.view(C, bank.chapter_size, -1)[perm].reshape(store.shape))
+    return shuffled
 
 
 def _fit(
@@ -323,24 +444,32 @@ def _fit(
 
 
 def _measure(model: torch.nn.Module, world: Any, has_memory: bool) -> dict[str, Any]:
-    rec = {"recall": recalls(model, world)}
+    rec: dict[str, Any] = {"recall": recalls(model, world), "type_accuracy": {}}
+    rec["type_accuracy"]["bio"] = recall_and_type(model, world, "bio")[1]
     if has_memory:
-        rec["recall_memory_off"] = recalls(memory_off(model), world)
+        off = memory_off(model)
+        rec["recall_memory_off"] = recalls(off, world)
+        rec["type_accuracy_memory_off"] = {"bio": recall_and_type(off, world, "bio")[1]}
+        exact, typed = recall_and_type(chapters_shuffled(model), world, "bio")
+        rec["recall_shuffled"] = {"bio": exact}
+        rec["type_accuracy_shuffled"] = {"bio": typed}
     return rec
 
 
 def train_run(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one model on one seed and measure it, then fine-tune it on the chat form (each IFT variant)
-    and measure again (runs in a worker process; ``job`` is plain data)."""
+    """Train one model on one seed and measure it, then fine-tune it on chat data (each IFT variant)
+    and measure again (runs in a worker process; ``job`` is plain data; ``job["corpus"]``: the built
+    corpus's files when real text or real chat is used, else built or reused here)."""
     from moc.config import TrainConfig
     from moc.model import MoCModel
 
     torch.set_num_threads(job["threads"])
     cfg = load_capacity(job["experiment"])
     world = _world(cfg)
+    text = _world_text(cfg, world, job.get("corpus"))
     t, spec, seed = cfg.train, cfg.models[job["key"]] or {}, job["seed"]
     L = world.max_doc_len
-    mcfg = model_config(cfg, job["key"], len(world.vocab), L)
+    mcfg = model_config(cfg, job["key"], len(text.vocab) if text else len(world.vocab), L)
     has_memory = bool(mcfg.memory_layers)
     torch.manual_seed(seed)
     model = MoCModel(mcfg)
@@ -357,11 +486,12 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
         min_lr_ratio=t.min_lr_ratio,
     )
     rng = np.random.default_rng(seed)  # the same documents in the same order for every model
+    counts: dict[str, int] = {}
     curve, tokens, train_s = _fit(
         model,
         tcfg,
         steps,
-        lambda: _batch(world, rng, t.batch_size, t.qa_doc_fraction, L),
+        lambda: _batch(world, rng, t.batch_size, t.qa_doc_fraction, L, text, cfg.text.fraction, counts),
         t.grad_clip,
         t.log_every,
     )
@@ -375,7 +505,16 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
         "final_loss": curve[-1],
         **_measure(model, world, has_memory),
     }
+    if cfg.text.fraction > 0:  # tokens per kind (only then: records of the world alone stay as they were)
+        rec["world_tokens"], rec["text_tokens"] = counts.get("world", 0), counts.get("text", 0)
     ift = cfg.ift
+    usable = text.usable_chats(L) if ift.data == "real_chat" else None
+
+    def ift_batch(r: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        if usable is not None:  # real chat: labels on the assistant's answer only
+            return text.chat_batch(r, ift.batch_size, L, usable)
+        return _chat_batch(world, r, ift.batch_size, L)
+
     if ift.steps > 0:
         rec["ift"] = {}
         for variant in ift.variants if has_memory else ["full"]:
@@ -392,14 +531,7 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
                 min_lr_ratio=t.min_lr_ratio,
             )
             irng = np.random.default_rng(10_000 + seed)  # the same chat documents for every model
-            icurve, _, ift_s = _fit(
-                tuned,
-                icfg,
-                ift.steps,
-                lambda r=irng: _chat_batch(world, r, ift.batch_size, L),
-                t.grad_clip,
-                5,
-            )
+            icurve, _, ift_s = _fit(tuned, icfg, ift.steps, lambda r=irng: ift_batch(r), t.grad_clip, 5)
             rec["ift"][variant] = {
                 "loss_curve": icurve,
                 "train_s": ift_s,
@@ -419,12 +551,19 @@ _NOT_RECIPE = ("name", "description", "models", "compare", "seeds", "workers", "
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     """What every run's numbers depend on besides its model and seed."""
     d = {k: v for k, v in config.items() if k not in _NOT_RECIPE}
-    d.setdefault("ift", dataclasses.asdict(CapacityIft()))  # results written before IFT existed
+    # Sections and fields added later take their defaults (= what older results were made with).
+    d["ift"] = dataclasses.asdict(CapacityIft()) | d.get("ift", {})
+    d["text"] = dataclasses.asdict(CapacityText()) | d.get("text", {})
+    if not (d["text"]["fraction"] > 0 or d["ift"]["data"] == "real_chat"):
+        d["text"] = None  # the corpus settings do not matter when no corpus is used
     return d
 
 
-def _reusable_runs(cfg: CapacityConfig, path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """(model key, seed) -> run record from an earlier results.json made with the same recipe and model."""
+def _reusable_runs(
+    cfg: CapacityConfig, path: Path, corpus_stamp: str | None = None
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """(model key, seed) -> run record from an earlier results.json made with the same recipe and model
+    (and, when real text is used, the same corpus: ``corpus_stamp``, its MANIFEST fingerprint)."""
     if not path.is_file():
         return {}
     try:
@@ -434,6 +573,8 @@ def _reusable_runs(cfg: CapacityConfig, path: Path) -> dict[tuple[str, int], dic
     now = cfg.to_dict()
     if old.get("kind") != "capacity" or _recipe(old.get("config", {})) != _recipe(now):
         return {}
+    if (old.get("text") or {}).get("corpus_fingerprint") != corpus_stamp:
+        return {}
     out = {}
     for key, runs in (old.get("runs") or {}).items():
         if key in cfg.models and old["config"]["models"].get(key) == now["models"][key]:
@@ -441,6 +582,33 @@ def _reusable_runs(cfg: CapacityConfig, path: Path) -> dict[tuple[str, int], dic
                 if r["seed"] in cfg.seed_list:
                     out[(key, r["seed"])] = r
     return out
+
+
+def _keep_earlier_results(path: Path, reused: dict[tuple[str, int], Any]) -> Path | None:
+    """Move an earlier results.json aside (``results.prev-N.json``) when it holds runs this experiment will
+    not carry over (other models or seeds, another recipe, or ``resume: false``), so no finished run is
+    ever lost by rerunning into the same folder. Returns where it went, or None if nothing had to move."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        old_runs = {(k, r["seed"]) for k, runs in (old.get("runs") or {}).items() for r in runs}
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        old_runs = None  # unreadable: keep it as it is
+    if old_runs is not None and old_runs <= set(reused):
+        return None
+    n = 1
+    while (backup := path.with_name(f"results.prev-{n}.json")).exists():
+        n += 1
+    path.replace(backup)
+    return backup
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a partial file never replaces a good one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,21 +666,13 @@ def _log(msg: str, progress: bool) -> None:
         print(f"moc experiment capacity: {msg}", flush=True)
 
 
-def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
-    """Train every model on every seed, measure recall, write results.json, report.md and plots."""
+def _model_records(cfg: CapacityConfig, vocab_size: int, L: int) -> dict[str, dict[str, Any]]:
+    """Per model: label, size, parameters, FLOPs per token and memory settings (results.json "models")."""
     from moc.accounting import count_params
-    from moc_experiments.experiment.capacity_report import write_report
 
-    t_start = time.perf_counter()
-    out = cfg.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    world = _world(cfg)
-    L = world.max_doc_len
-    doc_tokens = mean_doc_tokens(world, cfg.train.qa_doc_fraction)
-    steps = max(1, math.ceil(cfg.train.tokens / (cfg.train.batch_size * doc_tokens)))
     models: dict[str, Any] = {}
     for key in cfg.models:
-        mcfg = model_config(cfg, key, len(world.vocab), L)
+        mcfg = model_config(cfg, key, vocab_size, L)
         spec = cfg.models[key] or {}
         mem = mcfg.memory
         rec: dict[str, Any] = {
@@ -528,6 +688,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
                 "layers": mcfg.memory_layers,
                 "routing": mem.routing,
                 "causal_chunk_size": mem.causal_chunk_size if mem.routing == "causal" else None,
+                "causal_first_chunk": mem.causal_first_chunk if mem.routing == "causal" else None,
                 "n_tokens": mem.n_tokens,
                 "chapter_size": mem.chapter_size,
                 "tokens_read": mem.n_selected_tokens,
@@ -537,6 +698,74 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
                 "memory_lr_scale": spec.get("memory_lr_scale", cfg.train.memory_lr_scale),
             }
         models[key] = rec
+    return models
+
+
+def capacity_plan(cfg: CapacityConfig) -> str:
+    """What ``run_capacity`` would do, without training (``moc experiment capacity --plan``): steps and
+    tokens per run, every model's size and FLOPs, and how many runs an earlier results.json saves."""
+    world = _world(cfg)
+    L = world.max_doc_len
+    text, stamp = None, None
+    if cfg.uses_corpus:
+        paths = text_corpus(cfg, progress=False)
+        text = _world_text(cfg, world, {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)})
+        stamp = json.loads(paths.manifest.read_text()).get("fingerprint")
+    vocab_size = len(text.vocab) if text else len(world.vocab)
+    doc_tokens = mean_doc_tokens(world, cfg.train.qa_doc_fraction, text=text, text_frac=cfg.text.fraction)
+    steps = max(1, math.ceil(cfg.train.tokens / (cfg.train.batch_size * doc_tokens)))
+    reused = _reusable_runs(cfg, cfg.run_dir / RESULTS_FILE, stamp) if cfg.resume else {}
+    n_runs = len(cfg.models) * cfg.seeds
+    tokens = steps * cfg.train.batch_size * doc_tokens
+    seeds = ", ".join(map(str, cfg.seed_list))
+    lines = [
+        f"capacity experiment {cfg.name!r} -> {cfg.run_dir}",
+        f"world: {world.n_people} people x {world.n_attributes} attributes, vocabulary {vocab_size}, "
+        f"documents of up to {L} tokens" + (f", {cfg.text.fraction:.0%} real text" if text else ""),
+        f"each run: {steps} steps x {cfg.train.batch_size} documents (~{tokens / 1e6:.2f}M tokens), "
+        f"LR {cfg.train.lr:g}; IFT {cfg.ift.steps} steps ({cfg.ift.data})",
+        f"{len(cfg.models)} models x {cfg.seeds} seeds ({seeds}) = {n_runs} runs; "
+        f"{len(reused)} reusable from {cfg.run_dir / RESULTS_FILE}, {n_runs - len(reused)} to train",
+        "",
+        f"{'model':<44} {'params':>9} {'train FLOPs/tok':>16} {'inference FLOPs/tok':>20}",
+    ]
+    for rec in _model_records(cfg, vocab_size, L).values():
+        p = rec["params"]
+        total = p.get("total", 0) if isinstance(p, dict) else p
+        fl = rec["flops_per_token"]
+        lines.append(f"{rec['label'][:44]:<44} {total:>9,} {fl['train']:>16,.0f} {fl['inference']:>20,.0f}")
+    return "\n".join(lines)
+
+
+def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
+    """Train every model on every seed, measure recall, write results.json, report.md and plots."""
+    from moc_experiments.experiment.capacity_report import write_report
+
+    t_start = time.perf_counter()
+    out = cfg.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    world = _world(cfg)
+    L = world.max_doc_len
+    text, corpus, text_info = None, None, None
+    if cfg.uses_corpus:
+        paths = text_corpus(cfg, progress=progress)
+        corpus = {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)}
+        text = _world_text(cfg, world, corpus)
+        manifest = json.loads(paths.manifest.read_text())
+        text_info = {
+            **text.stats(),
+            "fraction": cfg.text.fraction,
+            "ift_data": cfg.ift.data,
+            "corpus_dir": str(paths.root),
+            "corpus_fingerprint": manifest.get("fingerprint"),
+            "sources": [r["name"] for r in manifest.get("text_sources", []) if r.get("used")],
+        }
+        if cfg.ift.data == "real_chat":
+            text_info["chat_examples_usable"] = len(text.usable_chats(L))
+    vocab_size = len(text.vocab) if text else len(world.vocab)
+    doc_tokens = mean_doc_tokens(world, cfg.train.qa_doc_fraction, text=text, text_frac=cfg.text.fraction)
+    steps = max(1, math.ceil(cfg.train.tokens / (cfg.train.batch_size * doc_tokens)))
+    models = _model_records(cfg, vocab_size, L)
     results: dict[str, Any] = {
         "format": 1,
         "kind": "capacity",
@@ -551,12 +780,16 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
         "models": models,
         "runs": {k: [] for k in cfg.models},
     }
+    if text_info is not None:  # only then: results of the world alone keep their old layout
+        results["text"] = text_info
     jobs = [
         {"experiment": cfg.to_dict(), "key": k, "seed": s, "steps": steps, "threads": cfg.threads}
+        | ({"corpus": corpus} if corpus else {})
         for s in cfg.seed_list
         for k in cfg.models
     ]
-    reused = _reusable_runs(cfg, out / RESULTS_FILE) if cfg.resume else {}
+    stamp = text_info["corpus_fingerprint"] if text_info else None
+    reused = _reusable_runs(cfg, out / RESULTS_FILE, stamp) if cfg.resume else {}
     for j in list(jobs):
         rec = reused.get((j["key"], j["seed"]))
         if rec is not None:
@@ -564,6 +797,9 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
             jobs.remove(j)
     if reused:
         _log(f"reusing {sum(len(r) for r in results['runs'].values())} finished run(s) from {out}", progress)
+    backup = _keep_earlier_results(out / RESULTS_FILE, reused)
+    if backup is not None:
+        _log(f"kept the earlier results (runs this experiment does not repeat) as {backup}", progress)
     workers = _workers(cfg, max(len(jobs), 1))
     results["environment"] |= {"workers": workers, "threads": cfg.threads}
     _log(
@@ -574,7 +810,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
 
     def done(job: dict[str, Any], rec: dict[str, Any]) -> None:
         results["runs"][job["key"]].append(rec)
-        (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+        _write_json(out / RESULTS_FILE, results)
         off = rec.get("recall_memory_off", {}).get("bio")
         _log(
             f"{job['key']} seed {job['seed']}: recall {100 * rec['recall']['bio']:.1f}%"
@@ -597,7 +833,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
     for k in results["runs"]:
         results["runs"][k].sort(key=lambda r: r["seed"])
     results["timing"] = {"total_s": time.perf_counter() - t_start}
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    _write_json(out / RESULTS_FILE, results)
     report = write_report(results, out)
     _log(f"done in {results['timing']['total_s']:.0f}s; report: {report}", progress)
     return results

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from moc_experiments.experiment.stats import binomial_se, mean, sd
+from moc_experiments.experiment.stats import binomial_se, mean, sd, t_interval
 
 # matplotlib's tab10 then tab20's light shades: distinct for up to 20 models.
 PALETTE = (
@@ -27,6 +27,29 @@ def model_colors(keys: list[str]) -> dict[str, str]:
 def _vals(results: dict, key: str, form: str, off: bool = False) -> list[float]:
     field = "recall_memory_off" if off else "recall"
     return [r[field][form] for r in results["runs"][key] if field in r]
+
+
+def _typed(results: dict, key: str, off: bool | str = False) -> list[float]:
+    """Answer-type accuracy on the bio prompts of the runs that recorded it: memory on, off (True) or
+    with the chapters shuffled ("shuffled")."""
+    field = {False: "type_accuracy", True: "type_accuracy_memory_off", "shuffled": "type_accuracy_shuffled"}[
+        off
+    ]
+    return [r[field]["bio"] for r in results["runs"][key] if field in r]
+
+
+def _shuffled(results: dict, key: str) -> tuple[list[float], list[float]]:
+    """(recall with the routed chapters shuffled, paired drop) over the runs that recorded it."""
+    runs = [r for r in results["runs"][key] if "recall_shuffled" in r]
+    return [r["recall_shuffled"]["bio"] for r in runs], [
+        r["recall"]["bio"] - r["recall_shuffled"]["bio"] for r in runs
+    ]
+
+
+def _ci(xs: list[float], scale: float = 100.0) -> str:
+    """The 95% confidence interval of the mean over seeds, as text ("–" for fewer than two seeds)."""
+    ci = t_interval(xs)
+    return "–" if ci is None else f"[{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]"
 
 
 def _pm(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -53,11 +76,19 @@ def tables(results: dict) -> str:
     lines = [
         "Recall % (mean ± sd over seeds); one seed's binomial se on "
         f"{n_facts} facts at 30% recall is ±{100 * binomial_se(0.3, n_facts):.1f} pt. Chance "
-        f"{100 * w['chance']:.1f}%, most-common-value baseline {100 * w['majority']:.1f}%.",
+        f"{100 * w['chance']:.1f}%, most-common-value baseline {100 * w['majority']:.1f}%. "
+        "Drop: recall minus recall with every memory output zeroed (paired by seed), with the 95% "
+        "confidence interval of its mean over seeds (Student t): an interval above zero is a drop beyond "
+        "seed noise. Shuffled: recall when the routed chapters swap contents (the router picks the same "
+        "ids, the bank keeps its vectors, but what a chapter stored is elsewhere). Answer type: the "
+        "share of bio prompts answered with *some* value of the asked attribute (any person's city for a "
+        "city prompt) with the memory on / off / shuffled — the control of the ablations: a model that "
+        "still answers with the right type lost facts, not the format.",
         "",
         "| model | seeds | params (bank) | train FLOPs/token | inference FLOPs/token | recall bio |"
-        " memory off | drop (paired) | held-out question | trained question | final loss | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " memory off | drop (paired) | drop, 95% CI | chapters shuffled | answer type, on / off / shuffled |"
+        " held-out question | trained question | final loss | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, m in results["models"].items():
         runs = results["runs"].get(key) or []
@@ -74,6 +105,10 @@ def tables(results: dict) -> str:
             f"{_fmt_flops(fl['inference'])} | {_pm(_vals(results, key, 'bio'))} | "
             f"{_pm(_vals(results, key, 'bio', True)) if has_mem else '–'} | "
             f"{_pm(_drops(results, key)) if has_mem else '–'} | "
+            f"{_ci(_drops(results, key)) if has_mem else '–'} | "
+            f"{_pm(_shuffled(results, key)[0]) if has_mem else '–'} | "
+            f"{_pm(_typed(results, key))} / {_pm(_typed(results, key, True)) if has_mem else '–'}"
+            f" / {_pm(_typed(results, key, 'shuffled')) if has_mem else '–'} | "
             f"{_pm(_vals(results, key, 'question_heldout'))} | "
             f"{_pm(_vals(results, key, 'question_trained'))} | "
             f"{_pm([r['final_loss'] for r in runs], 1.0, 3)} | {_pm([r['train_s'] for r in runs], 1.0, 0)} |"
@@ -82,8 +117,8 @@ def tables(results: dict) -> str:
     if comps:
         lines += [
             "",
-            "| comparison (bio recall, paired over seeds) | difference, pt | seeds |",
-            "|---|---|---|",
+            "| comparison (bio recall, paired over seeds) | difference, pt | 95% CI | seeds |",
+            "|---|---|---|---|",
         ]
         for a, b in comps:
             xa, xb = _vals(results, a, "bio"), _vals(results, b, "bio")
@@ -91,7 +126,8 @@ def tables(results: dict) -> str:
             if n:
                 d = [x - y for x, y in zip(xa[:n], xb[:n])]
                 lines.append(
-                    f"| {results['models'][a]['label']} − {results['models'][b]['label']} | {_pm(d)} | {n} |"
+                    f"| {results['models'][a]['label']} − {results['models'][b]['label']} | {_pm(d)} | "
+                    f"{_ci(d)} | {n} |"
                 )
     lines += retention_table(results)
     return "\n".join(lines)
@@ -110,8 +146,46 @@ def _ift_vals(results: dict, key: str, variant: str, form: str, off: bool = Fals
     return out
 
 
+def _pretraining_mix(results: dict) -> str:
+    """How pretraining mixed real text into the world ('' for the world alone)."""
+    text = (results["config"].get("text") or {}).get("fraction", 0.0)
+    if not text:
+        return ""
+    info = results.get("text") or {}
+    return (
+        f"pretraining mixed real text into the world ({100 * text:.0f}% of the documents were windows of "
+        f"real text, vocabulary {info.get('vocab', '?')} words); "
+    )
+
+
+def retention_caption(results: dict) -> str:
+    """What the IFT data was (the world's chat form or real chat data) and whether pretraining mixed real
+    text; the original wording for the world alone with its chat form."""
+    ift = results["config"]["ift"]
+    lrs = (
+        f"LR {ift['lr']}; bank LR x{ift['bank_lr_scale']:g} or frozen, memory layers "
+        f"x{ift['memory_lr_scale']:g}"
+    )
+    mix = _pretraining_mix(results)
+    if ift.get("data", "world_chat") == "real_chat":
+        n = (results.get("text") or {}).get("chat_examples_usable")
+        examples = f"{n} " if n is not None else ""
+        return (
+            f"Retention: {mix}instruction fine-tuning on real chat data ({ift['steps']} steps x "
+            f"{ift['batch_size']} documents drawn from the corpus's {examples}chat examples, loss on the "
+            f"assistant's answer only, {lrs}); recall % before and after. No world chat form was trained: "
+            "the chat-form column is the untrained chat form."
+        )
+    head = "Retention: " + (mix[0].upper() + mix[1:] if mix else "")
+    return (
+        f"{head}instruction fine-tuning on the chat form ({ift['steps']} steps x {ift['batch_size']} "
+        f"documents about the question-trained people, {lrs}); recall % before and after."
+    )
+
+
 def retention_table(results: dict) -> list[str]:
-    """Recall before and after instruction fine-tuning on the chat form (retention), if it ran."""
+    """Recall before and after instruction fine-tuning (retention), if it ran; the caption says which IFT
+    data was used and whether pretraining mixed real text."""
     rows = []
     for key, m in results["models"].items():
         runs = results["runs"].get(key) or []
@@ -129,15 +203,14 @@ def retention_table(results: dict) -> list[str]:
             )
     if not rows:
         return []
-    ift = results["config"]["ift"]
+    real_chat = results["config"]["ift"].get("data", "world_chat") == "real_chat"
+    chat_col = "chat form (not trained), held-out people" if real_chat else "chat form, held-out people"
     return [
         "",
-        f"Retention: instruction fine-tuning on the chat form ({ift['steps']} steps x {ift['batch_size']} "
-        f"documents about the question-trained people, LR {ift['lr']}; bank LR x{ift['bank_lr_scale']:g} or "
-        "frozen, memory layers x{:g}); recall % before and after.".format(ift["memory_lr_scale"]),
+        retention_caption(results),
         "",
         "| model | IFT | bio before | bio after | change (paired) | bio after, memory off |"
-        " chat form, held-out people | question form, held-out people |",
+        f" {chat_col} | question form, held-out people |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ]
@@ -156,15 +229,31 @@ def findings(results: dict) -> list[str]:
         if "memory" not in m:
             continue
         d = _drops(results, k)
-        s = sd(d)
-        if s is not None and s > 0:
-            verdict = "beyond" if mean(d) > 2 * s else "within"
+        ci = t_interval(d)
+        if ci is not None:
+            verdict = "beyond seed noise" if ci[0] > 0 else "within seed noise"
             out.append(
-                f"{m['label']}: switching the memory off costs {_pm(d)} pt of recall ({verdict} twice its "
-                "seed sd)."
+                f"{m['label']}: switching the memory off costs {_pm(d)} pt of recall (95% CI of the mean "
+                f"{_ci(d)}: {verdict}; per seed {', '.join(f'{100 * x:.1f}' for x in d)})."
             )
         else:
             out.append(f"{m['label']}: switching the memory off costs {_pm(d)} pt of recall.")
+        sh, sd_drop = _shuffled(results, k)
+        if sh:
+            out[-1] += f" Shuffling its routed chapters costs {_pm(sd_drop)} pt ({_ci(sd_drop)})."
+        on_t, off_t = _typed(results, k), _typed(results, k, off=True)
+        if on_t and off_t:
+            # The control: a memory-off model that no longer answers with a value of the asked attribute
+            # lost the format, so its recall drop does not say the bank held the facts.
+            kept = mean(off_t) >= mean(on_t) - 0.1
+            out[-1] += (
+                f" Answer type with the memory off: {_pm(off_t)}% (on: {_pm(on_t)}%) — "
+                + ("the model still answers in format, so the drop is lost facts."
+                   if kept else "the model also loses the answer format, so the drop is not only facts.")
+            )  # fmt: skip
+        sh_t = _typed(results, k, "shuffled")
+        if on_t and sh_t:
+            out[-1] += f" Answer type with the chapters shuffled: {_pm(sh_t)}%."
     dense = [k for k, m in done.items() if "memory" not in m]
     for k, m in done.items():
         if "memory" not in m or not dense:
@@ -229,13 +318,17 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(mem) + 2), 4.2))
         for i, k in enumerate(mem):
             on, off = _vals(results, k, "bio"), _vals(results, k, "bio", True)
-            ax.bar(i - 0.2, 100 * mean(on), 0.4, yerr=100 * (sd(on) or 0), color=colors[k], capsize=3)
-            ax.bar(i + 0.2, 100 * mean(off), 0.4, yerr=100 * (sd(off) or 0), color=colors[k], alpha=0.35,
+            sh = _shuffled(results, k)[0]
+            ax.bar(i - 0.27, 100 * mean(on), 0.27, yerr=100 * (sd(on) or 0), color=colors[k], capsize=3)
+            ax.bar(i, 100 * mean(off), 0.27, yerr=100 * (sd(off) or 0), color=colors[k], alpha=0.35,
                    hatch="//", capsize=3)  # fmt: skip
+            if sh:
+                ax.bar(i + 0.27, 100 * mean(sh), 0.27, yerr=100 * (sd(sh) or 0), color=colors[k], alpha=0.35,
+                       hatch="..", capsize=3)  # fmt: skip
         ax.set_xticks(range(len(mem)), [results["models"][k]["label"] for k in mem], rotation=25, ha="right",
                       fontsize=7)  # fmt: skip
         ax.set_ylabel("exact recall, bio form (%)")
-        ax.set_title("Memory on (solid) vs memory off (hatched)")
+        ax.set_title("Memory on (solid), off (//) and routed chapters shuffled (..)")
         fig.tight_layout()
         paths["memory_off"] = out / "memory_off.png"
         fig.savefig(paths["memory_off"], dpi=110)
@@ -249,7 +342,8 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
         ax.plot(xs, run["loss_curve"], color=colors[k], label=results["models"][k]["label"], lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (seed {results['runs'][done[0]][0]['seed']})")
-    ax.set_ylim(top=min(ax.get_ylim()[1], 4.0))
+    # Real text has a higher loss than the world's templates: keep its curves in view.
+    ax.set_ylim(top=min(ax.get_ylim()[1], 8.0 if results.get("text") else 4.0))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -257,6 +351,23 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
     fig.savefig(paths["loss_curves"], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _text_note(results: dict) -> list[str]:
+    """A paragraph on the real text mixed in (nothing for the world alone)."""
+    info = results.get("text")
+    if not info:
+        return []
+    frac = results["config"]["text"]["fraction"]
+    sources = ", ".join(info.get("sources") or []) or "the demo corpus"
+    ift = "real chat examples" if info.get("ift_data") == "real_chat" else "the world chat form"
+    return [
+        "",
+        f"Real text: {100 * frac:.0f}% of the pretraining documents are [BOS] + a window of real text "
+        f"({sources}; {info['text_tokens']} tokens in {info['text_documents']} documents, "
+        f"{100 * info['unk_rate']:.1f}% <unk>); vocabulary {info['vocab']} words (the world's "
+        f"{info['world_vocab']}, <unk>, the most frequent real-text words). IFT data: {ift}.",
+    ]
 
 
 def write_report(results: dict | str | Path, out: Path | None = None) -> Path:
@@ -286,6 +397,7 @@ def write_report(results: dict | str | Path, out: Path | None = None) -> Path:
         f"seeds {results['config']['seed']}..{results['config']['seed'] + results['config']['seeds'] - 1}. "
         "Recall is exact (argmax next token = the value); 'memory off' re-scores the trained model with "
         "its memory output projections zeroed; 'drop' is recall minus memory-off recall, paired by seed.",
+        *_text_note(results),
         "",
         "## Results",
         "",

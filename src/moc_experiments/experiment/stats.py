@@ -40,6 +40,27 @@ def sd(xs: Sequence[float]) -> float | None:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (standard table values); between listed
+# entries the next smaller df is used, which widens the interval (conservative).
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101,
+    19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
+}  # fmt: skip
+
+
+def t_interval(xs: Sequence[float]) -> tuple[float, float] | None:
+    """95% confidence interval of the mean of ``xs`` (independent seeds; Student's t, ddof=1); None for
+    fewer than two values. Seed noise says "no effect" while this interval contains zero."""
+    s = sd(xs)
+    if s is None:
+        return None
+    df = len(xs) - 1
+    t = _T975[max(k for k in _T975 if k <= df)]
+    half = t * s / math.sqrt(len(xs))
+    return mean(xs) - half, mean(xs) + half
+
+
 def binomial_se(p: float, n: int) -> float:
     """Standard error of an accuracy ``p`` measured on ``n`` questions."""
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else float("nan")

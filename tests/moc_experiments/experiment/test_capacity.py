@@ -18,11 +18,13 @@ from moc.config import ConfigError, load_config
 from moc.model import MoCModel
 from moc_experiments.corpus.world import KnowledgeWorld
 from moc_experiments.experiment.capacity import (
+    chapters_shuffled,
     flops_per_token,
     load_capacity,
     memory_off,
     model_config,
     recall,
+    recall_and_type,
     train_run,
 )
 
@@ -56,6 +58,43 @@ def test_recall_is_exact_match() -> None:
     assert recall(Oracle(w, set(range(6))), w, "bio") == 0.5
     assert recall(Oracle(w, set()), w, "question", w.heldout_people) == 1.0
     assert np.isnan(recall(Oracle(w, set()), w, "bio", np.array([], dtype=int)))
+
+
+class Constant(torch.nn.Module):
+    """Always predicts one token."""
+
+    def __init__(self, vocab: int, token: int) -> None:
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, x: torch.Tensor):
+        logits = torch.zeros(x.shape[0], x.shape[1], self.vocab)
+        logits[:, -1, self.token] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_answer_type_counts_any_value_of_the_asked_attribute() -> None:
+    w = KnowledgeWorld(12, 2, 4, seed=0)
+    # The oracle answers every fact (right type); a wrong person gets <pad> (wrong type).
+    assert recall_and_type(Oracle(w, set()), w, "bio") == (1.0, 1.0)
+    assert recall_and_type(Oracle(w, set(range(6))), w, "bio") == (0.5, 0.5)
+    # Always the first city: right type for the 12 city prompts only, right value where it is the fact.
+    city = w.values[0][0]
+    exact, typed = recall_and_type(Constant(len(w.vocab), w.index[city]), w, "bio")
+    assert typed == 0.5
+    assert exact == float((w.facts[:, 0] == 0).sum()) / 24
+
+
+def test_shuffled_chapters_move_every_routed_chapter_and_keep_the_shared() -> None:
+    model = _tiny_moc()
+    bank = model.banks[0]
+    before = bank.weight.detach().view(bank.n_chapters, bank.chapter_size, -1).clone()
+    after = chapters_shuffled(model, seed=3).banks[0].weight.detach().view_as(before)
+    assert torch.equal(after[0], before[0])  # the shared chapter stays
+    for c in range(1, bank.n_chapters):
+        assert not torch.equal(after[c], before[c])  # no routed chapter keeps its own content
+        assert sum(torch.equal(after[c], before[j]) for j in range(1, bank.n_chapters)) == 1
+    assert torch.equal(bank.weight.detach().view_as(before), before)  # the original is untouched
 
 
 def _tiny_moc() -> MoCModel:
@@ -144,6 +183,9 @@ def test_smoke_outputs(smoke: tuple[Path, dict, str]) -> None:
         for r in runs:
             assert 0 <= r["recall"]["bio"] <= 1 and r["tokens"] > 0 and len(r["loss_curve"]) > 1
             assert ("recall_memory_off" in r) == (key == "moc_token")
+            assert ("type_accuracy_memory_off" in r) == (key == "moc_token")
+            assert r["recall"]["bio"] <= r["type_accuracy"]["bio"] <= 1  # a right value is of the right type
+            assert ("recall_shuffled" in r) == (key == "moc_token")
     assert (
         results["models"]["dense_d24"]["flops_per_token"]["train"]
         > results["models"]["dense_backbone"]["flops_per_token"]["train"]
@@ -192,19 +234,25 @@ def test_smoke_retention(smoke: tuple[Path, dict, str]) -> None:
     assert "Retention" in (out / "report.md").read_text()
 
 
-def test_demo_runs_the_knowledge_world_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`moc demo` = capacity-demo into OUT/knowledge, then the real-text `demo` experiment into OUT."""
+def test_demo_runs_the_knowledge_world_and_the_text_on_request(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`moc demo` = capacity-demo into OUT/knowledge (--set applies to it); with --text then the real-text
+    `demo` experiment into OUT (--set applies to that one)."""
     import moc.cli.experiment as cli_exp
     import moc_experiments.experiment.capacity as cap
 
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(cap, "run_capacity", lambda cfg, progress: calls.append(("knowledge", cfg)) or {})
     monkeypatch.setattr(cli_exp, "_run", lambda args: calls.append(("text", args.experiment)) or 0)
-    assert main(["demo", "--out", str(tmp_path), "--seeds", "2"]) == 0
-    (_, cfg), second = calls
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--set", "ift.steps=7"]) == 0
+    ((_, cfg),) = calls
     assert cfg.name == "capacity-demo" and cfg.run_dir == tmp_path / "knowledge" and cfg.seeds == 2
-    assert second == ("text", "demo")
-    assert cfg.ift.steps > 0 and {"moc_token", "dense_backbone", "dense_d24"} == set(cfg.models)
+    assert cfg.ift.steps == 7 and {"moc_token", "dense_backbone", "dense_d24"} == set(cfg.models)
+    calls.clear()
+    assert main(["demo", "--out", str(tmp_path), "--text", "--set", "pretrain.steps=5"]) == 0
+    (_, cfg), second = calls
+    assert second == ("text", "demo") and cfg.ift.steps == load_capacity("capacity-demo").ift.steps
 
 
 def test_resume_trains_only_missing_runs(
@@ -231,9 +279,17 @@ def test_resume_trains_only_missing_runs(
     new_seed = load_capacity("capacity-smoke").seed + seeds
     assert sorted(trained) == sorted((k, new_seed) for k in results["runs"])
     assert again["runs"]["moc_token"][0] == results["runs"]["moc_token"][0]
+    assert not list(tmp_path.glob("results.prev-*.json"))  # every earlier run was carried over
     trained.clear()
     cap.run_capacity(load_capacity("capacity-smoke", [f"out_dir={tmp_path}", "train.lr=0.02"]), False)
     assert len(trained) == len(results["runs"]) * seeds  # another recipe: nothing reused
+    # ... and the earlier runs were kept aside, not overwritten
+    assert json.loads((tmp_path / "results.prev-1.json").read_text())["runs"] == again["runs"]
+    # fewer seeds than before: the dropped seeds' runs are kept aside too
+    cap.run_capacity(
+        load_capacity("capacity-smoke", [f"out_dir={tmp_path}", "train.lr=0.02", "seeds=1"]), False
+    )
+    assert json.loads((tmp_path / "results.prev-2.json").read_text())["config"]["seeds"] == seeds
 
 
 def test_real_text_report_colours_are_per_run() -> None:
@@ -255,3 +311,17 @@ def test_real_text_report_colours_are_per_run() -> None:
     }
     assert len(set(colors.values())) == len(colors)
     assert run_colors({"models": results["models"]})["dense_isoflop"] == colors["dense_isoflop"]
+
+
+def test_plan_trains_nothing(tmp_path: Path) -> None:
+    """`moc experiment capacity-smoke --plan` prints steps, models and FLOPs, and writes no results."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["experiment", "capacity-smoke", "--plan", "--out", str(tmp_path / "p")]) == 0
+    text = buf.getvalue()
+    exp = load_capacity("capacity-smoke")
+    n = len(exp.models) * exp.seeds
+    assert f"= {n} runs; 0 reusable" in text and f"{n} to train" in text
+    for m in exp.models.values():
+        assert m["label"] in text
+    assert not (tmp_path / "p" / "results.json").exists()
