@@ -800,6 +800,10 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
     backup = _keep_earlier_results(out / RESULTS_FILE, reused)
     if backup is not None:
         _log(f"kept the earlier results (runs this experiment does not repeat) as {backup}", progress)
+    # Longest first (by training FLOPs, stable within a model): the workers then finish close together
+    # instead of one long MoC run keeping a worker busy at the end. Each run is seeded on its own, so the
+    # order changes no number.
+    jobs.sort(key=lambda j: -models[j["key"]]["flops_per_token"]["train"])
     workers = _workers(cfg, max(len(jobs), 1))
     results["environment"] |= {"workers": workers, "threads": cfg.threads}
     _log(
