@@ -701,20 +701,62 @@ def _model_records(cfg: CapacityConfig, vocab_size: int, L: int) -> dict[str, di
     return models
 
 
-def capacity_plan(cfg: CapacityConfig) -> str:
-    """What ``run_capacity`` would do, without training (``moc experiment capacity --plan``): steps and
-    tokens per run, every model's size and FLOPs, and how many runs an earlier results.json saves."""
+@dataclass
+class _Data:
+    """What every run of an experiment shares: the world, the real text (if any) and the step count."""
+
+    world: Any
+    text: Any  # WorldText, or None for the world alone
+    corpus: dict[str, str] | None  # the corpus files the jobs read (None: no corpus)
+    text_info: dict[str, Any] | None  # results.json "text" (None: the world alone)
+    vocab_size: int
+    doc_tokens: float  # mean real tokens per training document
+    steps: int
+
+    @property
+    def corpus_stamp(self) -> str | None:
+        return self.text_info["corpus_fingerprint"] if self.text_info else None
+
+
+def _prepare(cfg: CapacityConfig, progress: bool) -> _Data:
+    """Build the world, the corpus (when real text or chat is used) and the number of steps per run."""
     world = _world(cfg)
     L = world.max_doc_len
-    text, stamp = None, None
+    text, corpus, text_info = None, None, None
     if cfg.uses_corpus:
-        paths = text_corpus(cfg, progress=False)
-        text = _world_text(cfg, world, {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)})
-        stamp = json.loads(paths.manifest.read_text()).get("fingerprint")
+        paths = text_corpus(cfg, progress=progress)
+        corpus = {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)}
+        text = _world_text(cfg, world, corpus)
+        manifest = json.loads(paths.manifest.read_text())
+        text_info = {
+            **text.stats(),
+            "fraction": cfg.text.fraction,
+            "ift_data": cfg.ift.data,
+            "corpus_dir": str(paths.root),
+            "corpus_fingerprint": manifest.get("fingerprint"),
+            "sources": [r["name"] for r in manifest.get("text_sources", []) if r.get("used")],
+        }
+        if cfg.ift.data == "real_chat":
+            text_info["chat_examples_usable"] = len(text.usable_chats(L))
     vocab_size = len(text.vocab) if text else len(world.vocab)
     doc_tokens = mean_doc_tokens(world, cfg.train.qa_doc_fraction, text=text, text_frac=cfg.text.fraction)
     steps = max(1, math.ceil(cfg.train.tokens / (cfg.train.batch_size * doc_tokens)))
-    reused = _reusable_runs(cfg, cfg.run_dir / RESULTS_FILE, stamp) if cfg.resume else {}
+    return _Data(world, text, corpus, text_info, vocab_size, doc_tokens, steps)
+
+
+def capacity_plan(cfg: CapacityConfig) -> str:
+    """What ``run_capacity`` would do, without training (``moc experiment capacity --plan``): steps and
+    tokens per run, every model's size and FLOPs, and how many runs an earlier results.json saves."""
+    data = _prepare(cfg, progress=False)
+    world, text, vocab_size, doc_tokens, steps = (
+        data.world,
+        data.text,
+        data.vocab_size,
+        data.doc_tokens,
+        data.steps,
+    )
+    L = world.max_doc_len
+    reused = _reusable_runs(cfg, cfg.run_dir / RESULTS_FILE, data.corpus_stamp) if cfg.resume else {}
     n_runs = len(cfg.models) * cfg.seeds
     tokens = steps * cfg.train.batch_size * doc_tokens
     seeds = ", ".join(map(str, cfg.seed_list))
@@ -744,28 +786,16 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    world = _world(cfg)
+    data = _prepare(cfg, progress)
+    world, corpus, text_info, doc_tokens, steps = (
+        data.world,
+        data.corpus,
+        data.text_info,
+        data.doc_tokens,
+        data.steps,
+    )
     L = world.max_doc_len
-    text, corpus, text_info = None, None, None
-    if cfg.uses_corpus:
-        paths = text_corpus(cfg, progress=progress)
-        corpus = {"text": str(paths.pretrain_text), "ift": str(paths.ift_train)}
-        text = _world_text(cfg, world, corpus)
-        manifest = json.loads(paths.manifest.read_text())
-        text_info = {
-            **text.stats(),
-            "fraction": cfg.text.fraction,
-            "ift_data": cfg.ift.data,
-            "corpus_dir": str(paths.root),
-            "corpus_fingerprint": manifest.get("fingerprint"),
-            "sources": [r["name"] for r in manifest.get("text_sources", []) if r.get("used")],
-        }
-        if cfg.ift.data == "real_chat":
-            text_info["chat_examples_usable"] = len(text.usable_chats(L))
-    vocab_size = len(text.vocab) if text else len(world.vocab)
-    doc_tokens = mean_doc_tokens(world, cfg.train.qa_doc_fraction, text=text, text_frac=cfg.text.fraction)
-    steps = max(1, math.ceil(cfg.train.tokens / (cfg.train.batch_size * doc_tokens)))
-    models = _model_records(cfg, vocab_size, L)
+    models = _model_records(cfg, data.vocab_size, L)
     results: dict[str, Any] = {
         "format": 1,
         "kind": "capacity",
@@ -788,8 +818,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
         for s in cfg.seed_list
         for k in cfg.models
     ]
-    stamp = text_info["corpus_fingerprint"] if text_info else None
-    reused = _reusable_runs(cfg, out / RESULTS_FILE, stamp) if cfg.resume else {}
+    reused = _reusable_runs(cfg, out / RESULTS_FILE, data.corpus_stamp) if cfg.resume else {}
     for j in list(jobs):
         rec = reused.get((j["key"], j["seed"]))
         if rec is not None:
