@@ -22,16 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "experiment",
-        help="experiment preset (demo, smoke, paper; capacity, capacity-demo, capacity-retention, "
-        "capacity-smoke) or an experiment YAML",
+        help="experiment preset (demo, smoke, paper; capacity-bits, capacity-bits-demo, capacity-bits-long, "
+        "capacity-bits-smoke, capacity, capacity-long, capacity-demo, capacity-retention, capacity-smoke) "
+        "or an experiment YAML",
     )
     _common(p)
     p.set_defaults(func=_run)
 
     d = subparsers.add_parser(
         "demo",
-        help="the offline CPU demo (its measured time is in the README): the knowledge world "
-        "(`moc experiment capacity-demo`, into OUT/knowledge); with --text also the real-text protocol "
+        help="the offline CPU demo (its measured time is in the README): knowledge in bits on the "
+        "compositional world (`moc experiment capacity-bits-demo`, into OUT/knowledge); with --text also "
+        "the real-text protocol "
         "(`moc experiment demo`: offline corpus, tiny models, full report, into OUT); --set applies to "
         "the knowledge world, or to the real text with --text",
     )
@@ -75,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if is_capacity(args.experiment):  # the knowledge-capacity experiment (its own runner and report)
         from moc_experiments.experiment.capacity import capacity_plan, load_capacity, run_capacity
-        from moc_experiments.experiment.capacity_report import tables as capacity_tables
+        from moc_experiments.experiment.capacity.report import tables as capacity_tables
 
         if args.plan:
             print(capacity_plan(load_capacity(args.experiment, overrides)))
@@ -98,19 +100,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The knowledge experiment `moc demo` runs (`make demo`).
+DEMO_PRESET = "capacity-bits-demo"
+
+
 def _demo(args: argparse.Namespace) -> int:
     """`moc demo`: the knowledge world (OUT/knowledge); with ``--text`` then the real-text protocol (OUT)."""
     from pathlib import Path
 
     from moc_experiments.experiment.capacity import capacity_plan, load_capacity, run_capacity
-    from moc_experiments.experiment.capacity_report import tables as capacity_tables
+    from moc_experiments.experiment.capacity.report import tables as capacity_tables
 
     over = [f"out_dir={Path(args.out or 'runs/demo') / 'knowledge'}"]
     if args.seeds is not None:
         over.append(f"seeds={args.seeds}")
     if not args.text:
         over += list(args.overrides)  # --set applies to the knowledge world when it runs alone
-    cfg = load_capacity("capacity-demo", over)
+    cfg = load_capacity(DEMO_PRESET, over)
     if args.plan:
         print(capacity_plan(cfg))
     else:
@@ -127,8 +133,8 @@ def _report(args: argparse.Namespace) -> int:
 
     results_path = Path(args.run) / "results.json" if Path(args.run).is_dir() else Path(args.run)
     if results_path.is_file() and '"kind": "capacity"' in results_path.read_text()[:2000]:
-        from moc_experiments.experiment.capacity_report import tables as capacity_tables
-        from moc_experiments.experiment.capacity_report import write_report as capacity_report
+        from moc_experiments.experiment.capacity.report import tables as capacity_tables
+        from moc_experiments.experiment.capacity.report import write_report as capacity_report
 
         path = capacity_report(results_path, args.out)
         print(capacity_tables(json.loads(results_path.read_text())))

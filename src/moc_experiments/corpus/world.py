@@ -53,8 +53,59 @@ def _words(n: int, rng: np.random.Generator, taken: set[str], syllables: int) ->
     return out
 
 
+class FactWorld:
+    """What every knowledge world shares: a word vocabulary (``vocab``, ``index``), people x attributes with
+    one value each (``facts``, ``values``), and prompts whose next token is a value. A subclass gives
+    :meth:`prompt_words` (the words before a value, per form)."""
+
+    vocab: list[str]
+    index: dict[str, int]
+    values: list[list[str]]
+    facts: np.ndarray
+    n_people: int
+    n_attributes: int
+
+    @property
+    def pad_id(self) -> int:
+        return self.index[PAD]
+
+    def encode(self, words: list[str]) -> list[int]:
+        return [self.index[w] for w in words]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+    def value_word(self, p: int, a: int) -> str:
+        return self.values[a][self.facts[p, a]]
+
+    def prompt_words(self, form: str, p: int, a: int) -> list[str]:
+        raise NotImplementedError
+
+    def recall_prompts(
+        self, form: str, people: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Prompts ``[BOS, *prompt_words(form, p, a)]`` whose next token is the value, grouped by attribute
+        (one length per group): per attribute (prompts (n, L) int64, answers (n,) int64) for ``people``
+        (default all). Forms: "bio", "question", "chat"."""
+        if form not in ("bio", "question", "chat"):
+            raise ValueError(f"form must be 'bio', 'question' or 'chat', got {form!r}")
+        people = np.arange(self.n_people) if people is None else np.asarray(people)
+        groups = []
+        for a in range(self.n_attributes):
+            rows = [self.encode([BOS, *self.prompt_words(form, int(p), a)]) for p in people]
+            answers = [self.index[self.value_word(int(p), a)] for p in people]
+            groups.append((np.array(rows, dtype=np.int64), np.array(answers, dtype=np.int64)))
+        return groups
+
+    def majority_baseline(self) -> float:
+        """Recall of always answering each attribute's most common value (what no knowledge achieves)."""
+        return float(
+            np.mean([np.bincount(self.facts[:, a]).max() / self.n_people for a in range(self.n_attributes)])
+        )
+
+
 @dataclass
-class KnowledgeWorld:
+class KnowledgeWorld(FactWorld):
     """People x attributes with seeded values; see the module docstring. Sizes must satisfy
     ``1 <= n_attributes <= 8``, ``n_people >= 2``, ``n_values >= 2``."""
 
@@ -90,16 +141,6 @@ class KnowledgeWorld:
         self.index = {w: i for i, w in enumerate(self.vocab)}
 
     # -- text ---------------------------------------------------------------------------------------
-
-    @property
-    def pad_id(self) -> int:
-        return self.index[PAD]
-
-    def encode(self, words: list[str]) -> list[int]:
-        return [self.index[w] for w in words]
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(self.vocab[i] for i in ids)
 
     def _bio_sentence(self, p: int, a: int, phrasing: int) -> list[str]:
         return [
@@ -148,36 +189,12 @@ class KnowledgeWorld:
 
     # -- evaluation ---------------------------------------------------------------------------------
 
-    def recall_prompts(
-        self, form: str, people: np.ndarray | None = None
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Prompts whose next token is a value, grouped by attribute (one length per group).
-
-        form "bio": [BOS, NAME, first phrasing...]; "question": [BOS, what is the NOUN of NAME ?];
-        "chat": [BOS, NAME ? what is the NOUN ?].
-        Returns per attribute (prompts (n, L) int64, answers (n,) int64) for ``people`` (default all).
-        """
-        if form not in ("bio", "question", "chat"):
-            raise ValueError(f"form must be 'bio', 'question' or 'chat', got {form!r}")
-        people = np.arange(self.n_people) if people is None else np.asarray(people)
-        groups = []
-        for a in range(self.n_attributes):
-            rows, answers = [], []
-            for p in people:
-                if form == "bio":
-                    sent = self._bio_sentence(int(p), a, 0)[:-2]
-                else:
-                    sent = (self._question if form == "question" else self._chat)(int(p), a)
-                rows.append(self.encode([BOS, *sent]))
-                answers.append(self.index[self.values[a][self.facts[p, a]]])
-            groups.append((np.array(rows, dtype=np.int64), np.array(answers, dtype=np.int64)))
-        return groups
-
-    def majority_baseline(self) -> float:
-        """Recall of always answering each attribute's most common value (what no knowledge achieves)."""
-        return float(
-            np.mean([np.bincount(self.facts[:, a]).max() / self.n_people for a in range(self.n_attributes)])
-        )
+    def prompt_words(self, form: str, p: int, a: int) -> list[str]:
+        """The words before the value: "bio" NAME + first phrasing; "question" what is the NOUN of NAME ?;
+        "chat" NAME ? what is the NOUN ?"""
+        if form == "bio":
+            return self._bio_sentence(p, a, 0)[:-2]
+        return (self._question if form == "question" else self._chat)(p, a)
 
     def stats(self) -> dict[str, float | int]:
         return {

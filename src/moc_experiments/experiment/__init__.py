@@ -9,6 +9,7 @@ write_report("runs/demo/results.json")              # regenerate the report from
 """
 
 from moc_experiments.experiment.config import ExperimentConfig, experiment_presets, load_experiment
-from moc_experiments.experiment.runner import ExperimentError, run_experiment
+from moc_experiments.experiment.pool import ExperimentError
+from moc_experiments.experiment.runner import run_experiment
 
 __all__ = ["ExperimentConfig", "ExperimentError", "experiment_presets", "load_experiment", "run_experiment"]

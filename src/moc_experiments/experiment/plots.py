@@ -19,7 +19,7 @@ def _pyplot():
 def run_colors(results: dict) -> dict[str, str]:
     """One colour per model and per IFT run, the same in every plot (a dense model's IFT run keeps its
     model's colour; MoC's IFT variants get their own)."""
-    from moc_experiments.experiment.capacity_report import model_colors
+    from moc_experiments.experiment.capacity.report import model_colors
 
     models = list(results.get("models", {}))
     return model_colors(models + [k for k in results.get("ift_runs", {}) if k not in models])

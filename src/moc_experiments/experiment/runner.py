@@ -12,17 +12,13 @@ distribution, router usage and the knowledge probes. Runs are independent single
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from moc.errors import MocError
 from moc_experiments.experiment.config import ExperimentConfig, check_data_given
 from moc_experiments.experiment.data import ExperimentData, prepare_experiment_data
 from moc_experiments.experiment.jobs import Job, ProbeJob, run_job
@@ -35,31 +31,21 @@ from moc_experiments.experiment.models import (
     phase_micro_batch,
     phase_seq_len,
 )
+from moc_experiments.experiment.pool import cores as pool_cores
+from moc_experiments.experiment.pool import execute, log, write_json
 from moc_experiments.experiment.report import RESULTS_FILE, tables, write_report
 
 RESULTS_FORMAT = 1
 
 
-class ExperimentError(MocError, RuntimeError):
-    """A run of the experiment failed; the message names the run and its log file."""
-
-
 def _log(msg: str, progress: bool) -> None:
-    if progress:
-        print(f"moc experiment: {msg}", flush=True)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    log("moc experiment", msg, progress)
 
 
 def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
     """Parallel jobs and torch threads per job: on CPU one job per core (small models use a core
     better alone than two cores share one model); on GPU one job at a time."""
-    cores = _cores()
+    cores = pool_cores()
     if torch.cuda.is_available():
         return 1, exp.threads or cores
     workers = exp.workers or cores
@@ -199,59 +185,6 @@ def _cost(cfg: Any, spec: ModelSpec) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ready(jobs: list[Job], done: set[str], started: set[str]) -> list[Job]:
-    ready = [j for j in jobs if j.name not in started and (j.depends_on is None or j.depends_on in done)]
-    return sorted(ready, key=lambda j: -j.cost)  # longest first keeps the workers evenly loaded
-
-
-def execute(jobs: list[Job], workers: int, on_done: Any) -> None:
-    """Run ``jobs`` respecting ``depends_on``, at most ``workers`` at a time (in-process when 1)."""
-    done: set[str] = set()
-    started: set[str] = set()
-    if workers <= 1:
-        while len(done) < len(jobs):
-            ready = _ready(jobs, done, started)
-            if not ready:
-                raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
-            job = ready[0]
-            started.add(job.name)
-            on_done(job, _guarded(job, lambda j: run_job(j)))
-            done.add(job.name)
-        return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        running: dict[Future, Job] = {}
-        try:
-            while len(done) < len(jobs):
-                for job in _ready(jobs, done, started)[: workers - len(running)]:
-                    started.add(job.name)
-                    running[pool.submit(run_job, job)] = job
-                if not running:
-                    raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    job = running.pop(fut)
-                    on_done(job, _guarded(job, lambda _j, f=fut: f.result()))
-                    done.add(job.name)
-        except BaseException:
-            # Fail fast: the other runs' results would be thrown away anyway. The pool has no public
-            # way to stop running jobs, so end its worker processes (ours, started above) directly.
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
-def _guarded(job: Job, get: Any) -> dict[str, Any]:
-    try:
-        return get(job)
-    except Exception as e:
-        raise ExperimentError(
-            f"run {job.name} failed: {type(e).__name__}: {e} (full log: {job.log_path})"
-        ) from e
-
-
 # --------------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------------
@@ -277,12 +210,6 @@ def _phase_record(exp: ExperimentConfig, phase: str, specs: dict[str, ModelSpec]
     if phase == "ift":
         rec["variants"] = list(exp.ift.variants)
     return rec
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
@@ -340,14 +267,14 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     def on_done(job: Job, record: dict[str, Any]) -> None:
         record.pop("checkpoint", None)
         by_seed[job.seed][job.phase][job.key] = record
-        _write_json(out / RESULTS_FILE, results)  # partial results survive an interrupted run
+        write_json(out / RESULTS_FILE, results)  # partial results survive an interrupted run
         _log(
             f"{job.name}: val loss {record['val']['loss']:.3f}, train {record['train_s']:.0f}s, "
             f"eval {record['eval_s']:.0f}s (elapsed {time.perf_counter() - t_start:.0f}s)",
             progress,
         )
 
-    execute(jobs, workers, on_done)
+    execute(jobs, workers, on_done, run_job)
     for seed_run in results["runs"]:  # a stable order in the file, whatever order jobs finished in
         seed_run["pretrain"] = {k: seed_run["pretrain"][k] for k in specs if k in seed_run["pretrain"]}
         seed_run["ift"] = {k: seed_run["ift"][k] for k in results["ift_runs"] if k in seed_run["ift"]}
@@ -357,10 +284,10 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
         "train_s": time.perf_counter() - t_train,
         "total_s": time.perf_counter() - t_start,
     }
-    _write_json(out / RESULTS_FILE, results)
+    write_json(out / RESULTS_FILE, results)
     report = write_report(results, out)
     results["timing"]["total_s"] = time.perf_counter() - t_start
-    _write_json(out / RESULTS_FILE, results)
+    write_json(out / RESULTS_FILE, results)
     write_report(results, out)  # again, with the final wall time
     if progress:
         print()

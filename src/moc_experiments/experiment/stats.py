@@ -1,15 +1,22 @@
-"""Small statistics for the report: means with spread over seeds, binomial and paired standard errors.
+"""Small statistics for the report: means with spread over seeds, binomial and paired standard errors,
+and the one rule every comparison in the findings follows.
 
 Conventions: with one seed a measurement's uncertainty is a standard error (binomial for accuracies,
 over validation windows for losses); with several seeds it is the standard deviation over seeds
 (``ddof=1``). ``Estimate.kind`` says which, so the report can label it.
+
+The rule (:func:`verdict`, :func:`paired_verdict`): a difference between two models (or two conditions of
+one model) is claimed, higher or lower, only when the 95% confidence interval of the mean of its paired
+per-seed differences (Student t) excludes zero; otherwise it is "within seed noise". Fewer than two
+paired seeds: no claim. Where one seed has a standard error of its own (validation windows, binomial
+counts), :func:`normal_verdict` applies the same rule to the normal 95% interval, value ± 1.96 se.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -84,3 +91,80 @@ def combine(values: Sequence[float], one_seed_se: float | None) -> Estimate:
     if len(values) == 1:
         return Estimate(values[0], one_seed_se, "se" if one_seed_se is not None else "", 1)
     return Estimate(mean(values), sd(values), "sd", len(values))
+
+
+Z95 = 1.96  # two-sided 95% quantile of the normal distribution
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A difference and whether it is claimed: ``mean`` of the paired differences, ``ci`` the 95%
+    confidence interval of that mean (None: no claim can be made), ``n`` the paired seeds, ``basis`` "t"
+    (Student t over seeds) or "normal" (one seed's standard error, value ± 1.96 se)."""
+
+    mean: float | None
+    ci: tuple[float, float] | None
+    n: int
+    basis: str = "t"
+
+    @property
+    def sign(self) -> int:
+        """+1 / -1 when the interval lies above / below zero, 0 when it contains zero or is unknown."""
+        if self.ci is None:
+            return 0
+        return 1 if self.ci[0] > 0 else -1 if self.ci[1] < 0 else 0
+
+    @property
+    def noise(self) -> str:
+        """What the text says when nothing is claimed."""
+        if self.ci is None:
+            return "one seed: no claim" if self.n <= 1 else "no claim"
+        return "within seed noise" if self.basis == "t" else "within noise, one seed"
+
+    def word(self, higher: str = "higher", lower: str = "lower") -> str:
+        """``higher`` / ``lower`` when claimed, otherwise why not ("within seed noise", "one seed: no
+        claim")."""
+        return higher if self.sign > 0 else lower if self.sign < 0 else self.noise
+
+    def scaled(self, factor: float) -> Verdict:
+        """The same verdict for ``factor`` x the difference (a negative factor swaps the interval)."""
+        if self.mean is None:
+            return self
+        ci = None if self.ci is None else tuple(sorted((self.ci[0] * factor, self.ci[1] * factor)))
+        return replace(self, mean=self.mean * factor, ci=ci)
+
+    def describe(self, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+        """ "+2.0 pt (95% CI [0.3, 3.7], 3 seeds)"; one seed: "+2.0 pt (one seed: no claim)"."""
+        if self.mean is None:
+            return "no paired values"
+        v = f"{self.mean * scale:+.{digits}f}{unit}"
+        if self.ci is None:
+            return f"{v} ({self.noise})"
+        lo, hi = (x * scale for x in self.ci)
+        where = f"{self.n} seeds" if self.basis == "t" else "one seed, value ± 1.96 se"
+        return f"{v} (95% CI [{lo:.{digits}f}, {hi:.{digits}f}], {where})"
+
+
+def verdict(diffs: Sequence[float]) -> Verdict:
+    """The rule on paired per-seed differences: the Student-t 95% interval of their mean (no interval,
+    so no claim, for fewer than two values or a value that is not finite)."""
+    xs = list(diffs)
+    if not xs:
+        return Verdict(None, None, 0)
+    ci = t_interval(xs) if all(math.isfinite(x) for x in xs) else None
+    return Verdict(mean(xs), ci, len(xs))
+
+
+def paired_verdict(a: Sequence[float], b: Sequence[float]) -> Verdict:
+    """The rule on ``a - b`` for measurements paired by seed (``a[i]`` and ``b[i]`` share seed i)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_verdict needs equal lengths, got {len(a)} and {len(b)}")
+    return verdict([x - y for x, y in zip(a, b)])
+
+
+def normal_verdict(value: float, se: float | None) -> Verdict:
+    """The rule for one seed with its own standard error: the normal 95% interval ``value ± 1.96 se``
+    (no standard error: no claim)."""
+    if se is None or not math.isfinite(se) or not math.isfinite(value):
+        return Verdict(value, None, 1, "normal")
+    return Verdict(value, (value - Z95 * se, value + Z95 * se), 1, "normal")

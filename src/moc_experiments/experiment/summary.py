@@ -52,12 +52,20 @@ def val_loss(results: dict, phase: str, key: str, field: str = "val") -> Estimat
     return combine(values, se)
 
 
-def val_loss_diff(results: dict, a: tuple[str, str], b: tuple[str, str]) -> Estimate | None:
-    """``loss(a) - loss(b)`` for (phase, key) pairs, paired over windows (one seed) or seeds."""
+def val_loss_diffs(results: dict, a: tuple[str, str], b: tuple[str, str]) -> list[float] | None:
+    """``loss(a) - loss(b)`` per seed for (phase, key) pairs (None when either lacks a validation loss)."""
     ra, rb = phase_runs(results, *a), phase_runs(results, *b)
     if not ra or not rb or not all(r.get("val") for r in ra + rb):
         return None
-    diffs = [x["val"]["loss"] - y["val"]["loss"] for x, y in zip(ra, rb)]
+    return [x["val"]["loss"] - y["val"]["loss"] for x, y in zip(ra, rb)]
+
+
+def val_loss_diff(results: dict, a: tuple[str, str], b: tuple[str, str]) -> Estimate | None:
+    """``loss(a) - loss(b)`` for (phase, key) pairs, paired over windows (one seed) or seeds."""
+    diffs = val_loss_diffs(results, a, b)
+    if diffs is None:
+        return None
+    ra, rb = phase_runs(results, *a), phase_runs(results, *b)
     if len(diffs) == 1:
         wa, wb = ra[0]["val"].get("window_losses") or [], rb[0]["val"].get("window_losses") or []
         se = paired_se(wa, wb) if wa and len(wa) == len(wb) else None
@@ -81,13 +89,29 @@ def _task_counts(run: dict, task: str) -> tuple[float, int] | None:
     return None if t is None else (t["acc"] * t["n"], t["n"])
 
 
-def probe_acc(results: dict, phase: str, key: str, task: str = POOLED) -> Estimate | None:
-    runs = phase_runs(results, phase, key)
-    counts = [_task_counts(r, task) for r in runs]
+def probe_accs(results: dict, phase: str, key: str, task: str = POOLED) -> list[float] | None:
+    """Probe accuracy per seed (None when a seed lacks the task)."""
+    counts = [_task_counts(r, task) for r in phase_runs(results, phase, key)]
     if not counts or any(c is None for c in counts):
         return None
-    accs = [c / n for c, n in counts]
-    return combine(accs, binomial_se(accs[0], counts[0][1]))
+    return [c / n for c, n in counts]
+
+
+def probe_acc(results: dict, phase: str, key: str, task: str = POOLED) -> Estimate | None:
+    accs = probe_accs(results, phase, key, task)
+    if accs is None:
+        return None
+    n = _task_counts(phase_runs(results, phase, key)[0], task)[1]
+    return combine(accs, binomial_se(accs[0], n))
+
+
+def probe_deltas(results: dict, ift_key: str, task: str = POOLED) -> list[float] | None:
+    """Accuracy after IFT minus before (same model and seed), per seed."""
+    base = results["ift_runs"][ift_key]["base"]
+    before, after = probe_accs(results, "pretrain", base, task), probe_accs(results, "ift", ift_key, task)
+    if before is None or after is None:
+        return None
+    return [a - b for b, a in zip(before, after)]
 
 
 def probe_delta(results: dict, ift_key: str, task: str = POOLED) -> Estimate | None:

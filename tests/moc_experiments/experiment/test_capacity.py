@@ -14,10 +14,10 @@ import torch
 
 from moc.accounting import count_flops
 from moc.cli import main
-from moc.config import ConfigError, load_config
-from moc.model import MoCModel
+from moc.config import ConfigError
 from moc_experiments.corpus.world import KnowledgeWorld
 from moc_experiments.experiment.capacity import (
+    CapacityJob,
     chapters_shuffled,
     flops_per_token,
     load_capacity,
@@ -85,8 +85,8 @@ def test_answer_type_counts_any_value_of_the_asked_attribute() -> None:
     assert exact == float((w.facts[:, 0] == 0).sum()) / 24
 
 
-def test_shuffled_chapters_move_every_routed_chapter_and_keep_the_shared() -> None:
-    model = _tiny_moc()
+def test_shuffled_chapters_move_every_routed_chapter_and_keep_the_shared(tiny_moc) -> None:
+    model = tiny_moc()
     bank = model.banks[0]
     before = bank.weight.detach().view(bank.n_chapters, bank.chapter_size, -1).clone()
     after = chapters_shuffled(model, seed=3).banks[0].weight.detach().view_as(before)
@@ -97,21 +97,8 @@ def test_shuffled_chapters_move_every_routed_chapter_and_keep_the_shared() -> No
     assert torch.equal(bank.weight.detach().view_as(before), before)  # the original is untouched
 
 
-def _tiny_moc() -> MoCModel:
-    cfg = load_config(
-        {
-            "model": {"vocab_size": 50, "d_model": 16, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1,
-                      "d_ff": 32},
-            "memory": {"enabled": True, "layers": [1], "n_tokens": 64, "n_chapters": 8, "top_k": 2,
-                       "n_heads": 2, "n_kv_heads": 2, "routing": "token"},
-        }
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return MoCModel(cfg)
-
-
-def test_memory_off_removes_the_read_only() -> None:
-    model = _tiny_moc()
+def test_memory_off_removes_the_read_only(tiny_moc) -> None:
+    model = tiny_moc()
     torch.nn.init.normal_(model.layers[1].memory.o_proj.weight, std=0.5)  # a memory that is used
     x = torch.randint(0, 50, (2, 7))
     off = memory_off(model)
@@ -205,13 +192,7 @@ def test_smoke_deterministic(smoke: tuple[Path, dict, str]) -> None:
     exp = load_capacity("capacity-smoke")
     first = results["runs"]["moc_token"][0]
     again = train_run(
-        {
-            "experiment": exp.to_dict(),
-            "key": "moc_token",
-            "seed": first["seed"],
-            "steps": first["steps"],
-            "threads": 1,
-        }
+        CapacityJob(key="moc_token", seed=first["seed"], steps=first["steps"], experiment=exp.to_dict())
     )
     assert again["loss_curve"] == first["loss_curve"] and again["recall"] == first["recall"]
     other = results["runs"]["moc_token"][1]
@@ -237,7 +218,7 @@ def test_smoke_retention(smoke: tuple[Path, dict, str]) -> None:
 def test_demo_runs_the_knowledge_world_and_the_text_on_request(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`moc demo` = capacity-demo into OUT/knowledge (--set applies to it); with --text then the real-text
+    """`moc demo` = capacity-bits-demo into OUT/knowledge (--set applies to it); with --text then the
     `demo` experiment into OUT (--set applies to that one)."""
     import moc.cli.experiment as cli_exp
     import moc_experiments.experiment.capacity as cap
@@ -247,12 +228,12 @@ def test_demo_runs_the_knowledge_world_and_the_text_on_request(
     monkeypatch.setattr(cli_exp, "_run", lambda args: calls.append(("text", args.experiment)) or 0)
     assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--set", "ift.steps=7"]) == 0
     ((_, cfg),) = calls
-    assert cfg.name == "capacity-demo" and cfg.run_dir == tmp_path / "knowledge" and cfg.seeds == 2
-    assert cfg.ift.steps == 7 and {"moc_token", "dense_backbone", "dense_d24"} == set(cfg.models)
+    assert cfg.name == "capacity-bits-demo" and cfg.run_dir == tmp_path / "knowledge" and cfg.seeds == 2
+    assert cfg.ift.steps == 7 and cfg.world.kind == "compositional"
     calls.clear()
     assert main(["demo", "--out", str(tmp_path), "--text", "--set", "pretrain.steps=5"]) == 0
     (_, cfg), second = calls
-    assert second == ("text", "demo") and cfg.ift.steps == load_capacity("capacity-demo").ift.steps
+    assert second == ("text", "demo") and cfg.ift.steps == load_capacity("capacity-bits-demo").ift.steps
 
 
 def test_resume_trains_only_missing_runs(
@@ -262,16 +243,17 @@ def test_resume_trains_only_missing_runs(
     import shutil
 
     import moc_experiments.experiment.capacity as cap
+    import moc_experiments.experiment.capacity.pipeline as pipeline
 
     out, results, _ = smoke
     shutil.copy(out / "results.json", tmp_path / "results.json")
     trained: list[tuple[str, int]] = []
 
-    def fake(job: dict) -> dict:
-        trained.append((job["key"], job["seed"]))
-        return {**results["runs"][job["key"]][0], "seed": job["seed"]}
+    def fake(job) -> dict:
+        trained.append((job.key, job.seed))
+        return {**results["runs"][job.key][0], "seed": job.seed}
 
-    monkeypatch.setattr(cap, "train_run", fake)
+    monkeypatch.setattr(pipeline, "train_run", fake)
     seeds = len(results["runs"]["moc_token"])
     again = cap.run_capacity(
         load_capacity("capacity-smoke", [f"out_dir={tmp_path}", f"seeds={seeds + 1}"]), False

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 import moc_experiments.experiment.capacity as cap
+import moc_experiments.experiment.capacity.data as cap_data
+import moc_experiments.experiment.capacity.pipeline as cap_pipeline
 from moc.cli import main
+from moc.config import ConfigError
 from moc_experiments.corpus.world import BOS, KnowledgeWorld
 from moc_experiments.corpus.world_text import (
     CHAT_WORDS,
@@ -27,7 +30,8 @@ from moc_experiments.corpus.world_text import (
     real_texts,
     words,
 )
-from moc_experiments.experiment.capacity_report import retention_caption
+from moc_experiments.experiment.capacity.report import retention_caption
+from moc_experiments.experiment.capacity.train import CapacityJob
 
 
 def _fakes():
@@ -111,7 +115,7 @@ def test_windows_are_bos_plus_real_text_padded(tmp_path: Path) -> None:
     assert len(seen_starts) > 5  # windows start anywhere, not only at the top of a document
     assert wt.window(np.random.default_rng(3), L) == wt.window(np.random.default_rng(3), L)
 
-    x, m, y = cap._batch(world, np.random.default_rng(0), 6, 0.3, 30, wt, 1.0)
+    x, m, y, _ = cap_data.batch(world, np.random.default_rng(0), 6, 0.3, 30, wt, 1.0)
     assert (x[:, 0] == wt.bos_id).all()
     for row in range(6):
         n = int(m[row].sum())
@@ -119,7 +123,7 @@ def test_windows_are_bos_plus_real_text_padded(tmp_path: Path) -> None:
         assert (x[row, n:] == world.pad_id).all() and (y[row, n:] == -100).all()
         assert (y[row, :n] == x[row, :n]).all()
     counts: dict[str, int] = {}
-    _, m, _ = cap._batch(world, np.random.default_rng(1), 400, 0.3, 30, wt, 0.5, counts)
+    _, m, _, _ = cap_data.batch(world, np.random.default_rng(1), 400, 0.3, 30, wt, 0.5, counts)
     assert counts["text"] + counts["world"] == int(m.sum())
     assert 0.3 < counts["text"] / int(m.sum()) < 0.8  # about half the documents (the longer ones)
 
@@ -156,11 +160,11 @@ WORLD_STREAM_SHA = "fe484b938e1ac21bc2ba2a3b7d5c48574ef4dcd57d5c8536580f5b3495d2
 
 def _stream_digest(text: WorldText | None, frac: float) -> str:
     cfg = cap.load_capacity("capacity-smoke")
-    world = cap._world(cfg)
+    world = cap.make_world(cfg)
     rng = np.random.default_rng(0)
     h = hashlib.sha256()
     for _ in range(3):
-        for t in cap._batch(world, rng, 16, cfg.train.qa_doc_fraction, world.max_doc_len, text, frac):
+        for t in cap_data.batch(world, rng, 16, cfg.train.qa_doc_fraction, world.max_doc_len, text, frac)[:3]:
             h.update(t.numpy().tobytes())
     return h.hexdigest()
 
@@ -172,9 +176,10 @@ def test_fraction_zero_leaves_the_stream_unchanged(tmp_path: Path, monkeypatch: 
     def no_corpus(*a, **k):
         raise AssertionError("no corpus may be built when no real text or chat is used")
 
-    monkeypatch.setattr(cap, "text_corpus", no_corpus)
-    world = cap._world(cfg)
-    assert cap._world_text(cfg, world) is None
+    monkeypatch.setattr(cap_data, "text_corpus", no_corpus)
+    monkeypatch.setattr(cap_pipeline, "text_corpus", no_corpus)
+    world = cap.make_world(cfg)
+    assert cap_data.world_text(cfg, world) is None
     assert _stream_digest(None, 0.0) == WORLD_STREAM_SHA
     text_file, _ = _corpus(tmp_path)
     wt = WorldText.load(world, text_file, vocab_words=100)
@@ -184,9 +189,9 @@ def test_fraction_zero_leaves_the_stream_unchanged(tmp_path: Path, monkeypatch: 
 
 
 def test_text_config_errors() -> None:
-    with pytest.raises(cap.ConfigError, match="text.fraction"):
+    with pytest.raises(ConfigError, match="text.fraction"):
         cap.load_capacity("capacity-smoke", ["text.fraction=1.0"])
-    with pytest.raises(cap.ConfigError):
+    with pytest.raises(ConfigError):
         cap.load_capacity("capacity-smoke", ["ift.data=chat"])
     cfg = cap.load_capacity("capacity-retention")
     assert cfg.text.fraction == 0.5 and cfg.ift.data == "real_chat" and cfg.seeds == 3
@@ -233,7 +238,9 @@ def retention_smoke(tmp_path_factory: pytest.TempPathFactory):
     roots = _fakes().make_fake_roots(base / "sources")
     out = base / "run"
     mp = pytest.MonkeyPatch()
-    mp.setattr(cap, "text_corpus", functools.partial(cap.text_corpus, roots=roots, n_ift=300, n_ift_val=20))
+    mp.setattr(
+        cap_pipeline, "text_corpus", functools.partial(cap.text_corpus, roots=roots, n_ift=300, n_ift_val=20)
+    )
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
@@ -265,7 +272,7 @@ def test_retention_smoke(retention_smoke) -> None:
     dense = cap.model_config(cap.load_capacity("capacity-smoke"), "dense_backbone", info["vocab"], 10)
     from moc.accounting import count_params
 
-    assert results["models"]["dense_backbone"]["params"] == count_params(dense)
+    assert count_params(dense).items() <= results["models"]["dense_backbone"]["params"].items()
     report = (out / "report.md").read_text()
     assert "instruction fine-tuning on real chat data" in report
     assert "50% of the documents were windows of real text" in report
@@ -283,12 +290,13 @@ def test_retention_smoke_deterministic_and_reused(retention_smoke, monkeypatch: 
     root = out / "data" / "corpus"
     corpus = {"text": str(root / "pretrain" / "text.jsonl"), "ift": str(root / "ift" / "train.jsonl")}
     again = cap.train_run(
-        {"experiment": exp.to_dict(), "key": "moc_token", "seed": first["seed"], "steps": first["steps"],
-         "threads": 1, "corpus": corpus}
-    )  # fmt: skip
+        CapacityJob(
+            key="moc_token", seed=first["seed"], steps=first["steps"], experiment=exp.to_dict(), corpus=corpus
+        )
+    )
     assert again["loss_curve"] == first["loss_curve"] and again["recall"] == first["recall"]
     assert again["ift"]["frozen"]["loss_curve"] == first["ift"]["frozen"]["loss_curve"]
     assert len(calls) == 2 * exp.ift.steps  # every IFT step of both bank treatments used real chat
     stamp = results["text"]["corpus_fingerprint"]
-    assert len(cap._reusable_runs(exp, out / "results.json", stamp)) == len(results["runs"])
-    assert cap._reusable_runs(exp, out / "results.json", "another corpus") == {}
+    assert len(cap_pipeline.reusable_runs(exp, out / "results.json", stamp)) == len(results["runs"])
+    assert cap_pipeline.reusable_runs(exp, out / "results.json", "another corpus") == {}

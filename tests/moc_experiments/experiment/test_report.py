@@ -93,7 +93,7 @@ def test_wording_when_probes_at_chance(results: dict) -> None:
                     t["acc"] = 0.28
     text = "\n".join(findings(flat))
     assert "No model scores clearly above the best knowledge-free baseline" in text
-    assert "changed by +0.0 pp (within noise)" in text
+    assert "changed by +0.0 pp (within noise, one seed)" in text
 
 
 def test_forgetting_wording_switches(results: dict) -> None:
@@ -108,7 +108,7 @@ def test_forgetting_wording_switches(results: dict) -> None:
     same = copy.deepcopy(results)
     for key in ("moc_frozen", "moc_low_lr"):
         _set_val(same, "ift", key, 3.412 + 0.114)
-    assert "forget about equally (within noise)" in "\n".join(findings(same))
+    assert "forget about equally (within noise, one seed)" in "\n".join(findings(same))
 
 
 def test_several_seeds_use_spread(results: dict, tmp_path: Path) -> None:
@@ -148,3 +148,31 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (run / "report.md").is_file()
     assert "Validation loss" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def _seeds_with_moc_shifts(results: dict, shifts: list[float]) -> dict:
+    """The fixture's seed repeated once per shift, MoC's pretraining validation loss moved by the shift."""
+    out = copy.deepcopy(results)
+    first = out["runs"][0]
+    out["runs"] = []
+    for seed, shift in enumerate(shifts):
+        run = copy.deepcopy(first)
+        run["seed"] = seed
+        run["pretrain"]["moc"]["val"]["loss"] += shift
+        out["runs"].append(run)
+    return out
+
+
+def test_several_seeds_use_the_t_interval_of_paired_differences(results: dict) -> None:
+    # Differences to the backbone -0.175 + [0, 0.01, -0.01]: 95% t interval over 3 seeds excludes zero.
+    tight = "\n".join(findings(_seeds_with_moc_shifts(results, [0.0, 0.01, -0.01])))
+    assert "MoC reaches a lower validation loss than the Dense backbone (4 layers)" in tight
+    assert "over 3 seeds" in tight
+    # -0.175 + [0, 0.3, -0.3]: sd 0.3, half-width 4.303 x 0.3 / sqrt(3) = 0.745 > 0.175: seed noise, although
+    # each seed's own window standard error would call it clear.
+    wide = "\n".join(findings(_seeds_with_moc_shifts(results, [0.0, 0.3, -0.3])))
+    assert (
+        "MoC and the Dense backbone (4 layers) are indistinguishable on validation loss (within seed noise)"
+        in wide
+    )
+    assert "95% CI [-0.920, +0.570], over 3 seeds" in wide

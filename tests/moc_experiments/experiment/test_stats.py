@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from moc_experiments.experiment.stats import binomial_se, sd, t_interval
+from moc_experiments.experiment.stats import (
+    binomial_se,
+    normal_verdict,
+    paired_verdict,
+    sd,
+    t_interval,
+    verdict,
+)
 
 
 def test_t_interval_by_hand() -> None:
@@ -22,3 +29,42 @@ def test_t_interval_by_hand() -> None:
 
 def test_binomial_se() -> None:
     assert binomial_se(0.3, 2500) == pytest.approx(math.sqrt(0.21 / 2500))
+
+
+def test_verdict_claims_only_when_the_interval_excludes_zero() -> None:
+    # [2, 3, 4]: mean 3, sd 1 -> 3 ± 4.303 / sqrt(3) = [0.516, 5.484]: above zero, so "higher"
+    half = 4.303 / math.sqrt(3)
+    v = verdict([2.0, 3.0, 4.0])
+    assert v.mean == pytest.approx(3.0) and v.n == 3 and v.ci == pytest.approx((3 - half, 3 + half))
+    assert v.sign == 1 and v.word() == "higher"
+    assert v.describe(1.0, 1, " pt") == "+3.0 pt (95% CI [0.5, 5.5], 3 seeds)"
+    assert verdict([-2.0, -3.0, -4.0]).word("more", "fewer") == "fewer"
+    # [1, 2, 3]: 2 ± 2.484 contains zero (a normal interval, 2 ± 1.13, would not)
+    v = verdict([1.0, 2.0, 3.0])
+    assert v.ci == pytest.approx((2 - half, 2 + half)) and v.sign == 0 and v.word() == "within seed noise"
+
+
+def test_verdict_needs_two_seeds() -> None:
+    one = verdict([5.0])
+    assert one.ci is None and one.sign == 0 and one.word() == "one seed: no claim"
+    assert one.describe(1.0, 1, " pt") == "+5.0 pt (one seed: no claim)"
+    assert verdict([]).mean is None and verdict([1.0, float("nan")]).sign == 0
+
+
+def test_paired_verdict_and_scaling() -> None:
+    assert paired_verdict([3.0, 4.0, 5.0], [1.0, 1.0, 1.0]) == verdict([2.0, 3.0, 4.0])
+    with pytest.raises(ValueError):
+        paired_verdict([1.0], [1.0, 2.0])
+    v = verdict([2.0, 3.0, 4.0]).scaled(-2.0)  # a negative factor flips the interval
+    half = 4.303 / math.sqrt(3)
+    assert v.mean == pytest.approx(-6.0) and v.ci == pytest.approx((-2 * (3 + half), -2 * (3 - half)))
+    assert v.sign == -1
+
+
+def test_normal_verdict_for_one_seed() -> None:
+    v = normal_verdict(0.5, 0.2)  # 0.5 ± 1.96 x 0.2 = [0.108, 0.892]
+    assert v.ci == pytest.approx((0.108, 0.892)) and v.sign == 1 and v.n == 1
+    assert "one seed, value ± 1.96 se" in v.describe()
+    noisy = normal_verdict(0.3, 0.2)  # [-0.092, 0.692]
+    assert noisy.sign == 0 and noisy.word() == "within noise, one seed"
+    assert normal_verdict(0.3, None).word() == "one seed: no claim"

@@ -1,0 +1,98 @@
+"""What every experiment pipeline shares: a pool of worker processes, atomic results files, progress lines.
+
+    execute(jobs, workers, on_done, run)    # run(job) -> record in worker processes; on_done(job, record)
+
+A job is any picklable object with ``name``, ``cost`` (relative, for scheduling), ``depends_on`` (a job
+name or None) and ``log_path`` (where its output goes, or None). Runs are independent processes, so
+``workers`` of them side by side change no number.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from moc.errors import MocError
+
+
+class ExperimentError(MocError, RuntimeError):
+    """A run of the experiment failed; the message names the run and its log file."""
+
+
+def log(prefix: str, msg: str, progress: bool) -> None:
+    if progress:
+        print(f"{prefix}: {msg}", flush=True)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically: a partial file never replaces a good one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _ready(jobs: Sequence[Any], done: set[str], started: set[str]) -> list[Any]:
+    ready = [j for j in jobs if j.name not in started and (j.depends_on is None or j.depends_on in done)]
+    return sorted(ready, key=lambda j: -j.cost)  # longest first keeps the workers evenly loaded
+
+
+def _guarded(job: Any, get: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return get(job)
+    except Exception as e:
+        where = f" (full log: {job.log_path})" if getattr(job, "log_path", None) else ""
+        raise ExperimentError(f"run {job.name} failed: {type(e).__name__}: {e}{where}") from e
+
+
+def execute(
+    jobs: Sequence[Any],
+    workers: int,
+    on_done: Callable[[Any, dict[str, Any]], None],
+    run: Callable[[Any], dict[str, Any]],
+) -> None:
+    """Run ``jobs`` respecting ``depends_on``, at most ``workers`` at a time (in-process when 1)."""
+    done: set[str] = set()
+    started: set[str] = set()
+    if workers <= 1:
+        while len(done) < len(jobs):
+            ready = _ready(jobs, done, started)
+            if not ready:
+                raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
+            job = ready[0]
+            started.add(job.name)
+            on_done(job, _guarded(job, run))
+            done.add(job.name)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        running: dict[Future, Any] = {}
+        try:
+            while len(done) < len(jobs):
+                for job in _ready(jobs, done, started)[: workers - len(running)]:
+                    started.add(job.name)
+                    running[pool.submit(run, job)] = job
+                if not running:
+                    raise ExperimentError("job dependencies cannot be met (a job depends on a missing one)")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job = running.pop(fut)
+                    on_done(job, _guarded(job, lambda _j, f=fut: f.result()))
+                    done.add(job.name)
+        except BaseException:
+            # Fail fast: the other runs' results would be thrown away anyway. The pool has no public
+            # way to stop running jobs, so end its worker processes (ours, started above) directly.
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
