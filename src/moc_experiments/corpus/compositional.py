@@ -179,18 +179,9 @@ class CompositionalWorld(FactWorld):
     def stats(self) -> dict[str, float | int | str]:
         return {
             "kind": "compositional",
-            "n_people": self.n_people,
-            "n_attributes": self.n_attributes,
-            "n_values": self.n_values,
+            **super().stats(),
             "first_names": self.first_names,
             "last_names": self.last_names,
             "doc_form": self.doc_form,
-            "facts": self.n_people * self.n_attributes,
             "bits": self.bits,
-            "vocab": len(self.vocab),
-            "qa_people": len(self.qa_people),
-            "heldout_people": len(self.heldout_people),
-            "max_doc_len": self.max_doc_len,
-            "chance": 1 / self.n_values,
-            "majority": self.majority_baseline(),
         }

@@ -103,6 +103,21 @@ class FactWorld:
             np.mean([np.bincount(self.facts[:, a]).max() / self.n_people for a in range(self.n_attributes)])
         )
 
+    def stats(self) -> dict[str, float | int]:
+        """The world's sizes and baselines, as the experiments record them."""
+        return {
+            "n_people": self.n_people,
+            "n_attributes": self.n_attributes,
+            "n_values": self.n_values,
+            "facts": self.n_people * self.n_attributes,
+            "vocab": len(self.vocab),
+            "qa_people": len(self.qa_people),
+            "heldout_people": len(self.heldout_people),
+            "max_doc_len": self.max_doc_len,
+            "chance": 1 / self.n_values,
+            "majority": self.majority_baseline(),
+        }
+
 
 @dataclass
 class KnowledgeWorld(FactWorld):
@@ -195,17 +210,3 @@ class KnowledgeWorld(FactWorld):
         if form == "bio":
             return self._bio_sentence(p, a, 0)[:-2]
         return (self._question if form == "question" else self._chat)(p, a)
-
-    def stats(self) -> dict[str, float | int]:
-        return {
-            "n_people": self.n_people,
-            "n_attributes": self.n_attributes,
-            "n_values": self.n_values,
-            "facts": self.n_people * self.n_attributes,
-            "vocab": len(self.vocab),
-            "qa_people": len(self.qa_people),
-            "heldout_people": len(self.heldout_people),
-            "max_doc_len": self.max_doc_len,
-            "chance": 1 / self.n_values,
-            "majority": self.majority_baseline(),
-        }
