@@ -37,6 +37,7 @@ import torch
 
 import moc
 from moc.accounting import count_flops, isoflop_config, mfu
+from moc.kernels.dispatch import paths_used
 
 ROUTINGS = ("causal", "token", "sequence")
 
@@ -46,10 +47,17 @@ def _model(cfg: moc.RunConfig, device: torch.device, seed: int = 0) -> torch.nn.
     return moc.build_model(cfg).to(device)
 
 
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Any, autocast: Any) -> Any:
+def _step_fn(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pos: torch.Tensor | None,
+    opt: Any,
+    autocast: Any,
+) -> Any:
     def step() -> None:
         with autocast:
-            out = model(x, labels=y, shift_labels=False, return_logits=False)
+            out = model(x, labels=y, shift_labels=False, return_logits=False, position_ids=pos)
             loss = out.loss + out.aux_loss
         loss.backward()
         opt.step()
@@ -69,9 +77,11 @@ def bench_one(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     ids = torch.randint(0, cfg.model.vocab_size, (args.batch, args.seq_len + 1), device=device)
     x, y = ids[:, :-1], ids[:, 1:]
+    pos = _packed_positions(args.batch, args.seq_len, args.packed, device) if args.packed else None
     dtype = getattr(torch, args.dtype)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    step = _step_fn(model, x, y, opt, autocast)
+    step = _step_fn(model, x, y, pos, opt, autocast)
+    paths_used(reset=True)
     for _ in range(args.warmup):
         step()
     on_gpu = device.type == "cuda"
@@ -84,6 +94,7 @@ def bench_one(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
     if on_gpu:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / args.steps
+    read_path = ", ".join(paths_used(reset=True)) or ("torch" if cfg.memory.enabled else "-")
     tokens_per_s = args.batch * args.seq_len / seconds
     distinct = projected = None
     if cfg.memory.enabled:  # outside the timed steps: reading the routing syncs
@@ -100,6 +111,7 @@ def bench_one(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
     peak = args.peak_tflops * 1e12
     row = {
         "name": cfg.name,
+        "read_path": read_path,
         "layers": cfg.model.n_layers,
         "routing": cfg.memory.routing if cfg.memory.enabled else None,
         "params": sum(p.numel() for p in model.parameters()),
@@ -123,6 +135,12 @@ def bench_one(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
     if on_gpu:
         torch.cuda.empty_cache()
     return row
+
+
+def _packed_positions(batch: int, seq_len: int, doc_len: int, device: torch.device) -> torch.Tensor:
+    """Position ids of rows packed with documents of ``doc_len`` tokens (restarting at each), as the
+    training loop passes them for packed data."""
+    return (torch.arange(seq_len, device=device) % doc_len).expand(batch, seq_len)
 
 
 def saved_bytes(cfg: moc.RunConfig, batch: int, seq_len: int, device: torch.device, logits: bool) -> int:
@@ -188,53 +206,60 @@ def run_saved_bytes(base: moc.RunConfig, args: argparse.Namespace) -> list[dict]
 
 
 def check_kernel(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
-    """Triton forward vs. the PyTorch path at this config's memory shapes (CUDA): max error and times."""
+    """The Triton read against the PyTorch loops at this config's memory shapes, for token routing (one
+    query per tile) and causal chunks: max errors (fp32 reference), times, and whether two backward runs
+    give bit-identical gradients. CUDA (on the CPU only with TRITON_INTERPRET=1 and a tiny preset)."""
+    from moc.kernels import triton_read
     from moc.kernels.routed_read import routed_read_backward_torch, routed_read_forward_torch
-    from moc.kernels.triton_read import _BROKEN, triton_backward, triton_forward
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     mem = cfg.memory
     hd = (mem.bank_dim if mem.bank_type == "reduced" else cfg.model.d_model) // mem.n_heads
-    T, n = mem.chapter_size, mem.n_selected_chapters
-    D, Qt = args.batch * -(-args.seq_len // mem.causal_chunk_size), mem.causal_chunk_size
-    g = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(D, Qt, mem.n_heads, hd, device=device, dtype=dtype, generator=g)
-    k = torch.randn(mem.n_chapters, T, mem.n_kv_heads, hd, device=device, dtype=dtype, generator=g)
-    v = torch.randn_like(k)
-    idx = torch.stack([torch.randperm(mem.n_chapters, device=device, generator=g)[:n] for _ in range(D)])
-    w = torch.rand(D, n, device=device, generator=g).softmax(-1)
-    result: dict[str, Any] = {"tiles": D, "queries_per_tile": Qt, "keys_per_tile": n * T}
-    for weighting in ("kv", "v", "logit"):
-        ref, ref_lse = routed_read_forward_torch(q.float(), k.float(), v.float(), idx, w, weighting, hd**-0.5)
-        out, lse = triton_forward(q, k, v, idx, w, weighting, hd**-0.5)
-        result[f"max_abs_err_{weighting}"] = float((out.float() - ref).abs().max())
-        result[f"max_abs_err_lse_{weighting}"] = float((lse.float() - ref_lse).abs().max())
-    out, lse = routed_read_forward_torch(q, k, v, idx, w, "kv", hd**-0.5)
-    bwd_args = (torch.randn_like(q), q, out, lse, k, v, idx, w, "kv", hd**-0.5)
-    fp32 = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in bwd_args]
-    want = routed_read_backward_torch(*fp32)  # the reference in fp32
-    got = triton_backward(*bwd_args)
-    for name, a, b in zip(("dq", "dk", "dv", "dw"), got, want, strict=True):
-        result[f"max_abs_err_{name}"] = float((a.float() - b).abs().max())
-        result[f"max_abs_{name}"] = float(b.abs().max())
-    for name, fn in (
-        ("torch", lambda: routed_read_forward_torch(q, k, v, idx, w, "kv", hd**-0.5)),
-        ("triton", lambda: triton_forward(q, k, v, idx, w, "kv", hd**-0.5)),
-        ("torch_backward", lambda: routed_read_backward_torch(*bwd_args)),
-        ("triton_backward", lambda: triton_backward(*bwd_args)),
-    ):
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        fn()
+    T, n, scale = mem.chapter_size, mem.n_selected_chapters, hd**-0.5
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn: Any, *fn_args: Any) -> float:
+        fn(*fn_args)
         sync()
         t0 = time.perf_counter()
-        for _ in range(5):
-            fn()
+        for _ in range(3):
+            fn(*fn_args)
         sync()
-        sec = (time.perf_counter() - t0) / 5
-        flops = 4 * D * Qt * n * T * hd * mem.n_heads * (2.5 if "backward" in name else 1)
-        result[f"{name}_ms" if "backward" in name else f"{name}_forward_ms"] = 1e3 * sec
-        result[f"{name}_tflops" if "backward" in name else f"{name}_forward_tflops"] = flops / sec / 1e12
-    result["triton_fell_back"] = list(_BROKEN)
+        return 1e3 * (time.perf_counter() - t0) / 3
+
+    result: dict[str, Any] = {}
+    tokens = args.batch * args.seq_len
+    for mode, (D, Qt) in {
+        "token": (tokens, 1),
+        "causal": (-(-tokens // mem.causal_chunk_size), mem.causal_chunk_size),
+    }.items():
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(D, Qt, mem.n_heads, hd, device=device, dtype=dtype, generator=g)
+        k = torch.randn(mem.n_chapters, T, mem.n_kv_heads, hd, device=device, dtype=dtype, generator=g)
+        v = torch.randn_like(k)
+        picks = torch.rand(D, mem.n_chapters - 1, device=device, generator=g).topk(n - 1).indices + 1
+        idx = torch.cat([torch.zeros(D, 1, dtype=picks.dtype, device=device), picks], 1)  # shared chapter 0
+        w = torch.rand(D, n, device=device, generator=g).softmax(-1)
+        r: dict[str, Any] = {"tiles": D, "queries_per_tile": Qt, "keys_per_tile": n * T}
+        ref, ref_lse = routed_read_forward_torch(q.float(), k.float(), v.float(), idx, w, "kv", scale)
+        for layout in ("grouped", "tiles"):
+            out, lse = triton_read.forward(q, k, v, idx, w, "kv", scale, layout)
+            r[f"{layout}_max_abs_err"] = float((out.float() - ref).abs().max())
+            r[f"{layout}_max_abs_err_lse"] = float((lse - ref_lse).abs().max())
+            r[f"{layout}_forward_ms"] = timed(triton_read.forward, q, k, v, idx, w, "kv", scale, layout)
+        r["torch_forward_ms"] = timed(routed_read_forward_torch, q, k, v, idx, w, "kv", scale)
+        bwd_args = (torch.randn_like(q), q, ref.to(dtype), ref_lse, k, v, idx, w, "kv", scale)
+        fp32 = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in bwd_args]
+        want = routed_read_backward_torch(*fp32)
+        got = triton_read.backward(*bwd_args)
+        again = triton_read.backward(*bwd_args)
+        r["backward_bit_identical"] = all(torch.equal(a, b) for a, b in zip(got, again))
+        for name, a, b in zip(("dq", "dk", "dv", "dw"), got, want, strict=True):
+            r[f"max_abs_err_{name}"] = float((a.float() - b).abs().max())
+            r[f"max_abs_{name}"] = float(b.abs().max())
+        r["triton_backward_ms"] = timed(triton_read.backward, *bwd_args)
+        r["torch_backward_ms"] = timed(routed_read_backward_torch, *bwd_args)
+        result[mode] = r
     print(json.dumps(result, indent=2), flush=True)
     return result
 
@@ -243,9 +268,9 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"device {args.device}, dtype {args.dtype}, batch {args.batch} x {args.seq_len} tokens",
         "",
-        "| model | routing | layers | params | step ms | tokens/s | MFU paper | MFU batch-aware "
+        "| model | routing | read path | layers | params | step ms | tokens/s | MFU paper | MFU batch-aware "
         "| MFU measured chapters | distinct / projected chapters | peak GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pct(x: float | None) -> str:
@@ -258,7 +283,7 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['routing'] or '-'} | {r['layers']} | {r['params']:,} | "
+            f"| {r['name']} | {r['routing'] or '-'} | {r['read_path']} | {r['layers']} | {r['params']:,} | "
             f"{1e3 * r['step_seconds']:.1f} | {r['tokens_per_s']:,.0f} | {pct(r['mfu_paper'])} | "
             f"{pct(r['mfu_batch'])} | {pct(r['mfu_measured'])} | {chapters(r)} | {r['peak_memory_gb']:.2f} |"
         )
@@ -287,6 +312,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument(
+        "--packed", type=int, default=0, metavar="DOC_LEN",
+        help="pass position ids of rows packed with DOC_LEN-token documents, as training on packed data does",
+    )  # fmt: skip
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--routings", default=",".join(ROUTINGS), help="MoC routing modes to run, comma-separated")

@@ -117,6 +117,9 @@ class MemoryConfig:
     # How a selected chapter's weight enters the read: "kv" scales the memory vectors before W_K and
     # W_V (the paper), "v" scales only the values, "logit" adds log(weight) to that chapter's logits.
     chapter_weighting: Literal["kv", "v", "logit"] = "kv"
+    # Who runs the routed read: "auto" = the Triton kernels on CUDA where they can run, else the PyTorch
+    # loops (saying once why); "triton" = the kernels or an error naming why not; "torch" = the loops.
+    kernel: Literal["auto", "triton", "torch"] = "auto"
     # What the router pools: "memory_norm" = RMSNorm(h) at the memory layer's input (ours);
     # "block_input" = the block's input residual stream, before self-attention (the paper's code).
     router_input: Literal["memory_norm", "block_input"] = "memory_norm"

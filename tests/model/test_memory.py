@@ -202,19 +202,20 @@ def test_distinct_chapters_have_a_static_size_and_map_back() -> None:
     assert torch.equal(chapters[rows], idx)
 
 
-def test_cuda_without_triton_says_once_why_it_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_without_the_kernels_says_once_why_it_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exported folder (no ``moc`` to import the kernels from) reads with the PyTorch loops on CUDA."""
     import sys
     import warnings
 
     from moc.model import memory
 
-    monkeypatch.setitem(sys.modules, "moc.kernels.triton_read", None)  # importing it now fails
+    monkeypatch.setitem(sys.modules, "moc.kernels.dispatch", None)  # importing it now fails
     monkeypatch.setattr(memory, "_WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert memory._triton(torch.device("cuda")) == (None, None)
-        assert memory._triton(torch.device("cuda")) == (None, None)
-        assert memory._triton(torch.device("cpu")) == (None, None)
+        assert memory._read_impls(torch.device("cuda"), "auto") == (None, None)
+        assert memory._read_impls(torch.device("cuda"), "auto") == (None, None)
+        assert memory._read_impls(torch.device("cpu"), "auto") == (None, None)
     assert len(caught) == 1 and "using the PyTorch path" in str(caught[0].message)
 
 

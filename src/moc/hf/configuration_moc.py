@@ -54,6 +54,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "causal_chunk_size": 64,
     "causal_first_chunk": "bias",
     "chapter_weighting": "kv",
+    "kernel": "auto",
     "router_input": "memory_norm",
     "bank_sharing": "shared",
     "bank_group_size": 2,

@@ -33,9 +33,9 @@ in the batch (W_K, W_V have no bias, so K(w * m) = w * K(m): the weights are app
 each query tile (a causal chunk, a piece of a document, or a token) attends to its own decision's
 chapters by index. Nothing per decision is materialised or saved for backward: backward recomputes the
 chapters' K/V and the scores from the indices, the weights, q, the output and the log-sum-exp. On CUDA
-Triton kernels do the forward and backward when Triton is installed. The bank is indexed directly —
-never expanded per batch element — so its gradient is one N_m x d tensor, non-zero only on the selected
-chapters.
+Triton kernels do the forward and backward (``memory.kernel``: auto, triton or torch; see
+``moc.kernels.dispatch``). The bank is indexed directly — never expanded per batch element — so its
+gradient is one N_m x d tensor, non-zero only on the selected chapters.
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ class MemoryLayer(nn.Module):
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
         routed_read, _ = _kernels()
-        fwd, bwd = _triton(q.device)
+        fwd, bwd = _read_impls(q.device, self.cfg.kernel)
         return routed_read(
             q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
         )
@@ -590,17 +590,17 @@ def _kernels() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.T
     return routed_read, chapter_coefficients
 
 
-def _triton(device: torch.device) -> tuple[Callable[..., object] | None, Callable[..., object] | None]:
-    """The Triton forward and backward of the read on CUDA, or (None, None): the blocked PyTorch loops.
-    Says once why not on CUDA."""
-    if device.type != "cuda":
-        return None, None
+def _read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object] | None, ...]:
+    """The routed read's (forward, backward) implementations for ``memory.kernel`` on ``device``
+    (``moc.kernels.dispatch``), or (None, None): the blocked PyTorch loops. An exported folder without
+    ``moc`` has no Triton path: on CUDA it says so once."""
     try:
-        from moc.kernels.triton_read import triton_backward, triton_forward
-    except ImportError as e:  # no Triton, or an exported folder without moc
-        reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
-        if reason not in _WARNED:
-            _WARNED.add(reason)
-            warnings.warn(reason, stacklevel=3)
+        from moc.kernels.dispatch import read_impls
+    except ImportError as e:
+        if device.type == "cuda" and kernel != "torch":
+            reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
+            if reason not in _WARNED:
+                _WARNED.add(reason)
+                warnings.warn(reason, stacklevel=3)
         return None, None
-    return triton_forward, triton_backward
+    return read_impls(device, kernel)

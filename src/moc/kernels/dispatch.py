@@ -1,0 +1,172 @@
+"""Which code runs the routed read: the Triton kernels (``triton_read``) or the blocked PyTorch loops.
+
+``memory.kernel`` chooses:
+
+- ``auto`` (default): the Triton kernels on CUDA where they can run; otherwise the PyTorch loops, saying
+  once why (Triton missing, no C compiler for Triton's launcher, an unsupported dtype or head size, or a
+  kernel that failed for some shapes: remembered per shape, so other shapes keep the kernels).
+- ``triton``: the Triton kernels or an error that names the reason (never a silent slow path).
+- ``torch``: always the PyTorch loops.
+
+:func:`paths_used` tells a benchmark which path actually ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from moc.errors import MocError, one_line
+from moc.kernels.routed_read import (
+    CUDA_BLOCK_ELEMENTS,
+    DEFAULT_BLOCK_ELEMENTS,
+    routed_read_backward_torch,
+    routed_read_forward_torch,
+)
+
+KERNELS = ("auto", "triton", "torch")
+
+_WARNED: set[str] = set()
+_FAILED: dict[tuple[Any, ...], str] = {}  # shape key -> why the kernel failed for those shapes
+_USED: set[str] = set()
+
+
+class KernelError(MocError, RuntimeError):
+    """``memory.kernel: triton`` was asked for and the Triton kernels cannot run."""
+
+
+def paths_used(reset: bool = False) -> list[str]:
+    """The read paths run since the last reset, e.g. ``["triton grouped forward", "triton backward"]``."""
+    used = sorted(_USED)
+    if reset:
+        _USED.clear()
+    return used
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def environment_problem() -> str | None:
+    """Why the Triton kernels cannot run on this machine at all (None: they may)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"Triton is not installed ({one_line(e)}): pip install triton"
+    if _interpreting():
+        return None
+    if not (os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang"))):
+        return "no C compiler found (Triton builds its kernel launcher with one): install gcc or set CC"
+    return None
+
+
+def read_impls(device: torch.device, kernel: str = "auto") -> tuple[Callable[..., Any] | None, ...]:
+    """(forward_impl, backward_impl) for ``moc.kernels.routed_read.routed_read`` on ``device``, or
+    (None, None) for its PyTorch loops."""
+    if kernel not in KERNELS:
+        raise KernelError(f"memory.kernel {kernel!r} is not one of {KERNELS}")
+    if kernel == "torch":
+        return None, None
+    if device.type != "cuda" and not _interpreting():
+        if kernel == "triton":
+            raise KernelError(
+                f"memory.kernel: triton needs a CUDA device, the model is on {device.type}: "
+                "set memory.kernel: auto (or torch)"
+            )
+        return None, None
+    problem = environment_problem()
+    if problem is not None:
+        if kernel == "triton":
+            raise KernelError(f"memory.kernel: triton cannot run: {problem}")
+        _warn_once(
+            f"memory read: Triton kernels unavailable ({problem}); using the PyTorch path "
+            "(memory.kernel: torch says this is intended)"
+        )
+        return None, None
+    strict = kernel == "triton"
+    return functools.partial(_forward, strict), functools.partial(_backward, strict)
+
+
+def _shape_key(direction: str, q: torch.Tensor, k: torch.Tensor, weighting: str) -> tuple[Any, ...]:
+    from moc.kernels.triton_read import pick_layout
+
+    return (
+        direction,
+        pick_layout(q.shape[1]),
+        q.dtype,
+        q.shape[2],
+        q.shape[3],
+        k.shape[1],
+        k.shape[2],
+        weighting,
+    )
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    direction, layout, dtype, H, hd, T, kvh, weighting = key
+    return (
+        f"{layout} {direction}, {str(dtype).removeprefix('torch.')}, {H} heads / {kvh} KV heads of {hd}, "
+        f"chapters of {T}, weighting {weighting}"
+    )
+
+
+def _run(
+    strict: bool, key: tuple[Any, ...], q: torch.Tensor, k: torch.Tensor, launch: Callable[[], Any]
+) -> Any:
+    """launch() if the kernel can run for ``key``; None (after saying why, once) if not."""
+    from moc.kernels import triton_read
+
+    reason = triton_read.unsupported(q, k) or _FAILED.get(key)
+    if reason is None:
+        try:
+            result = launch()
+            _USED.add(f"triton {key[1] if key[0] == 'forward' else 'grouped'} {key[0]}")
+            return result
+        except Exception as e:  # a kernel that fails to compile must not stop training under "auto"
+            reason = _FAILED[key] = (
+                f"the kernel failed for {_describe(key)}: {type(e).__name__}: {one_line(e)}"
+            )
+    if strict:
+        raise KernelError(f"memory.kernel: triton: {reason}")
+    _warn_once(f"memory read: Triton kernel skipped ({reason}); using the PyTorch path there")
+    _USED.add(f"torch {key[0]}")
+    return None
+
+
+def _forward(strict: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+             w: torch.Tensor, weighting: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    from moc.kernels import triton_read
+
+    key = _shape_key("forward", q, k, weighting)
+    out = _run(strict, key, q, k, lambda: triton_read.forward(q, k, v, idx, w, weighting, scale))
+    if out is not None:
+        return out
+    return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, _block(q))
+
+
+def _backward(strict: bool, *args: Any) -> tuple[torch.Tensor, ...]:
+    from moc.kernels import triton_read
+
+    do, q, out, lse, k, v, idx, w, weighting, scale = args
+    key = _shape_key("backward", q, k, weighting)
+    grads = _run(strict, key, q, k, lambda: triton_read.backward(*args))
+    if grads is not None:
+        return grads
+    return routed_read_backward_torch(*args, _block(q))
+
+
+def _block(q: torch.Tensor) -> int:
+    """The PyTorch loops' block size: GPU-sized blocks on CUDA (few, large kernels)."""
+    return CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
