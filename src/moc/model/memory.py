@@ -246,7 +246,14 @@ class ChapterRouter(nn.Module):
         modified in place (its version counter), so routing does not sync with the device every call."""
         buf, version, flag = self._disabled_seen
         if torch.compiler.is_compiling():
-            return bool(self.disabled.any())
+            # A compiled graph cannot read the device without a break: it uses the flag of the last eager
+            # call and checks on the device, without a sync, that the buffer still agrees.
+            torch._assert_async(
+                self.disabled.any() == flag,
+                "chapters were disabled or re-enabled after this model was compiled: run one eager forward "
+                "(or torch.compiler.reset()) after changing router.disabled",
+            )
+            return flag
         if buf is not self.disabled or version != self.disabled._version:
             flag = bool(self.disabled.any())
             self._disabled_seen = (self.disabled, self.disabled._version, flag)
@@ -379,7 +386,11 @@ class MemoryLayer(nn.Module):
         if tile_decision is not None:
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
-        routed_read, _ = _kernels()
+        op = _read_op()
+        if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
+            k, v = kv_fn(*inputs)
+            return op(q, k, v, rows, weights, self.weighting, kernel=self.cfg.kernel)
+        routed_read, _ = _kernels()  # an exported folder: the autograd Function, K/V recomputed
         fwd, bwd = _read_impls(q.device, self.cfg.kernel)
         return routed_read(
             q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
@@ -588,6 +599,16 @@ def _kernels() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.T
     except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
         from .routed_read import chapter_coefficients, routed_read
     return routed_read, chapter_coefficients
+
+
+def _read_op() -> Callable[..., torch.Tensor] | None:
+    """``moc.kernels.op.read`` (the read as a registered op, traceable by torch.compile), or None in an
+    exported folder without ``moc``."""
+    try:
+        from moc.kernels.op import read
+    except ImportError:
+        return None
+    return read
 
 
 def _read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object] | None, ...]:

@@ -1,0 +1,122 @@
+"""The routed read as registered PyTorch operators (``torch.library``), so ``torch.compile`` traces a memory
+layer without a graph break at the read.
+
+``torch.ops.moc.routed_read(q, k, v, idx, w, weighting, scale, kernel) -> (out, lse)`` and its backward
+``torch.ops.moc.routed_read_backward`` run the Triton kernels or the blocked PyTorch loops as
+``memory.kernel`` says (``moc.kernels.dispatch``). Each has a fake (meta) implementation giving output
+shapes from input shapes, and the backward is registered as the forward's autograd formula. Unlike
+:class:`moc.kernels.routed_read.RoutedRead` (which recomputes the projected chapters in backward from a
+Python callable), the op takes the keys and values of the distinct chapters as tensors and keeps them
+for backward: they scale with the chapters read (at most the bank), not with the routing decisions.
+
+Shapes: q (D, Qt, H, hd), k/v (U, T, Hkv, hd), idx/w (D, n) -> out (D, Qt, H, hd), lse (D, H, Qt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from moc.kernels.dispatch import read_impls
+from moc.kernels.routed_read import (
+    CUDA_BLOCK_ELEMENTS,
+    DEFAULT_BLOCK_ELEMENTS,
+    WEIGHTINGS,
+    routed_read_backward_torch,
+    routed_read_forward_torch,
+)
+
+
+def _block(q: torch.Tensor) -> int:
+    return CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
+
+
+@torch.library.custom_op("moc::routed_read", mutates_args=())
+def routed_read_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    weighting: str,
+    scale: float,
+    kernel: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    forward, _ = read_impls(q.device, kernel)
+    if forward is None:
+        return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, _block(q))
+    return forward(q, k, v, idx, w, weighting, scale)
+
+
+@routed_read_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+      weighting: str, scale: float, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    D, Qt, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((D, H, Qt), dtype=torch.promote_types(q.dtype, torch.float32))
+
+
+@torch.library.custom_op("moc::routed_read_backward", mutates_args=())
+def routed_read_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    weighting: str,
+    scale: float,
+    kernel: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, backward = read_impls(q.device, kernel)
+    args = (do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
+    if backward is None:
+        return routed_read_backward_torch(*args, _block(q))
+    return backward(*args)
+
+
+@routed_read_backward_op.register_fake
+def _(do: torch.Tensor, q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, k: torch.Tensor,
+      v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, weighting: str, scale: float,
+      kernel: str) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    q, k, v, idx, w, weighting, scale, kernel = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, idx, w, out, lse)
+    ctx.settings = (weighting, scale, kernel)
+
+
+def _backward(ctx: Any, d_out: torch.Tensor, _d_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    q, k, v, idx, w, out, lse = ctx.saved_tensors
+    dq, dk, dv, dw = routed_read_backward_op(d_out, q, out, lse, k, v, idx, w, *ctx.settings)
+    return dq, dk, dv, None, dw, None, None, None
+
+
+routed_read_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def read(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    weighting: str = "kv",
+    scale: float | None = None,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """The routed read through the registered op: q (D, Qt, H, hd), k/v (U, T, Hkv, hd), idx/w (D, n)
+    -> out (D, Qt, H, hd). Checks the arguments (outside the op, so a compiled graph keeps no checks)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"chapter weighting {weighting!r} is not one of {WEIGHTINGS}")
+    if idx.shape != w.shape or idx.shape[0] != q.shape[0]:
+        raise ValueError(
+            f"idx {tuple(idx.shape)} and w {tuple(w.shape)} must both be (tiles={q.shape[0]}, n_selected)"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return routed_read_op(q, k, v, idx, w, weighting, scale, kernel)[0]

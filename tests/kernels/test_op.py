@@ -1,0 +1,89 @@
+"""The routed read as a registered op (moc.kernels.op): its schema, fake implementation and autograd
+(torch.library.opcheck), its values against the independent read, and a memory block that
+torch.compile takes whole."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moc.kernels.op import read, routed_read_op
+
+sys.path.insert(0, str(Path(__file__).parent))
+from naive_read import naive_grads  # noqa: E402
+
+
+def _problem(weighting: str, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    D, Qt, H, hd, U, T, kvh, n = 5, 2, 4, 8, 6, 3, 2, 3
+    q = torch.randn(D, Qt, H, hd, dtype=torch.float64, generator=g)
+    k, v = (torch.randn(U, T, kvh, hd, dtype=torch.float64, generator=g) for _ in range(2))
+    idx = torch.stack([torch.randperm(U, generator=g)[:n] for _ in range(D)])
+    w = torch.rand(D, n, dtype=torch.float64, generator=g).softmax(-1)
+    return q, k, v, idx, w
+
+
+@pytest.mark.parametrize("weighting", ["kv", "v", "logit"])
+def test_the_op_equals_the_naive_read_with_gradients(weighting: str) -> None:
+    q, k, v, idx, w = _problem(weighting)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = read(leaves[0], leaves[1], leaves[2], idx, leaves[3], weighting)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad((out * do).sum(), leaves)
+    want = naive_grads(do, q, k, v, idx, w, weighting)
+    torch.testing.assert_close(out.detach(), want[0], atol=1e-10, rtol=1e-10)
+    for name, a, b in zip(("dq", "dk", "dv", "dw"), got, want[1:], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_opcheck_schema_fake_and_autograd_registration() -> None:
+    q, k, v, idx, w = _problem("kv")
+    args = (
+        q.requires_grad_(),
+        k.requires_grad_(),
+        v.requires_grad_(),
+        idx,
+        w.requires_grad_(),
+        "kv",
+        0.35,
+        "torch",
+    )
+    torch.library.opcheck(routed_read_op, args)
+
+
+def test_bad_arguments_are_named() -> None:
+    q, k, v, idx, w = _problem("kv")
+    with pytest.raises(ValueError, match="chapter weighting 'k'"):
+        read(q, k, v, idx, w, "k")
+    with pytest.raises(ValueError, match="must both be"):
+        read(q, k, v, idx[:, :2], w, "kv")
+
+
+@pytest.mark.parametrize("routing", ["token", "causal", "sequence"])
+def test_a_memory_block_compiles_whole(make_model, routing: str) -> None:
+    """One graph, no break, for a memory block (rows that are one document each: the static tile bound)."""
+    model = make_model(f"memory.routing={routing}")
+    block = next(b for b in model.layers if b.memory is not None)
+    bank = model.banks[model.bank_of_layer[block.layer_idx]]
+    B, L = 2, 12
+    h = torch.randn(B, L, model.embed_tokens.weight.shape[1])
+    pos = torch.arange(L).expand(B, L)
+    args = (h, model.rotary(pos), None, pos, torch.ones(B, L, dtype=torch.bool), bank, None, None, True)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(block)(*args)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    if routing == "token":  # compiled (aot_eager: the traced graph, no C compiler needed) == eager
+        compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+        eager_h, got_h = h.clone().requires_grad_(), h.clone().requires_grad_()
+        want, got = block(eager_h, *args[1:])[0], compiled(got_h, *args[1:])[0]
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(
+            torch.autograd.grad(got.sum(), got_h)[0], torch.autograd.grad(want.sum(), eager_h)[0]
+        )
+        block.memory.router.disabled[3] = True  # changed after compiling: the compiled graph says so
+        with pytest.raises(RuntimeError, match="disabled or re-enabled after this model was compiled"):
+            compiled(h, *args[1:])
+    torch._dynamo.reset()
