@@ -87,3 +87,20 @@ def test_a_memory_block_compiles_whole(make_model, routing: str) -> None:
         with pytest.raises(RuntimeError, match="disabled or re-enabled after this model was compiled"):
             compiled(h, *args[1:])
     torch._dynamo.reset()
+
+
+def test_a_token_routed_model_compiles_whole_and_still_checks_its_input(make_model) -> None:
+    model = make_model("memory.routing=token")
+    ids = torch.randint(0, 256, (2, 12))
+    mask = torch.ones_like(ids)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(ids, attention_mask=mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(
+        compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits
+    )
+    # checked on the device, without a sync (the compiled graph may reach the embedding's own check first)
+    with pytest.raises((RuntimeError, IndexError), match="outside the vocabulary|index out of range"):
+        compiled(ids + 1000, attention_mask=mask)
+    torch._dynamo.reset()

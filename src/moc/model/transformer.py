@@ -281,7 +281,14 @@ class MoCModel(nn.Module):
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        if input_ids.numel():
+        if input_ids.numel() and torch.compiler.is_compiling():  # no host sync in a compiled graph
+            vocab = self.config.model.vocab_size
+            torch._assert_async(
+                ((input_ids >= 0) & (input_ids < vocab)).all(),
+                f"a token id is outside the vocabulary [0, {vocab}); "
+                "the tokenizer and model.vocab_size disagree",
+            )
+        elif input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.model.vocab_size:
                 bad, vocab = hi if hi >= 0 else lo, self.config.model.vocab_size
