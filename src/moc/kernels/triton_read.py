@@ -107,6 +107,17 @@ def _rows_of_work(PAIRS, SEG, WORK_CH, WORK_ROW, work, n_queries, n_sel, BLOCK_M
     return chapter, live, pair, rows % n_queries, pair // n_sel
 
 
+def _autotuned(kernel: triton.JITFunction) -> triton.JITFunction:
+    """``kernel`` autotuned over warps and pipeline stages (per chapter length, head size and tile
+    length); as it is in Triton's interpreter, where there is nothing to time. Every tuned kernel
+    writes each output once, so the autotuner's repeated launches are harmless."""
+    if _interpreting():
+        return kernel
+    configs = [triton.Config({}, num_warps=w, num_stages=st) for w in (4, 8) for st in (2, 3)]
+    return triton.autotune(configs=configs, key=["T", "HEAD_DIM", "n_queries"])(kernel)
+
+
+@_autotuned
 @triton.jit
 def _grouped_fwd(
     Q, K, V, PAIRS, SEG, WORK_CH, WORK_ROW, A, BIAS, C, OP, LSEP,
@@ -157,6 +168,7 @@ def _grouped_fwd(
     tl.store(LSEP + (pair.to(tl.int64) * n_heads + head) * n_queries + qi, lse, mask=live)
 
 
+@_autotuned
 @triton.jit
 def _tiles_fwd(
     Q, K, V, IDX, A, BIAS, C, O, LSE,
@@ -208,6 +220,7 @@ def _tiles_fwd(
     tl.store(LSE + (tile.to(tl.int64) * n_heads + head) * n_queries + offs_q, lse, mask=offs_q < n_queries)
 
 
+@_autotuned
 @triton.jit
 def _grouped_bwd(
     Q, K, V, DO, LSE, DELTA, PAIRS, SEG, WORK_CH, WORK_ROW, A, BIAS, C,
