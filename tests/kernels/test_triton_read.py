@@ -85,6 +85,7 @@ def test_kernels_match_the_naive_read_in_the_interpreter() -> None:
     _run("cpu", ["float32", "float16"], {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 is not checkable in the interpreter)"
 )
@@ -151,3 +152,18 @@ def test_a_model_reads_through_the_kernels_in_every_routing_mode() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_grouped_token_read_loads_at_least_30x_fewer_chapter_bytes_at_paper_shapes() -> None:
+    """16 x 1,024 tokens, each reading the shared chapter and a top-64 of 4,096 routed chapters."""
+    from moc.kernels.triton_read import chapter_loads
+
+    g = torch.Generator().manual_seed(0)
+    tokens, n, chapters = 16 * 1024, 65, 4097
+    picks = torch.rand(tokens, chapters - 1, generator=g).topk(n - 1).indices + 1
+    idx = torch.cat([torch.zeros(tokens, 1, dtype=picks.dtype), picks], 1)
+    per_tile, grouped = chapter_loads(idx, chapters, 1, "tiles"), chapter_loads(idx, chapters, 1, "grouped")
+    assert per_tile == tokens * n  # every token loads each of its chapters
+    assert per_tile / grouped >= 30, (per_tile, grouped)
+    chunks = idx[: tokens // 64]  # causal chunks of 64 queries: one block per (chunk, chapter) either way
+    assert chapter_loads(chunks, chapters, 64, "tiles") == chapter_loads(chunks, chapters, 64, "grouped")

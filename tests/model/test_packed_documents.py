@@ -77,6 +77,7 @@ def test_without_position_ids_a_row_is_one_document(make_model) -> None:
     assert (mixed - alone).abs().max() > 1e-3
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward on CPU")
 def test_flex_and_dense_masks_give_the_same_gradients(make_model) -> None:
     """The GPU path (FlexAttention block mask, compiled) trains like the dense boolean mask."""

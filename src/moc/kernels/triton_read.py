@@ -88,6 +88,15 @@ def chapter_groups(idx: torch.Tensor, n_chapters: int, tile_len: int, rows_per_w
     )
 
 
+def chapter_loads(idx: torch.Tensor, n_chapters: int, tile_len: int, layout: str, block: int = 64) -> int:
+    """How many times one query head's programs load a chapter's keys and values: ``tiles`` loads each
+    tile's chapters once per block of ``block`` queries; ``grouped`` each chapter once per work item of
+    ``block`` rows. Times T x hd x 2 x bytes per element, the K/V bytes a forward reads."""
+    if layout == "tiles":
+        return idx.numel() * triton.cdiv(tile_len, block)
+    return int(chapter_groups(idx, n_chapters, tile_len, block).work_start[-1])
+
+
 # --------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------
