@@ -386,11 +386,13 @@ class MemoryLayer(nn.Module):
         if tile_decision is not None:
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
-        op = _read_op()
+        op = _read_op() if q.is_cuda or torch.compiler.is_compiling() else None
         if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
             k, v = kv_fn(*inputs)
             return op(q, k, v, rows, weights, self.weighting, kernel=self.cfg.kernel)
-        routed_read, _ = _kernels()  # an exported folder: the autograd Function, K/V recomputed
+        # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
+        # backward, so saved memory stays independent of how many chapters a batch reads.
+        routed_read, _ = _kernels()
         fwd, bwd = _read_impls(q.device, self.cfg.kernel)
         return routed_read(
             q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
