@@ -104,3 +104,19 @@ def test_a_token_routed_model_compiles_whole_and_still_checks_its_input(make_mod
     with pytest.raises((RuntimeError, IndexError), match="outside the vocabulary|index out of range"):
         compiled(ids + 1000, attention_mask=mask)
     torch._dynamo.reset()
+
+
+def test_eager_cpu_reads_recompute_kv_instead_of_keeping_it(
+    make_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping K/V would make saved memory grow with the chapters a batch reads: the eager CPU path
+    (the autograd Function, K/V recomputed in backward) must not go through the op."""
+    import moc.kernels.op
+
+    def keeps_kv(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the eager CPU read went through the op")
+
+    monkeypatch.setattr(moc.kernels.op, "read", keeps_kv)
+    model = make_model("memory.routing=token")
+    ids = torch.randint(0, 256, (2, 12))
+    model(ids, labels=ids).loss.backward()
