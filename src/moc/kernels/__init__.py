@@ -1,7 +1,10 @@
-"""Kernels of the memory read: the blocked PyTorch autograd Function and the Triton fast path (CUDA).
+"""Kernels of the memory read.
 
-``routed_read`` (pure PyTorch, any device) is the reference and the CPU path; ``triton_read`` holds the
-Triton forward kernel the model uses on CUDA when Triton is installed.
+- ``routed_read``: the blocked PyTorch loops (any device; the reference of the fast paths) and the autograd
+  Function that recomputes the chapters' keys and values in backward (eager CPU runs, exported folders);
+- ``triton_read``: the chapter-grouped and per-tile Triton kernels and the deterministic backward (CUDA);
+- ``dispatch``: which of them runs, as ``memory.kernel`` says;
+- ``op``: the read as registered PyTorch operators, so ``torch.compile`` takes a memory block whole.
 """
 
 from moc.kernels.routed_read import RoutedRead, chapter_coefficients, routed_read
