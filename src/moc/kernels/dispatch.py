@@ -24,8 +24,7 @@ import torch
 
 from moc.errors import MocError, one_line
 from moc.kernels.routed_read import (
-    CUDA_BLOCK_ELEMENTS,
-    DEFAULT_BLOCK_ELEMENTS,
+    default_block_elements,
     routed_read_backward_torch,
     routed_read_forward_torch,
 )
@@ -153,7 +152,7 @@ def _forward(strict: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, id
     out = _run(strict, key, q, k, lambda: triton_read.forward(q, k, v, idx, w, weighting, scale))
     if out is not None:
         return out
-    return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, _block(q))
+    return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, default_block_elements(q))
 
 
 def _backward(strict: bool, *args: Any) -> tuple[torch.Tensor, ...]:
@@ -164,9 +163,4 @@ def _backward(strict: bool, *args: Any) -> tuple[torch.Tensor, ...]:
     grads = _run(strict, key, q, k, lambda: triton_read.backward(*args))
     if grads is not None:
         return grads
-    return routed_read_backward_torch(*args, _block(q))
-
-
-def _block(q: torch.Tensor) -> int:
-    """The PyTorch loops' block size: GPU-sized blocks on CUDA (few, large kernels)."""
-    return CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
+    return routed_read_backward_torch(*args, default_block_elements(q))

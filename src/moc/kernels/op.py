@@ -20,16 +20,11 @@ import torch
 
 from moc.kernels.dispatch import read_impls
 from moc.kernels.routed_read import (
-    CUDA_BLOCK_ELEMENTS,
-    DEFAULT_BLOCK_ELEMENTS,
     WEIGHTINGS,
+    default_block_elements,
     routed_read_backward_torch,
     routed_read_forward_torch,
 )
-
-
-def _block(q: torch.Tensor) -> int:
-    return CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
 
 
 @torch.library.custom_op("moc::routed_read", mutates_args=())
@@ -45,7 +40,7 @@ def routed_read_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     forward, _ = read_impls(q.device, kernel)
     if forward is None:
-        return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, _block(q))
+        return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, default_block_elements(q))
     return forward(q, k, v, idx, w, weighting, scale)
 
 
@@ -73,7 +68,7 @@ def routed_read_backward_op(
     _, backward = read_impls(q.device, kernel)
     args = (do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
     if backward is None:
-        return routed_read_backward_torch(*args, _block(q))
+        return routed_read_backward_torch(*args, default_block_elements(q))
     return backward(*args)
 
 

@@ -41,6 +41,11 @@ DEFAULT_BLOCK_ELEMENTS = 1 << 24
 CUDA_BLOCK_ELEMENTS = 1 << 27
 
 
+def default_block_elements(q: torch.Tensor) -> int:
+    """The blocked loops' block size for q's device: GPU-sized blocks on CUDA (few, large kernels)."""
+    return CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
+
+
 def chapter_coefficients(w: torch.Tensor, weighting: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w: (D, n) chapter weights -> (logit scale a, logit bias b, value scale c), each (D, n), >= fp32."""
     w = w.to(torch.promote_types(w.dtype, torch.float32))
@@ -262,7 +267,7 @@ def routed_read(
         )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if block_elements is None:
-        block_elements = CUDA_BLOCK_ELEMENTS if q.is_cuda else DEFAULT_BLOCK_ELEMENTS
+        block_elements = default_block_elements(q)
     return RoutedRead.apply(
         q, idx, w, weighting, scale, block_elements, forward_impl, backward_impl, kv_fn, *kv_inputs
     )

@@ -126,6 +126,39 @@ def _autotuned(kernel: triton.JITFunction) -> triton.JITFunction:
     return triton.autotune(configs=configs, key=["T", "HEAD_DIM", "n_queries"])(kernel)
 
 
+@triton.jit
+def _read_chapter(q, K, V, base, stride_kt, offs_d, d_in, a, b, c, m_i, l_i, acc,
+                  T: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One chapter into a running online softmax: base-2 logits s = a (q . k) + b over the chapter's T
+    keys at ``base``, values scaled by c; a, b, c per query row (BLOCK, 1) or one per chapter."""
+    offs_t = tl.arange(0, BLOCK_T)
+    for t0 in tl.range(0, T, BLOCK_T):
+        t = t0 + offs_t
+        t_in = t < T
+        kv_off = base + t[:, None] * stride_kt + offs_d[None, :]
+        kv_mask = t_in[:, None] & d_in[None, :]
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * a + b
+        s = tl.where(t_in[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a -inf bias: nothing, not NaN
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot((p * c).to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _normalise(acc, m_i, l_i):
+    """(output rows, natural log-sum-exp) of a finished online softmax; a row that read nothing: 0, -inf."""
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    return out, tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+
+
 @_autotuned
 @triton.jit
 def _grouped_fwd(
@@ -152,26 +185,11 @@ def _grouped_fwd(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for t0 in tl.range(0, T, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        t_in = t < T
-        kv_off = base + t[:, None] * stride_kt + offs_d[None, :]
-        kv_mask = t_in[:, None] & d_in[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * a[:, None] + b[:, None]
-        s = tl.where(t_in[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a -inf bias: nothing, not NaN
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        pv = tl.dot((p * c[:, None]).to(v.dtype), v, input_precision=PRECISION)
-        acc = acc * alpha[:, None] + pv.to(tl.float32)
-        m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    m_i, l_i, acc = _read_chapter(
+        q, K, V, base, stride_kt, offs_d, d_in, a[:, None], b[:, None], c[:, None], m_i, l_i, acc,
+        T, BLOCK_T, PRECISION,
+    )  # fmt: skip
+    out, lse = _normalise(acc, m_i, l_i)
     o_row = (pair.to(tl.int64) * n_queries + qi) * (n_heads * HEAD_DIM) + head * HEAD_DIM
     tl.store(OP + o_row[:, None] + offs_d[None, :], out, mask=live[:, None] & d_in[None, :])
     tl.store(LSEP + (pair.to(tl.int64) * n_heads + head) * n_queries + qi, lse, mask=live)
@@ -191,7 +209,6 @@ def _tiles_fwd(
     tile = tl.program_id(0)
     head = tl.program_id(1)
     offs_q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_t = tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
     d_in = offs_d < HEAD_DIM
     q_mask = (offs_q[:, None] < n_queries) & d_in[None, :]
@@ -206,26 +223,11 @@ def _tiles_fwd(
         b = tl.load(BIAS + tile * n_sel + j) * 1.4426950408889634
         c = tl.load(C + tile * n_sel + j)
         base = chapter * stride_ku + (head // group) * stride_kh
-        for t0 in tl.range(0, T, BLOCK_T):
-            t = t0 + offs_t
-            kv_mask = (t[:, None] < T) & d_in[None, :]
-            kv_off = base + t[:, None] * stride_kt + offs_d[None, :]
-            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * a + b
-            s = tl.where(t[None, :] < T, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a -inf bias: nothing, not NaN
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-            pv = tl.dot((p * c).to(v.dtype), v, input_precision=PRECISION)
-            acc = acc * alpha[:, None] + pv.to(tl.float32)
-            m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
+        m_i, l_i, acc = _read_chapter(
+            q, K, V, base, stride_kt, offs_d, d_in, a, b, c, m_i, l_i, acc, T, BLOCK_T, PRECISION
+        )
+    out, lse = _normalise(acc, m_i, l_i)
     tl.store(O + q_off, out.to(O.dtype.element_ty), mask=q_mask)
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     tl.store(LSE + (tile.to(tl.int64) * n_heads + head) * n_queries + offs_q, lse, mask=offs_q < n_queries)
 
 
