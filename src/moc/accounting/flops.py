@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass
 from moc.accounting import primitives
 from moc.accounting.params import memory_dims
 from moc.config import RunConfig, load_config
+from moc.model.routing_layout import decisions_per_document
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,8 @@ def routing_geometry(
 ) -> RoutingGeometry:
     """The routing geometry of one memory layer (see the module docstring for the counts)."""
     mem = cfg.memory
-    if mem.routing == "sequence":
-        decisions = 1
-    elif mem.routing == "causal":
-        decisions = math.ceil(seq_len / mem.causal_chunk_size)
-        if mem.causal_first_chunk == "per_token":
-            first = min(mem.causal_chunk_size, seq_len)
-            decisions = first + math.ceil((seq_len - first) / mem.causal_chunk_size)
-    else:  # token
-        decisions = seq_len
+    split_first = mem.causal_first_chunk == "per_token"
+    decisions = decisions_per_document(mem.routing, seq_len, mem.causal_chunk_size, split_first)
     batch_decisions = batch_size * decisions
     if projected_chapters is None:
         chapters = expected_distinct_chapters(

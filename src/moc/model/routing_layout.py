@@ -56,6 +56,16 @@ def max_tiles(L: int, chunk: int, split_first: bool) -> int:
     return min(L, chunk) + max(0, -(-(L - chunk) // chunk))
 
 
+def decisions_per_document(routing: str, L: int, chunk: int, split_first: bool) -> int:
+    """Routing decisions for one document of L positions: 1 (sequence), its tiles (causal: one per chunk,
+    or per position of the first chunk with ``split_first``), L (token). The FLOP count uses it too."""
+    if routing == "sequence":
+        return 1
+    if routing == "causal":
+        return max_tiles(L, chunk, split_first)
+    return L
+
+
 def tile_layout(
     position_ids: torch.Tensor,
     valid: torch.Tensor,
