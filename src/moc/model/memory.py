@@ -325,12 +325,12 @@ class MemoryLayer(nn.Module):
 
     @property
     def weighting(self) -> str:
-        return getattr(self.cfg, "chapter_weighting", "kv")
+        return self.cfg.chapter_weighting
 
     @property
     def split_first_chunk(self) -> bool:
         """Causal routing decides each position of a document's first chunk on its own."""
-        return self.cfg.routing == "causal" and getattr(self.cfg, "causal_first_chunk", "bias") == "per_token"
+        return self.cfg.routing == "causal" and self.cfg.causal_first_chunk == "per_token"
 
     # -- the read -----------------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class Block(nn.Module):
         state = None
         if cache is not None:
             state = cache.memory.setdefault(self.layer_idx, MemoryState())
-        from_block = getattr(self.memory.cfg, "router_input", "memory_norm") == "block_input"
+        from_block = self.memory.cfg.router_input == "block_input"
         route = block_input if from_block else None
         if self.variant == "B":
             h = h + self.mlp(self.post_attention_layernorm(h))
@@ -231,7 +231,7 @@ class MoCModel(nn.Module):
                 )
             # Several documents in a row (a host sync when eager; compiled code always masks).
             if torch.compiler.is_compiling() or int(doc.max()) > 1:
-                backend = getattr(self.config.model, "attention_backend", "auto")
+                backend = self.config.model.attention_backend
                 if backend == "flex" or (backend == "auto" and input_ids.device.type == "cuda"):
                     attn_mask = flex_document_mask(doc, valid)
                 else:
@@ -250,7 +250,7 @@ class MoCModel(nn.Module):
             aux = aux + layer_aux
             if info is not None:
                 routing.append(info)
-        if routing and getattr(self.config.memory, "aux_loss_reduction", "sum") == "mean":
+        if routing and self.config.memory.aux_loss_reduction == "mean":
             aux = aux / len(routing)  # the paper's code averages the router losses over memory layers
         h = self.norm(h)
         logits = F.linear(h, self.output_weight) if return_logits or labels is None else None
@@ -269,7 +269,7 @@ class MoCModel(nn.Module):
                     h.flatten(0, 1),
                     self.output_weight,
                     labels.flatten(),
-                    getattr(self.config.model, "loss_chunk_size", 4096),
+                    self.config.model.loss_chunk_size,
                     loss_reduction,  # type: ignore[arg-type]
                 )
         return MoCOutput(logits=logits, loss=loss, aux_loss=aux, routing=routing, past_key_values=cache)
