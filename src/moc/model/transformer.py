@@ -111,17 +111,14 @@ class Block(nn.Module):
             state = cache.memory.setdefault(self.layer_idx, MemoryState())
         from_block = self.memory.cfg.router_input == "block_input"
         route = block_input if from_block else None
-        if self.variant == "B":
+        if self.variant == "B":  # variant B: the MLP first, then the memory read and its own MLP
             h = h + self.mlp(self.post_attention_layernorm(h))
-            update, aux, info = self.memory(
-                h, bank, position_ids, valid, state, sequence_route_len, route, one_document=one_document
-            )
-            h = h + update
-            return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
         update, aux, info = self.memory(
             h, bank, position_ids, valid, state, sequence_route_len, route, one_document=one_document
         )
         h = h + update
+        if self.variant == "B":
+            return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
         return h + self.mlp(self.post_attention_layernorm(h)), aux, info
 
 
