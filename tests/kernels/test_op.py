@@ -100,8 +100,7 @@ def test_a_token_routed_model_compiles_whole_and_still_checks_its_input(make_mod
     torch.testing.assert_close(
         compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits
     )
-    # checked on the device, without a sync (the compiled graph may reach the embedding's own check first)
-    with pytest.raises((RuntimeError, IndexError), match="outside the vocabulary|index out of range"):
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):  # checked on the device, no sync
         compiled(ids + 1000, attention_mask=mask)
     torch._dynamo.reset()
 

@@ -191,8 +191,7 @@ class MoCModel(nn.Module):
         ``sequence_route_len``: with sequence routing, route on positions below it only (a prompt);
         an int, or a (B, 1) tensor of per-row lengths.
         """
-        if not torch.compiler.is_compiling():  # the checks read values: a sync and a graph break
-            self._check_inputs(input_ids, attention_mask, labels)
+        self._check_inputs(input_ids, attention_mask, labels)
         B, L = input_ids.shape
         cache = past_key_values if past_key_values is not None else (MoCCache() if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
@@ -204,7 +203,14 @@ class MoCModel(nn.Module):
         packed = position_ids is not None and past == 0 and L > 1  # documents may restart positions
         if position_ids is None:
             position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-        if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.config.model.max_seq_len:
+        max_len = self.config.model.max_seq_len
+        if torch.compiler.is_compiling():  # no host sync in a compiled graph: checked on the device
+            torch._assert_async(
+                (position_ids < max_len).all(),
+                f"a position is beyond model.max_seq_len={max_len}; "
+                "shorten the input or raise model.max_seq_len",
+            )
+        elif int(position_ids.max()) >= max_len:
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond model.max_seq_len="
                 f"{self.config.model.max_seq_len}; shorten the input or raise model.max_seq_len"
