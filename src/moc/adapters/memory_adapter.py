@@ -102,10 +102,13 @@ class MemoryAdapter(nn.Module):
         if mask is None or mask.dim() != 2:
             mask = torch.ones(B, past + L, dtype=torch.long, device=device)
         full = mask.bool()
+        valid, positions = full[:, -L:], (full.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+        first = next(iter(self.memory.values()))  # the query tiles every memory layer reads
         self._call = {
-            "valid": full[:, -L:],
-            "positions": (full.long().cumsum(-1) - 1).clamp(min=0)[:, -L:],
+            "valid": valid,
+            "positions": positions,
             "decoding": past > 0,
+            "plan": first.plan(positions, valid, one_document=False) if past == 0 else None,
         }
         if past == 0:
             self._states = {}
@@ -120,7 +123,9 @@ class MemoryAdapter(nn.Module):
                 raise RuntimeError("memory adapter hook ran without its decoder pre-hook; call attach(model)")
             state = self._states.setdefault(i, MemoryState()) if not self.training else None
             bank = self.banks[self.bank_of_layer[i]]
-            update, aux, info = self.memory[str(i)](h, bank, call["positions"], call["valid"], state)
+            update, aux, info = self.memory[str(i)](
+                h, bank, call["positions"], call["valid"], state, plan=call["plan"]
+            )
             self.aux_loss = self.aux_loss + aux
             if info is not None:
                 self.routing.append(info)

@@ -53,13 +53,12 @@ from torch import nn
 from .layers import RMSNorm, rms_normalize
 from .routing_layout import (
     TileLayout,
-    cached_tile_layout,
     causal_tile_sums,
     chunk_group,
     document_sums,
     from_tiles,
-    max_tiles,
     prefix_sums,
+    routing_plan,
     to_tiles,
 )
 
@@ -332,6 +331,11 @@ class MemoryLayer(nn.Module):
         """Causal routing decides each position of a document's first chunk on its own."""
         return self.cfg.routing == "causal" and self.cfg.causal_first_chunk == "per_token"
 
+    def plan(self, position_ids: torch.Tensor, valid: torch.Tensor, one_document: bool) -> TileLayout | None:
+        """The query tiles of this layer's routing mode for (B, L) positions (``routing_plan``)."""
+        chunk, split = self.cfg.causal_chunk_size, self.split_first_chunk
+        return routing_plan(self.cfg.routing, position_ids, valid, chunk, split, one_document)
+
     # -- the read -----------------------------------------------------------------------------------
 
     @staticmethod
@@ -446,6 +450,7 @@ class MemoryLayer(nn.Module):
         sequence_route_len: int | torch.Tensor | None = None,
         route_input: torch.Tensor | None = None,
         one_document: bool = False,
+        plan: TileLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d); position_ids, valid: (B, L) -> (memory update (B, L, d), aux loss, routing info).
 
@@ -455,7 +460,8 @@ class MemoryLayer(nn.Module):
         block_input`` passes the block's input residual stream). ``one_document``: the caller knows every
         row is one document with positions 0, 1, ... (positions from an attention mask), so the tiles
         per row have a bound known from L (``routing_layout.max_tiles``) and the read needs no host sync
-        (checked on the device).
+        (checked on the device). ``plan``: the forward's tiles (:meth:`plan`), shared by every memory
+        layer; built here when not given.
         """
         x = self.norm(h)
         r = x if route_input is None else route_input
@@ -469,7 +475,7 @@ class MemoryLayer(nn.Module):
             out, aux, info = self._read_token(r, q, bank, valid, state)
         else:
             out, aux, info = self._read_tiled(
-                r, q, bank, position_ids, valid, state, sequence_route_len, one_document
+                r, q, bank, position_ids, valid, state, sequence_route_len, one_document, plan
             )
         return self.o_proj(out.reshape(B, L, -1)), aux, info
 
@@ -499,15 +505,15 @@ class MemoryLayer(nn.Module):
         state: MemoryState | None,
         sequence_route_len: int | torch.Tensor | None,
         one_document: bool,
+        plan: TileLayout | None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo]:
         """Causal and sequence routing: the positions of one document in one chunk form a query tile
         (see ``routing_layout``). Causal: one decision per tile, from the mean of the document's earlier
         tokens. Sequence: one decision per document, from the mean of all of it (or of its positions
         below ``sequence_route_len``), read by each of its tiles. r: (B, L, d); q: (B, L, H, hd).
         """
-        L, chunk, split = q.shape[1], self.cfg.causal_chunk_size, self.split_first_chunk
-        bound = max_tiles(L, chunk, split) if one_document else None
-        lay = cached_tile_layout(position_ids, valid, chunk, bound, split)
+        chunk = self.cfg.causal_chunk_size
+        lay = plan if plan is not None else self.plan(position_ids, valid, one_document)
         prefix = prefix_sums(r, valid) if self.cfg.routing == "causal" or state is not None else None
         if self.cfg.routing == "causal":
             sums, counts = causal_tile_sums(*prefix, lay)

@@ -122,26 +122,22 @@ def tile_layout(
     )
 
 
-# The layout depends only on (position_ids, valid, chunk): every memory layer of one forward shares it,
-# so its host sync runs once per forward, not once per layer. One entry, holding its tensors (so their
-# ids cannot be reused while cached) and checking their in-place version counters.
-_LAYOUT_CACHE: list = []
-
-
-def cached_tile_layout(
-    position_ids: torch.Tensor, valid: torch.Tensor, chunk: int, G: int | None, split_first: bool = False
-) -> TileLayout:
-    """``tile_layout``, reused while the same (unmodified) tensors come back."""
-    if torch.compiler.is_compiling():
-        return tile_layout(position_ids, valid, chunk, G, split_first)
-    key = (position_ids, valid, position_ids._version, valid._version, chunk, G, split_first)
-    if _LAYOUT_CACHE:
-        old = _LAYOUT_CACHE[0]
-        if old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]:
-            return _LAYOUT_CACHE[1]
-    lay = tile_layout(position_ids, valid, chunk, G, split_first)
-    _LAYOUT_CACHE[:] = [key, lay]
-    return lay
+def routing_plan(
+    routing: str,
+    position_ids: torch.Tensor,
+    valid: torch.Tensor,
+    chunk: int,
+    split_first: bool,
+    one_document: bool,
+) -> TileLayout | None:
+    """The tiles every memory layer of one forward reads: built once per forward, next to the attention
+    mask (None for token routing, whose tiles are its positions). ``one_document``: every row is one
+    document with positions 0, 1, ... (from an attention mask), so the tile count has a bound known from
+    L and needs no host sync."""
+    if routing == "token":
+        return None
+    bound = max_tiles(valid.shape[1], chunk, split_first) if one_document else None
+    return tile_layout(position_ids, valid, chunk, bound, split_first)
 
 
 # -- pooling the router input -----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .layers import (
 from .loss import chunked_linear_cross_entropy
 from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo, bank_owners, build_banks
 from .param_groups import param_category
+from .routing_layout import TileLayout
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
@@ -98,9 +99,11 @@ class Block(nn.Module):
         cache: Any = None,
         sequence_route_len: int | torch.Tensor | None = None,
         one_document: bool = False,
+        plan: TileLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
         """h: (B, L, d) -> (h, aux loss, routing info). ``one_document``: every row is one document with
-        positions 0, 1, ... (from the attention mask): the memory read then needs no host sync."""
+        positions 0, 1, ... (from the attention mask): the memory read then needs no host sync.
+        ``plan``: the forward's query tiles, built once for every memory layer."""
         block_input = h  # what the router pools with memory.router_input = block_input (the paper's code)
         h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
         aux, info = h.new_zeros((), dtype=torch.float32), None
@@ -114,7 +117,7 @@ class Block(nn.Module):
         if self.variant == "B":  # variant B: the MLP first, then the memory read and its own MLP
             h = h + self.mlp(self.post_attention_layernorm(h))
         update, aux, info = self.memory(
-            h, bank, position_ids, valid, state, sequence_route_len, route, one_document=one_document
+            h, bank, position_ids, valid, state, sequence_route_len, route, one_document, plan
         )
         h = h + update
         if self.variant == "B":
@@ -239,6 +242,8 @@ class MoCModel(nn.Module):
                     attn_mask = flex_document_mask(doc, valid)
                 else:
                     attn_mask = dense_document_mask(doc, valid)
+        memory = next((b.memory for b in self.layers if b.memory is not None), None)
+        plan = memory.plan(position_ids, valid, not packed) if memory is not None and past == 0 else None
         h = self.embed_tokens(input_ids)
         rope = self.rotary(position_ids)
         aux = h.new_zeros((), dtype=torch.float32)
@@ -246,6 +251,7 @@ class MoCModel(nn.Module):
         for block in self.layers:
             bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
             args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed)
+            args += (plan,)
             if self.gradient_checkpointing and self.training and cache is None:
                 h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
             else:
