@@ -218,6 +218,47 @@ class MoCModel(nn.Module):
                 f"position {int(position_ids.max())} is beyond model.max_seq_len="
                 f"{self.config.model.max_seq_len}; shorten the input or raise model.max_seq_len"
             )
+        attn_mask = self._attention_mask(
+            input_ids, attention_mask, full_mask, position_ids, valid, past, packed, cache
+        )
+        memory = next((b.memory for b in self.layers if b.memory is not None), None)
+        plan = memory.plan(position_ids, valid, not packed) if memory is not None and past == 0 else None
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary(position_ids)
+        aux = h.new_zeros((), dtype=torch.float32)
+        routing: list[RoutingInfo] = []
+        for block in self.layers:
+            bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
+            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed)
+            args += (plan,)
+            if self.gradient_checkpointing and self.training and cache is None:
+                h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
+            else:
+                h, layer_aux, info = block(*args)
+            aux = aux + layer_aux
+            if info is not None:
+                routing.append(info)
+        if routing and self.config.memory.aux_loss_reduction == "mean":
+            aux = aux / len(routing)  # the paper's code averages the router losses over memory layers
+        h = self.norm(h)
+        logits = F.linear(h, self.output_weight) if return_logits or labels is None else None
+        loss = None if labels is None else self._loss(h, logits, labels, shift_labels, loss_reduction)
+        return MoCOutput(logits=logits, loss=loss, aux_loss=aux, routing=routing, past_key_values=cache)
+
+    def _attention_mask(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        full_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        valid: torch.Tensor,
+        past: int,
+        packed: bool,
+        cache: Any,
+    ) -> Any:
+        """Self-attention's mask: None (plain causal), a (B, 1, L, past + L) boolean mask for padding or a
+        cache, or a per-document mask for packed rows (FlexAttention's block mask on CUDA)."""
+        L = input_ids.shape[1]
         attn_mask = None
         if attention_mask is not None or past > 0:
             # key j is visible to query i if it is a real token at or before i; a query always sees
@@ -242,46 +283,35 @@ class MoCModel(nn.Module):
                     attn_mask = flex_document_mask(doc, valid)
                 else:
                     attn_mask = dense_document_mask(doc, valid)
-        memory = next((b.memory for b in self.layers if b.memory is not None), None)
-        plan = memory.plan(position_ids, valid, not packed) if memory is not None and past == 0 else None
-        h = self.embed_tokens(input_ids)
-        rope = self.rotary(position_ids)
-        aux = h.new_zeros((), dtype=torch.float32)
-        routing: list[RoutingInfo] = []
-        for block in self.layers:
-            bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
-            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed)
-            args += (plan,)
-            if self.gradient_checkpointing and self.training and cache is None:
-                h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
-            else:
-                h, layer_aux, info = block(*args)
-            aux = aux + layer_aux
-            if info is not None:
-                routing.append(info)
-        if routing and self.config.memory.aux_loss_reduction == "mean":
-            aux = aux / len(routing)  # the paper's code averages the router losses over memory layers
-        h = self.norm(h)
-        logits = F.linear(h, self.output_weight) if return_logits or labels is None else None
-        loss = None
-        if labels is not None:
-            if loss_reduction not in ("mean", "sum"):
-                raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-            if shift_labels:
-                h, labels = h[:, :-1], labels[:, 1:]
-            if logits is not None:  # the caller wants the logits anyway: score them in one shot
-                scored = logits[:, :-1] if shift_labels else logits
-                flat = scored.flatten(0, 1).float()
-                loss = F.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction=loss_reduction)
-            else:
-                loss = chunked_linear_cross_entropy(
-                    h.flatten(0, 1),
-                    self.output_weight,
-                    labels.flatten(),
-                    self.config.model.loss_chunk_size,
-                    loss_reduction,  # type: ignore[arg-type]
-                )
-        return MoCOutput(logits=logits, loss=loss, aux_loss=aux, routing=routing, past_key_values=cache)
+        return attn_mask
+
+    def _loss(
+        self,
+        h: torch.Tensor,
+        logits: torch.Tensor | None,
+        labels: torch.Tensor,
+        shift_labels: bool,
+        loss_reduction: str,
+    ) -> torch.Tensor:
+        """The LM loss from the final hidden states h (B, L, d), from ``logits`` when they were made, else
+        in chunks of ``model.loss_chunk_size`` tokens without (B, L, V) logits."""
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if shift_labels:
+            h, labels = h[:, :-1], labels[:, 1:]
+        if logits is not None:  # the caller wants the logits anyway: score them in one shot
+            scored = logits[:, :-1] if shift_labels else logits
+            flat = scored.flatten(0, 1).float()
+            loss = F.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction=loss_reduction)
+        else:
+            loss = chunked_linear_cross_entropy(
+                h.flatten(0, 1),
+                self.output_weight,
+                labels.flatten(),
+                self.config.model.loss_chunk_size,
+                loss_reduction,  # type: ignore[arg-type]
+            )
+        return loss
 
     def _check_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
