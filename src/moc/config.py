@@ -253,7 +253,7 @@ class DataConfig:
     # Seeds only the choice of held-out documents, so runs with different train.seed share one val set.
     split_seed: int = 0
     # Packed training windows carry per-document position ids (restarting at each document) so the model
-    # keeps documents apart; false: one position run per window across documents (the old behaviour).
+    # keeps documents apart; false: one position run per window across documents.
     separate_documents: bool = True
 
 
