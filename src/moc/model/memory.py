@@ -396,7 +396,7 @@ class MemoryLayer(nn.Module):
             return op(q, k, v, rows, weights, self.weighting, kernel=self.cfg.kernel)
         # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
         # backward, so saved memory stays independent of how many chapters a batch reads.
-        routed_read, _ = _kernels()
+        routed_read, _ = _read_functions()
         fwd, bwd = _read_impls(q.device, self.cfg.kernel)
         return routed_read(
             q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
@@ -411,7 +411,8 @@ class MemoryLayer(nn.Module):
         chapters, rows = self.distinct_chapters(indices, bank.n_chapters)
         kv_fn, inputs = self.kv_source(bank, chapters)
         k, v = kv_fn(*inputs)
-        a, b, c = _kernels()[1](weights, self.weighting)
+        _, chapter_coefficients = _read_functions()
+        a, b, c = chapter_coefficients(weights, self.weighting)
         B, n = indices.shape
         T = k.shape[1]
         k = (k[rows] * a.to(k.dtype)[..., None, None, None]).reshape(B, n * T, *k.shape[2:]).transpose(1, 2)
@@ -600,8 +601,9 @@ def _flat(dec: Decisions) -> tuple[torch.Tensor, torch.Tensor]:
 _WARNED: set[str] = set()
 
 
-def _kernels() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
-    """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds."""
+def _read_functions() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
+    """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds
+    (imported by name: transformers copies the files a remote-code module imports that way)."""
     try:
         from moc.kernels.routed_read import chapter_coefficients, routed_read
     except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
