@@ -22,6 +22,10 @@ The tree::
 
 from __future__ import annotations
 
+import warnings
+
+_WARNED: set[str] = set()
+
 
 class MocError(Exception):
     """A problem with the user's input or environment; the message names the path or key and the fix."""
@@ -51,3 +55,13 @@ def os_error_message(e: OSError) -> str:
     paths = [p for p in (e.filename, e.filename2) if p is not None]
     where = " -> ".join(str(p) for p in paths)
     return f"{where}: {reason}" if where else reason
+
+
+def warn_once(message: str, stacklevel: int = 2) -> bool:
+    """``warnings.warn(message)`` the first time this process meets ``message`` (whatever the warning
+    filters say about repeats); True if it warned now."""
+    if message in _WARNED:
+        return False
+    _WARNED.add(message)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+    return True

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from moc.cli import main
-from moc.hf import HFError, evaluation, export, from_moc_model
+from moc.hf import HFError, export, from_moc_model
 from moc.hf.evaluation import SEQUENCE_ROUTING_WARNING, _check_tasks, evaluate
 
 QUESTIONS = [
@@ -75,7 +75,7 @@ def test_moc_eval_writes_results_next_to_the_checkpoint(make_checkpoint, task_di
 def test_sequence_routed_models_are_evaluated_with_a_warning(
     make_core, tok_dir, task_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(evaluation, "_warned", False)  # the warning is once per process
+    monkeypatch.setattr("moc.errors._WARNED", set())  # the warning is once per process
     model = from_moc_model(make_core("memory.routing=sequence"))
     with pytest.warns(UserWarning, match="sequence routing, which is not causal"):
         summary = evaluate(model, ["local_capitals"], include_path=task_dir, tokenizer=tok_dir, limit=2)

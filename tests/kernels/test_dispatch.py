@@ -17,7 +17,7 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(dispatch, "_WARNED", set())
+    monkeypatch.setattr("moc.errors._WARNED", set())
     monkeypatch.setattr(dispatch, "_FAILED", {})
     monkeypatch.setattr(dispatch, "_USED", set())
 

@@ -210,7 +210,7 @@ def test_cuda_without_the_kernels_says_once_why_it_falls_back(monkeypatch: pytes
     from moc.model import memory
 
     monkeypatch.setitem(sys.modules, "moc.kernels.dispatch", None)  # importing it now fails
-    monkeypatch.setattr(memory, "_WARNED", set())
+    monkeypatch.setattr("moc.errors._WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert memory._read_impls(torch.device("cuda"), "auto") == (None, None)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
+from moc.errors import warn_once
 from moc.hf.convert import check_tokenizer_fits, load_given_tokenizer, load_model, resolve_tokenizer
 from moc.hf.errors import HFError
 from moc.hf.modeling_moc import MoCForCausalLM
@@ -27,17 +27,13 @@ SEQUENCE_ROUTING_WARNING = (
     "multiple-choice scores are not comparable to those of causal models; evaluate a causal- or "
     "token-routed model for benchmark numbers"
 )
-_warned = False
 
 
 def warn_if_not_causal(model: MoCForCausalLM) -> bool:
     """Warn (once per process) if the model's routing makes loglikelihood scores invalid."""
-    global _warned
     if model.config.routing != "sequence":
         return False
-    if not _warned:
-        warnings.warn(SEQUENCE_ROUTING_WARNING, UserWarning, stacklevel=3)
-        _warned = True
+    warn_once(SEQUENCE_ROUTING_WARNING, stacklevel=3)
     return True
 
 

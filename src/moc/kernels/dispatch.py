@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from moc.errors import MocError, one_line
+from moc.errors import MocError, one_line, warn_once
 from moc.kernels.routed_read import (
     default_block_elements,
     routed_read_backward_torch,
@@ -31,7 +30,6 @@ from moc.kernels.routed_read import (
 
 KERNELS = ("auto", "triton", "torch")
 
-_WARNED: set[str] = set()
 _FAILED: dict[tuple[Any, ...], str] = {}  # shape key -> why the kernel failed for those shapes
 _USED: set[str] = set()
 
@@ -46,12 +44,6 @@ def paths_used(reset: bool = False) -> list[str]:
     if reset:
         _USED.clear()
     return used
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=4)
 
 
 def _interpreting() -> bool:
@@ -89,7 +81,7 @@ def read_impls(device: torch.device, kernel: str = "auto") -> tuple[Callable[...
     if problem is not None:
         if kernel == "triton":
             raise KernelError(f"memory.kernel: triton cannot run: {problem}")
-        _warn_once(
+        warn_once(
             f"memory read: Triton kernels unavailable ({problem}); using the PyTorch path "
             "(memory.kernel: torch says this is intended)"
         )
@@ -139,7 +131,7 @@ def _run(
             )
     if strict:
         raise KernelError(f"memory.kernel: triton: {reason}")
-    _warn_once(f"memory read: Triton kernel skipped ({reason}); using the PyTorch path there")
+    warn_once(f"memory read: Triton kernel skipped ({reason}); using the PyTorch path there", stacklevel=3)
     _USED.add(f"torch {key[0]}")
     return None
 

@@ -598,9 +598,6 @@ def _flat(dec: Decisions) -> tuple[torch.Tensor, torch.Tensor]:
     return dec.indices.reshape(-1, n), dec.weights.reshape(-1, n)
 
 
-_WARNED: set[str] = set()
-
-
 def _read_functions() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
     """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds
     (imported by name: transformers copies the files a remote-code module imports that way)."""
@@ -630,8 +627,11 @@ def _read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object
     except ImportError as e:
         if device.type == "cuda" and kernel != "torch":
             reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
-            if reason not in _WARNED:
-                _WARNED.add(reason)
+            try:
+                from moc.errors import warn_once
+            except ImportError:  # no moc at all: Python's default filter says it once per place
                 warnings.warn(reason, stacklevel=3)
+            else:
+                warn_once(reason, stacklevel=3)
         return None, None
     return read_impls(device, kernel)
