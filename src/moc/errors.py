@@ -57,9 +57,9 @@ def os_error_message(e: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
-def warn_once(message: str, stacklevel: int = 2) -> bool:
-    """``warnings.warn(message)`` the first time this process meets ``message`` (whatever the warning
-    filters say about repeats); True if it warned now."""
+def warn_once(message: str, stacklevel: int = 1) -> bool:
+    """``warnings.warn(message, stacklevel=stacklevel)`` as if called where ``warn_once`` is, the first time
+    this process meets ``message`` (whatever the warning filters say about repeats); True if it warned."""
     if message in _WARNED:
         return False
     _WARNED.add(message)

@@ -83,7 +83,8 @@ def read_impls(device: torch.device, kernel: str = "auto") -> tuple[Callable[...
             raise KernelError(f"memory.kernel: triton cannot run: {problem}")
         warn_once(
             f"memory read: Triton kernels unavailable ({problem}); using the PyTorch path "
-            "(memory.kernel: torch says this is intended)"
+            "(memory.kernel: torch says this is intended)",
+            stacklevel=3,
         )
         return None, None
     strict = kernel == "triton"
