@@ -91,6 +91,32 @@ def read_impls(device: torch.device, kernel: str = "auto") -> tuple[Callable[...
     return functools.partial(_forward, strict), functools.partial(_backward, strict)
 
 
+def read_forward(
+    kernel: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    weighting: str,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of the read by the path ``kernel`` picks on q's device (contract of
+    ``routed_read_forward_torch``)."""
+    forward, _ = read_impls(q.device, kernel)
+    if forward is None:
+        return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, default_block_elements(q))
+    return forward(q, k, v, idx, w, weighting, scale)
+
+
+def read_backward(kernel: str, *args: Any) -> tuple[torch.Tensor, ...]:
+    """(dq, dk, dv, dw) by the path ``kernel`` picks; args as ``routed_read_backward_torch``'s."""
+    _, backward = read_impls(args[1].device, kernel)
+    if backward is None:
+        return routed_read_backward_torch(*args, default_block_elements(args[1]))
+    return backward(*args)
+
+
 def _shape_key(direction: str, q: torch.Tensor, k: torch.Tensor, weighting: str) -> tuple[Any, ...]:
     from moc.kernels.triton_read import pick_layout
 

@@ -18,13 +18,8 @@ from typing import Any
 
 import torch
 
-from moc.kernels.dispatch import read_impls
-from moc.kernels.routed_read import (
-    WEIGHTINGS,
-    default_block_elements,
-    routed_read_backward_torch,
-    routed_read_forward_torch,
-)
+from moc.kernels.dispatch import read_backward, read_forward
+from moc.kernels.routed_read import WEIGHTINGS
 
 
 @torch.library.custom_op("moc::routed_read", mutates_args=())
@@ -38,10 +33,7 @@ def routed_read_op(
     scale: float,
     kernel: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    forward, _ = read_impls(q.device, kernel)
-    if forward is None:
-        return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, default_block_elements(q))
-    return forward(q, k, v, idx, w, weighting, scale)
+    return read_forward(kernel, q, k, v, idx, w, weighting, scale)
 
 
 @routed_read_op.register_fake
@@ -65,11 +57,7 @@ def routed_read_backward_op(
     scale: float,
     kernel: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _, backward = read_impls(q.device, kernel)
-    args = (do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
-    if backward is None:
-        return routed_read_backward_torch(*args, default_block_elements(q))
-    return backward(*args)
+    return read_backward(kernel, do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
 
 
 @routed_read_backward_op.register_fake

@@ -32,8 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
+from moc.kernels.routed_read import chapter_coefficients
+
 LOG2E = 1.4426950408889634
 GROUPED_MAX_TILE = 16  # tiles of fewer queries than this use the chapter-grouped forward
+ROWS_PER_WORK = 64  # query rows of one grouped work item on a GPU (16 in the interpreter)
 
 
 def _interpreting() -> bool:
@@ -88,7 +91,9 @@ def chapter_groups(idx: torch.Tensor, n_chapters: int, tile_len: int, rows_per_w
     )
 
 
-def chapter_loads(idx: torch.Tensor, n_chapters: int, tile_len: int, layout: str, block: int = 64) -> int:
+def chapter_loads(
+    idx: torch.Tensor, n_chapters: int, tile_len: int, layout: str, block: int = ROWS_PER_WORK
+) -> int:
     """How many times one query head's programs load a chapter's keys and values: ``tiles`` loads each
     tile's chapters once per block of ``block`` queries; ``grouped`` each chapter once per work item of
     ``block`` rows. Times T x hd x 2 x bytes per element, the K/V bytes a forward reads."""
@@ -344,13 +349,11 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _block_m(kvh_group: int) -> int:
-    return 16 if _interpreting() else 64
+def _block_m() -> int:
+    return 16 if _interpreting() else ROWS_PER_WORK
 
 
 def _coefficients(w: torch.Tensor, weighting: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from moc.kernels.routed_read import chapter_coefficients
-
     a, b, c = chapter_coefficients(w, weighting)
     return a.float().contiguous(), b.float().contiguous(), c.float().contiguous()
 
@@ -406,7 +409,7 @@ def forward(
             q, k, v, idx32, a, b, c, out, lse, *strides, Qt, n, H // kvh, H, scale, BLOCK_Q=block_q, **meta
         )
         return out, lse
-    block_m = _block_m(H // kvh)
+    block_m = _block_m()
     g = chapter_groups(idx, U, Qt, block_m)
     part = torch.empty(D * n, Qt, H, hd, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(D * n, H, Qt, dtype=torch.float32, device=q.device)
@@ -450,7 +453,7 @@ def backward(
     n = idx.shape[1]
     # delta = do . out per query, the softmax backward's row term, laid out like lse: (D, H, Qt)
     delta = (do.float() * out.float()).sum(-1).transpose(1, 2).contiguous()
-    block_m, row_blocks = _block_m(H // kvh), 1 if _interpreting() else 4
+    block_m, row_blocks = _block_m(), 1 if _interpreting() else 4
     block_t = _pow2(T, hi=64)
     n_tb = triton.cdiv(T, block_t)
     g = chapter_groups(idx, U, Qt, block_m * row_blocks)

@@ -32,10 +32,12 @@ The read (``moc.kernels.routed_read``): keys and values are projected once per d
 in the batch (W_K, W_V have no bias, so K(w * m) = w * K(m): the weights are applied inside the read);
 each query tile (a causal chunk, a piece of a document, or a token) attends to its own decision's
 chapters by index. Nothing per decision is materialised or saved for backward: backward recomputes the
-chapters' K/V and the scores from the indices, the weights, q, the output and the log-sum-exp. On CUDA
-Triton kernels do the forward and backward (``memory.kernel``: auto, triton or torch; see
-``moc.kernels.dispatch``). The bank is indexed directly — never expanded per batch element — so its
-gradient is one N_m x d tensor, non-zero only on the selected chapters.
+scores from the indices, the weights, q, the output and the log-sum-exp, and (eagerly on the CPU) the
+chapters' K/V too; on CUDA and under torch.compile the read is a registered op that keeps the distinct
+chapters' K/V instead (``moc.kernels.op``). On CUDA Triton kernels do the forward and backward
+(``memory.kernel``: auto, triton or torch; see ``moc.kernels.dispatch``). The bank is indexed directly —
+never expanded per batch element — so its gradient is one N_m x d tensor, non-zero only on the selected
+chapters.
 """
 
 from __future__ import annotations

@@ -229,8 +229,9 @@ class MoCModel(nn.Module):
         routing: list[RoutingInfo] = []
         for block in self.layers:
             bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
-            args = (h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed)
-            args += (plan,)
+            args = (
+                h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed, plan
+            )  # fmt: skip
             if self.gradient_checkpointing and self.training and cache is None:
                 h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
             else:
