@@ -37,6 +37,27 @@ def _check_seq_len(seq_len: int) -> None:
         raise DataError(f"seq_len must be a positive integer, got {seq_len!r}")
 
 
+def _index(i: int, n: int, message: str) -> int:
+    """``i`` as an index into ``n`` items, a negative one counting from the end; out of range raises
+    IndexError with ``message`` formatted with that index (after the wrap) as ``{i}`` and ``{n}``."""
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(message.format(i=i, n=n))
+    return i
+
+
+def _tokens_and_targets(data: TokenData, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``[lo, hi)`` of ``data`` as int64 (hi - lo,) and their next-token targets (hi - lo - 1,):
+    tokens ``[lo + 1, hi)``, -100 where the split's loss mask (if any) is off."""
+    ids = torch.from_numpy(np.asarray(data.tokens[lo:hi], dtype=np.int64))
+    targets = ids[1:].clone()
+    if data.loss_mask is not None:
+        keep = torch.from_numpy(np.asarray(data.loss_mask[lo + 1 : hi], dtype=bool))
+        targets[~keep] = IGNORE_INDEX
+    return ids, targets
+
+
 class PackedSequences:
     """Non-overlapping windows of ``seq_len`` inputs over a prepared split (see the module docstring)."""
 
@@ -69,19 +90,8 @@ class PackedSequences:
         return len(self) * self.seq_len
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"window {i} out of range for {n} windows")
-        lo = i * self.seq_len
-        window = torch.from_numpy(np.asarray(self.data.tokens[lo : lo + self.seq_len + 1], dtype=np.int64))
-        targets = window[1:].clone()
-        if self.data.loss_mask is not None:
-            keep = torch.from_numpy(
-                np.asarray(self.data.loss_mask[lo + 1 : lo + self.seq_len + 1], dtype=bool)
-            )
-            targets[~keep] = IGNORE_INDEX
+        lo = _index(i, len(self), "window {i} out of range for {n} windows") * self.seq_len
+        window, targets = _tokens_and_targets(self.data, lo, lo + self.seq_len + 1)
         out = {"input_ids": window[:-1], "targets": targets}
         if self.document_positions:
             out["position_ids"] = self.position_ids(lo)
@@ -111,18 +121,10 @@ class ChatSequences:
         return int(np.sum(self._ends - self.data.doc_starts - 1 > self.seq_len + 1))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"conversation {i} out of range for {n}")
+        i = _index(i, len(self), "conversation {i} out of range for {n}")
         lo, hi = int(self.data.doc_starts[i]), int(self._ends[i]) - 1  # drop the separating eos
         hi = min(hi, lo + self.seq_len + 1)
-        ids = torch.from_numpy(np.asarray(self.data.tokens[lo:hi], dtype=np.int64))
-        targets = ids[1:].clone()
-        if self.data.loss_mask is not None:
-            keep = torch.from_numpy(np.asarray(self.data.loss_mask[lo + 1 : hi], dtype=bool))
-            targets[~keep] = IGNORE_INDEX
+        ids, targets = _tokens_and_targets(self.data, lo, hi)
         m = len(ids) - 1
         out = {
             "input_ids": torch.full((self.seq_len,), self.pad_id, dtype=torch.long),

@@ -79,7 +79,7 @@ class Source:
             if old and old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
                 digest = old["sha256"]
             else:
-                digest = _sha256_file(self.path)
+                digest = sha256_file(self.path)
             return {
                 "source": self.spec,
                 "path": str(self.path),
@@ -98,7 +98,9 @@ class Source:
         }
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (files of any size): the content
+    fingerprint of a source file here and of each checkpoint file in its manifest."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -207,6 +209,19 @@ def _decode(raw: bytes, name: str, base_offset: int = 0, line: int | None = None
         raise _utf8_error(name, base_offset + e.start, line) from None
 
 
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Each line of a file (its line ending kept) with its 1-based number, decoded as UTF-8 one line at a
+    time so that a large file streams; a line that is not UTF-8 raises DataError naming the byte offset in
+    the file and the line."""
+    name = str(path)
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, name, offset, lineno)
+            offset += len(raw)
+            yield lineno, line
+
+
 def _iter_txt(path: Path, mode: str) -> Iterator[tuple[str, str]]:
     name = str(path)
     if mode == "file":
@@ -220,24 +235,20 @@ def _iter_txt(path: Path, mode: str) -> Iterator[tuple[str, str]]:
     n_docs = 0
     block: list[str] = []
     block_line = 0
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = _decode(raw, name, offset, lineno)
-            offset += len(raw)
-            if mode == "line":
-                if line.strip():
-                    n_docs += 1
-                    yield line.rstrip("\r\n"), f"{name}:{lineno}"
-                continue
+    for lineno, line in _decoded_lines(path):
+        if mode == "line":
             if line.strip():
-                if not block:
-                    block_line = lineno
-                block.append(line)
-            elif block:
                 n_docs += 1
-                yield "".join(block).rstrip("\r\n"), f"{name}:{block_line}"
-                block = []
+                yield line.rstrip("\r\n"), f"{name}:{lineno}"
+            continue
+        if line.strip():
+            if not block:
+                block_line = lineno
+            block.append(line)
+        elif block:
+            n_docs += 1
+            yield "".join(block).rstrip("\r\n"), f"{name}:{block_line}"
+            block = []
     if block:
         n_docs += 1
         yield "".join(block).rstrip("\r\n"), f"{name}:{block_line}"
@@ -249,22 +260,18 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
     """Each JSON object of a .jsonl file with its ``file:line`` location (blank lines are skipped)."""
     name = str(path)
     n_rows = 0
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = _decode(raw, name, offset, lineno)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            where = f"{name}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
-            n_rows += 1
-            yield row, where
+    for lineno, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+        n_rows += 1
+        yield row, where
     if n_rows == 0:
         raise DataError(f"{name} is empty (no JSON lines); remove it or fill it")
 

@@ -24,7 +24,6 @@ the manifest: ``--resume`` names the bad file and falls back to the newest check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -42,6 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from moc.data.sources import sha256_file
 from moc.errors import one_line, os_error_message
 from moc.files import apply_umask
 from moc.train.errors import CheckpointError
@@ -184,14 +184,6 @@ def _damaged(path: Path, problem: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files_of(ckpt: Path) -> list[Path]:
     return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -199,7 +191,8 @@ def _files_of(ckpt: Path) -> list[Path]:
 def write_manifest(ckpt: Path) -> None:
     """Record the size and sha256 of every file of ``ckpt`` (relative paths) in ``manifest.json``."""
     files = {
-        str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files_of(ckpt)
+        str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in _files_of(ckpt)
     }
     (ckpt / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
 
@@ -233,7 +226,7 @@ def _verify_problem(ckpt: Path, hashes: bool) -> str | None:
         size = p.stat().st_size
         if size != rec["bytes"]:
             return f"{p} has {size:,} bytes but {rec['bytes']:,} were saved (truncated or overwritten)"
-        if hashes and _sha256(p) != rec["sha256"]:
+        if hashes and sha256_file(p) != rec["sha256"]:
             return f"{p} does not match the sha256 recorded when it was saved (corrupted)"
     return None
 

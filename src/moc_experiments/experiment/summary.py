@@ -152,14 +152,12 @@ def floor(base: dict[str, float]) -> float:
 
 def router_summary(run: dict) -> dict[str, float] | None:
     """Entropy and usage of the chapter picks of one run, over its memory layers."""
-    layers = (run.get("router") or {}).get("layers") or []
+    layers = _router_layers(run)
     if not layers:
         return None
     import math
 
-    total = [0] * len(layers[0]["counts"])
-    for layer in layers:
-        total = [a + b for a, b in zip(total, layer["counts"])]
+    total = _summed_counts(layers)
     picks = sum(total)
     n_chap = len(total)
     probs = [c / picks for c in total if c] if picks else []
@@ -190,9 +188,19 @@ def router_usage(results: dict, phase: str, key: str) -> dict[str, Estimate] | N
 
 def chapter_histogram(run: dict) -> list[int] | None:
     """Picks per routed chapter summed over memory layers."""
-    layers = (run.get("router") or {}).get("layers") or []
-    if not layers:
-        return None
+    layers = _router_layers(run)
+    return _summed_counts(layers) if layers else None
+
+
+def _router_layers(run: dict) -> list[dict[str, Any]]:
+    """The router statistics of one run, one record per memory layer (``[]`` for a dense model or a run
+    without them)."""
+    return (run.get("router") or {}).get("layers") or []
+
+
+def _summed_counts(layers: list[dict[str, Any]]) -> list[int]:
+    """Picks per routed chapter, the layers' ``counts`` (one list of equal length per layer) added up
+    element-wise: what the router chose over all memory layers of a run."""
     total = [0] * len(layers[0]["counts"])
     for layer in layers:
         total = [a + b for a, b in zip(total, layer["counts"])]
