@@ -308,12 +308,17 @@ def _prepare(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
-        n = meta["n_tokens"]
-        print(
-            f"prepared {out_dir}: {n['train']:,} train + {n['val']:,} val tokens "
-            f"({meta['n_documents']['train']:,} + {meta['n_documents']['val']:,} documents, {dtype.name})"
-        )
+        print(_summary(out_dir, meta))
     return out_dir
+
+
+def _summary(out_dir: Path, meta: dict[str, Any]) -> str:
+    """One line on what was prepared: tokens and documents per split, token dtype."""
+    n, docs = meta["n_tokens"], meta["n_documents"]
+    return (
+        f"prepared {out_dir}: {n['train']:,} train + {n['val']:,} val tokens "
+        f"({docs['train']:,} + {docs['val']:,} documents, {meta['dtype']})"
+    )
 
 
 def _tokenize_all(

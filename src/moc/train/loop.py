@@ -130,10 +130,32 @@ class _Run:
     # --- setup ------------------------------------------------------------------------------------
 
     def execute(self, init_from: str | Path | None, resume: bool) -> TrainResult:
-        t, info = self.t, self.info
+        ckpt, initialized_from = self._load_start(init_from, resume)
+        frozen = self._build_training(ckpt)
+        self.log = RunLogger(self.cfg, self.out_dir, self.info.is_main, self.progress.step)
+        try:
+            if self.info.is_main:
+                (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            start = (
+                f"resuming from {ckpt} at step {self.progress.step}"
+                if ckpt
+                else f"initialized from {initialized_from}"
+                if initialized_from
+                else "from scratch"
+            )
+            self.log.message(self._start_message(frozen, start))
+            with self._stop_on_signals():
+                final = self._loop()
+        finally:
+            self.log.close()
+        return self._result(final, ckpt, initialized_from)
+
+    def _load_start(self, init_from: str | Path | None, resume: bool) -> tuple[Path | None, str | None]:
+        """Load the weights to start from: (the checkpoint resumed, or None; the --init-from source, or
+        None). A fresh run in an out_dir with checkpoints is refused unless train.overwrite."""
         ckpt = self._find_resume_checkpoint() if resume else None
         stale = [d for _, d in self.manager.complete_steps()] if ckpt is None else []
-        if stale and not t.overwrite:
+        if stale and not self.t.overwrite:
             raise TrainError(
                 f"{self.manager.root} already holds checkpoints (newest: {stale[-1].name}) from an earlier "
                 "run; pass --resume to continue it, choose another train.out_dir, or set "
@@ -148,12 +170,15 @@ class _Run:
             checkpoint.check_config_compatible(src.parent if src.is_file() else src, self.cfg.to_dict())
             self._load_weights(src if src.is_file() else src / checkpoint.WEIGHTS, str(src))
             initialized_from = str(src)
-
-        if stale and info.is_main:  # after loading --init-from, which may point into this out_dir
+        if stale and self.info.is_main:  # after loading --init-from, which may point into this out_dir
             self.manager.remove_all()
-        parallel.barrier(info)
+        parallel.barrier(self.info)
+        return ckpt, initialized_from
 
-        model = self.model
+    def _build_training(self, ckpt: Path | None) -> list[str]:
+        """Freeze, checkpoint, move, compile and wrap the model; build optimizer, schedule and batches;
+        restore their state from ``ckpt``. Returns the frozen bank tensors' names."""
+        t, info, model = self.t, self.info, self.model
         frozen = apply_freezing(model, t)
         if t.activation_checkpointing:
             if hasattr(model, "gradient_checkpointing"):
@@ -169,33 +194,26 @@ class _Run:
         self.batches = batches.TrainBatches(self.train_ds, self.cfg, info)
         if ckpt is not None:
             self._load_training_state(ckpt)
+        return frozen
 
-        self.log = RunLogger(self.cfg, self.out_dir, info.is_main, self.progress.step)
-        try:
-            if info.is_main:
-                (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
-            start = (
-                f"resuming from {ckpt} at step {self.progress.step}"
-                if ckpt
-                else f"initialized from {initialized_from}"
-                if initialized_from
-                else "from scratch"
-            )
-            n_params = sum(p.numel() for p in model.parameters())
-            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            self.log.message(
-                f"moc train: {self.cfg.name}, {n_params:,} parameters ({n_train:,} trainable"
-                f"{f', {len(frozen)} frozen bank tensors' if frozen else ''}), {info.world_size} "
-                f"process(es) on {info.device}, global batch {self.batches.global_batch} x {t.seq_len} "
-                f"tokens, {start}"
-            )
-            with self._stop_on_signals():
-                final = self._loop()
-        finally:
-            self.log.close()
+    def _param_counts(self) -> tuple[int, int]:
+        """(all parameters, trainable parameters)."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
+    def _start_message(self, frozen: list[str], start: str) -> str:
+        n_params, n_train = self._param_counts()
+        return (
+            f"moc train: {self.cfg.name}, {n_params:,} parameters ({n_train:,} trainable"
+            f"{f', {len(frozen)} frozen bank tensors' if frozen else ''}), {self.info.world_size} "
+            f"process(es) on {self.info.device}, global batch {self.batches.global_batch} x {self.t.seq_len} "
+            f"tokens, {start}"
+        )
+
+    def _result(self, final: dict[str, Any], ckpt: Path | None, initialized_from: str | None) -> TrainResult:
         latest, best = self.manager.latest(), self.manager.best()
         p = self.progress
+        n_params, n_train = self._param_counts()
         return TrainResult(
             out_dir=str(self.out_dir),
             step=p.step,
