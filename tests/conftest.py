@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import moc
+from memory_helpers import make_memory_matter
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +20,7 @@ def tiny_model(*overrides: str, live_memory: bool = True) -> moc.model.MoCModel:
     # Pinned to causal routing (tiny-moc's default before it became token): these tests exercise the
     # chunked read; a test that wants another mode overrides it.
     model = moc.build_model(moc.load_config("tiny-moc", ["memory.routing=causal", *overrides]))
-    if live_memory:
-        for name, p in model.named_parameters():
-            if name.endswith("memory.o_proj.weight"):
-                torch.nn.init.normal_(p, std=0.2)
-    return model
+    return make_memory_matter(model) if live_memory else model
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from memory_helpers import make_memory_matter  # noqa: E402
 from moc.adapters import MemoryAdapter, add_memory  # noqa: E402
 from moc.config import ConfigError  # noqa: E402
 
@@ -35,11 +36,6 @@ def _llama() -> transformers.LlamaForCausalLM:
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-def _liven(adapter: MemoryAdapter) -> None:
-    for layer in adapter.memory.values():
-        torch.nn.init.normal_(layer.o_proj.weight, std=0.3)
-
-
 def test_a_new_adapter_leaves_the_model_unchanged_and_trains_only_itself() -> None:
     model = _llama()
     ids = torch.randint(1, 128, (2, 12))
@@ -65,7 +61,7 @@ def test_a_new_adapter_leaves_the_model_unchanged_and_trains_only_itself() -> No
 def test_adapter_is_causal_and_generation_with_cache_matches() -> None:
     model = _llama()
     adapter = add_memory(model, "all", **MEMORY)
-    _liven(adapter)
+    make_memory_matter(adapter, std=0.3)
     adapter.eval()
     ids = torch.randint(1, 128, (2, 10))
     changed = ids.clone()
@@ -97,7 +93,7 @@ def test_adapter_with_lora() -> None:
 def test_save_and_load_round_trip(tmp_path) -> None:
     model = _llama()
     adapter = add_memory(model, [1, 2], **MEMORY)
-    _liven(adapter)
+    make_memory_matter(adapter, std=0.3)
     adapter.eval()
     ids = torch.randint(1, 128, (1, 9))
     expected = model(ids).logits

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import moc
+from memory_helpers import make_memory_matter
 from moc.cli import main
 
 
@@ -30,10 +31,7 @@ def checkpoint_and_data(tmp_path: Path) -> tuple[Path, Path]:
         verbose=False,
     )
     torch.manual_seed(0)
-    model = moc.build_model("tiny-moc", ["model.vocab_size=320", "model.max_seq_len=32"])
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.2)
+    model = make_memory_matter(moc.build_model("tiny-moc", ["model.vocab_size=320", "model.max_seq_len=32"]))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     save_weights(model.state_dict(), ckpt / "model.safetensors", shared_aliases(model))

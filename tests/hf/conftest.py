@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import moc
+from memory_helpers import make_memory_matter
 from moc.train.checkpoint import save_weights, shared_aliases
 
 VOCAB = 320  # model vocabulary; the tokenizer below has <= 300 tokens
@@ -43,11 +44,7 @@ def build_core(*overrides: str, seed: int = 0) -> moc.model.MoCModel:
     torch.manual_seed(seed)
     # causal routing pinned (tiny-moc's default before it became token); tests override it as needed
     cfg = moc.load_config("tiny-moc", [f"model.vocab_size={VOCAB}", "memory.routing=causal", *overrides])
-    model = moc.build_model(cfg)
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.2)
-    return model.eval()
+    return make_memory_matter(moc.build_model(cfg)).eval()
 
 
 def write_checkpoint(model: moc.model.MoCModel, out: Path, tokenizer: Path | None = None) -> Path:

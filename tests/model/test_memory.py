@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import moc
+from memory_helpers import make_memory_matter
 
 
 def test_only_selected_chapters_get_gradient(make_model) -> None:
@@ -148,12 +149,7 @@ def test_block_input_routing_matches_the_reference() -> None:
     from .reference import reference_forward
 
     cfg = moc.load_config("tiny-moc", ["memory.router_input=block_input", "memory.routing=causal"])
-    model = moc.build_model(cfg)
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.3)
-        elif "router.proj" in name:
-            torch.nn.init.normal_(p, std=0.5)
+    model = make_memory_matter(moc.build_model(cfg), std=0.3, router_std=0.5)
     ids = torch.randint(0, 256, (2, 40))
     logits = model(ids).logits
     torch.testing.assert_close(logits, reference_forward(model, ids)[0], atol=1e-5, rtol=1e-5)
@@ -171,9 +167,7 @@ def test_many_short_packed_documents_match_the_reference(mode: str) -> None:
     cfg = moc.load_config("tiny-moc", [f"memory.routing={mode}", "memory.causal_chunk_size=3"])
     model = moc.build_model(cfg)
     layer, bank = model.layers[1].memory, model.banks[0]
-    torch.nn.init.normal_(layer.o_proj.weight, std=0.3)
-    for p in layer.router.proj.parameters():  # a random bias too: chunk 0 routes from the bias alone
-        torch.nn.init.normal_(p, std=0.5)
+    make_memory_matter(layer, std=0.3, router_std=0.5)  # a random bias too: chunk 0 routes from it alone
     pos = torch.tensor(
         [[0, 1, 0, 1, 2, 3, 4, 0, 0, 1, 5, 6, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 0, 0, 0]]
     )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import moc
+from memory_helpers import make_memory_matter
 
 from .reference import reference_forward
 
@@ -25,13 +26,7 @@ def _model(*overrides: str) -> moc.model.MoCModel:
             *overrides,
         ],
     )
-    model = moc.build_model(cfg)
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.3)
-        elif "router.proj" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    return model
+    return make_memory_matter(moc.build_model(cfg), std=0.3, router_std=0.5)
 
 
 def _lm_grads(model: moc.model.MoCModel, ids: torch.Tensor, reference: bool) -> dict[str, torch.Tensor]:

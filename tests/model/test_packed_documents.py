@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import moc
+from memory_helpers import make_memory_matter
 from moc.model.layers import dense_document_mask, document_ids
 
 LENGTHS = (21, 30, 13)  # three documents, the second crosses a causal chunk border of 16
@@ -104,10 +105,7 @@ def test_hf_packed_position_ids(routing: str) -> None:
 
     torch.manual_seed(0)
     cfg = moc.load_config("tiny-moc", [f"memory.routing={routing}"])
-    hf = MoCForCausalLM(hf_config(cfg)).eval()
-    for name, p in hf.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.2)  # live memory reads
+    hf = make_memory_matter(MoCForCausalLM(hf_config(cfg)).eval())
     docs = _docs()
     batch = DataCollatorWithFlattening(return_tensors="pt")([{"input_ids": d[0].tolist()} for d in docs])
     assert batch["position_ids"][0].tolist() == [i for n in LENGTHS for i in range(n)]

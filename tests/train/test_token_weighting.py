@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import moc
+from memory_helpers import make_memory_matter
 from moc.train import batches, loop, parallel
 
 # Router aux losses off: they are averaged per micro-batch by design; this test is about the LM loss.
@@ -68,11 +69,7 @@ def _expected(model: torch.nn.Module, micro: list[batches.Batch]) -> tuple[float
 def _model() -> tuple[moc.RunConfig, torch.nn.Module]:
     cfg = moc.load_config("tiny-moc", [*OVERRIDES, "memory.routing=token"])
     torch.manual_seed(0)
-    model = moc.build_model(cfg)
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.2)
-    return cfg, model
+    return cfg, make_memory_matter(moc.build_model(cfg))
 
 
 def test_accumulated_step_is_token_weighted_with_uneven_masks() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from memory_helpers import make_memory_matter
 from moc.config import load_config
 from moc.model import MoCModel
 from moc_experiments.experiment.capacity import load_capacity
@@ -40,10 +41,7 @@ def test_packed_training_loss_equals_one_document_per_row(memory: bool) -> None:
         }
     )  # fmt: skip
     torch.manual_seed(0)
-    model = MoCModel(cfg).double()
-    for block in model.layers:  # a memory that matters
-        if block.memory is not None:
-            torch.nn.init.normal_(block.memory.o_proj.weight, std=0.3)
+    model = make_memory_matter(MoCModel(cfg).double(), std=0.3)
     rng = np.random.default_rng(0)
     docs = [[1, *rng.integers(2, 40, size=int(n)).tolist()] for n in rng.integers(3, 9, size=7)]
     losses = []
