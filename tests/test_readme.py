@@ -35,7 +35,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-COMMAND_WORDS = {"moc", "make", "python", "python3", "torchrun", "pip", "lm_eval"}
+COMMAND_WORDS = {"moc", "moc-lab", "make", "python", "python3", "torchrun", "pip", "lm_eval"}
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*(.*?)\s*-->")
 OPTIONAL = re.compile(r"\s\[-[^\[\]]*\]")  # ` [--flag VALUE]`, ` [--a | --b]`
 PER_COMMAND_TIMEOUT_S = 120

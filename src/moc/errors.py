@@ -12,12 +12,13 @@ The tree::
     ├── ConfigError (ValueError)        moc.config: bad keys, values, YAML, --set overrides
     │   ├── DataError                   moc.data: sources, tokenizers, prepared folders
     │   └── HFError                     moc.hf: checkpoints to load, export folders, tokenizers
-    ├── TrainError (RuntimeError)       moc.train
-    │   ├── CheckpointError             missing, corrupt or mismatched checkpoints
-    │   ├── DivergenceError             NaN/Inf loss with train.nan_policy=stop
-    │   └── TrainingInterrupted         SIGINT/SIGTERM: a checkpoint was written (exit 130)
-    ├── ExperimentError (RuntimeError)  moc_experiments.experiment: a run of the protocol failed
-    └── CorpusError (ValueError)        moc_experiments.corpus: bad settings, no text source installed
+    └── TrainError (RuntimeError)       moc.train
+        ├── CheckpointError             missing, corrupt or mismatched checkpoints
+        ├── DivergenceError             NaN/Inf loss with train.nan_policy=stop
+        └── TrainingInterrupted         SIGINT/SIGTERM: a checkpoint was written (exit 130)
+
+Applications subclass it too (the lab's ``ExperimentError`` and ``CorpusError``, in
+``moc_experiments.errors``) and run their commands through :func:`moc.cli.run_command`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,6 @@ class MocError(Exception):
 
     #: process exit status of the ``moc`` command for this error
     exit_code: int = 2
-
-
-class CorpusError(MocError, ValueError, RuntimeError):
-    """A demo-corpus build cannot run (unknown source or relation, bad sizes, no text installed).
-
-    It is also a ``ValueError`` and a ``RuntimeError`` because those were raised before it existed.
-    """
 
 
 def one_line(text: object) -> str:

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import torch
 
 from moc.cli import main
 from moc.train import checkpoint
+from moc_experiments.cli import main as lab_main
 
 TEXT = "the cat sat on a mat and then it ran to the red house where many birds sang songs"
 # tiny-moc with a vocabulary that fits the 300-token BPE, short windows, a checkpoint every step
@@ -66,10 +68,17 @@ def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return dst
 
 
-def fails(capsys: pytest.CaptureFixture, argv: list[str], *needles: str, code: int = 2) -> str:
-    """Run ``moc ARGV`` in-process: it must exit ``code`` with one stderr line containing ``needles``."""
+def fails(
+    capsys: pytest.CaptureFixture,
+    argv: list[str],
+    *needles: str,
+    code: int = 2,
+    command: Callable[[list[str]], int] = main,
+) -> str:
+    """Run ``moc ARGV`` (or another ``command``'s main) in-process: it must exit ``code`` with one
+    stderr line containing ``needles``."""
     capsys.readouterr()
-    assert main(argv) == code
+    assert command(argv) == code
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.strip().splitlines()
@@ -104,7 +113,7 @@ def env1() -> dict[str, str]:
 def test_malformed_yaml_names_file_and_line(work: Path, capsys: pytest.CaptureFixture) -> None:
     Path("bad.yaml").write_text("model:\n  d_model: [64, 128\n")
     fails(capsys, ["info", "bad.yaml"], "config file bad.yaml is not valid YAML at line 3")
-    fails(capsys, ["experiment", "bad.yaml"], "experiment file bad.yaml is not valid YAML")
+    fails(capsys, ["run", "bad.yaml"], "experiment file bad.yaml is not valid YAML", command=lab_main)
 
 
 def test_binary_and_non_utf8_config(work: Path, capsys: pytest.CaptureFixture) -> None:
@@ -121,7 +130,8 @@ def test_directory_as_config(work: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_malformed_set_value_names_the_override(work: Path, capsys: pytest.CaptureFixture) -> None:
     fails(capsys, ["info", "tiny-moc", "--set", "memory.top_k=[1,"], "override 'memory.top_k=[1,'", "YAML")
-    fails(capsys, ["experiment", "smoke", "--set", "pretrain.steps={"], "override 'pretrain.steps={'")
+    lab_run = ["run", "smoke", "--set", "pretrain.steps={"]
+    fails(capsys, lab_run, "override 'pretrain.steps={'", command=lab_main)
 
 
 def test_config_error_prints_once_under_torchrun(

@@ -1,10 +1,11 @@
 """A naive, independent reference of the Mixture-of-Chapters memory read and of the whole model.
 
 Written from the paper's equations (its method section, and ``moc.model.memory``'s
-docstring), NOT from the production code: it calls none of MemoryLayer, ChapterRouter,
-router_losses, selected_kv, attend, rms_normalize, RMSNorm or SelfAttention. It reads only the
-modules' parameters and the config, and loops in Python over examples, documents and routing
-decisions, in float64. Slow on purpose: every step is written out so that it can be checked by eye.
+docstring), NOT from the production code: it calls nothing of ``moc.model`` or ``moc.kernels``
+(MemoryLayer, ChapterRouter, router_losses, routing_plan, routed_read, rms_normalize, RMSNorm,
+SelfAttention, ...; ``tests/model/test_reference.py`` checks that it imports none of ``moc``). It
+reads only the modules' parameters and the config, and loops in Python over examples, documents and
+routing decisions, in float64. Slow on purpose: every step is written out so that it can be checked by eye.
 
 Per routing decision:
 

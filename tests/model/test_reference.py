@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import moc
+from memory_helpers import make_memory_matter
 from moc.config import MemoryConfig
 
 from .reference import documents, reference_forward, reference_memory_layer
@@ -50,12 +51,7 @@ def _model(*overrides: str) -> moc.model.MoCModel:
         "memory.causal_chunk_size=4",
     ]
     model = moc.build_model(moc.load_config("tiny-moc", base + list(overrides)))
-    for name, p in model.named_parameters():
-        if name.endswith("memory.o_proj.weight"):
-            torch.nn.init.normal_(p, std=0.3)
-        elif "router.proj" in name:
-            torch.nn.init.normal_(p, std=0.5)  # decisive top-k: no near-ties between fp32 and fp64
-    return model
+    return make_memory_matter(model, std=0.3, router_std=0.5)
 
 
 def _mask(B: int, L: int, pad: str) -> torch.Tensor:
@@ -201,6 +197,17 @@ def test_model_options_match_reference(mode: str, weighting: str, router_input: 
     torch.testing.assert_close(out.logits[valid], ref_logits[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.aux_loss, ref_aux, atol=1e-6, rtol=1e-5)
     _assert_grads_close(got, _grads(model))
+
+
+def test_the_reference_imports_nothing_of_moc() -> None:
+    """Independence: a reference that called the production code would agree with any bug in it."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parent / "reference.py").read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert {name.split(".")[0] for name in imported} == {"__future__", "math", "torch", "typing"}
 
 
 def test_reference_splits_documents_at_position_restarts() -> None:

@@ -32,7 +32,7 @@ COMMAND_MODULES = [
     "moc.cli.config",  # config show
     "moc.cli.data",  # tokenizer train, data prepare
     "moc.cli.train",  # pretrain, ift
-    "moc.cli.experiment",  # experiment, demo, report
+    "moc.cli.moved",  # experiment, demo, report: now `moc-lab` (moc_experiments), a pointer for one release
     "moc.cli.hf",  # export, generate, chat, eval
     "moc.cli.router",  # router inspection
 ]
@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_name(args: argparse.Namespace) -> str:
+def command_name(args: argparse.Namespace, prog: str = "moc") -> str:
     """``moc pretrain``, ``moc data prepare``, ... for error messages."""
     words = [getattr(args, "command", None)]
     words += [getattr(args, k, None) for k in ("data_command", "tokenizer_command", "config_command")]
-    return " ".join(["moc", *(w for w in words if w)])
+    return " ".join([prog, *(w for w in words if w)])
 
 
 def _is_main_rank() -> bool:
@@ -84,9 +84,14 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``moc`` command; returns the process exit status (0, 2 for errors, 130 if interrupted)."""
-    parser = build_parser()
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen subcommand's ``func`` with the error handling
+    described above. Applications built on ``moc`` (``moc-lab``) reuse it for their own commands."""
     args = parser.parse_args(argv)
-    name = command_name(args)
+    name = command_name(args, parser.prog)
     previous_sigterm = None
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:

@@ -2,10 +2,11 @@
 
 It wraps moc's own network (``MoCModel``, imported from the core model files) so that it works with
 ``save_pretrained`` / ``from_pretrained``, the ``Auto*`` classes and ``generate()``. This file imports
-only ``torch``, ``transformers`` and relative modules: ``moc export`` copies it, with ``layers.py``,
-``memory.py``, ``params.py`` and ``transformer.py`` from ``moc/model/``, into a model folder that
-loads with ``trust_remote_code=True`` without ``moc`` installed (the ``..model.`` imports below are
-rewritten to ``.`` in that copy).
+only ``torch``, ``transformers`` and relative modules: ``moc export`` copies it, with the core model
+files it needs (``transformer.py`` and the ``moc/model/`` and ``moc/kernels/`` modules it imports,
+found by ``moc.hf.export.core_model_files``), into a model folder that loads with
+``trust_remote_code=True`` without ``moc`` installed (the ``..model.`` imports below are rewritten to
+``.`` in that copy).
 
 Generation uses a ``DynamicCache`` that also carries each memory layer's decode state (the running
 sum that causal routing pools over, and the current routing decision's memory keys/values), so the

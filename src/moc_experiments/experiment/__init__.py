@@ -1,4 +1,4 @@
-"""Experiments: the paper's protocol end to end (``moc experiment``, ``moc demo``) and its report.
+"""Experiments: the paper's protocol end to end (``moc-lab run``, ``moc-lab demo``) and its report.
 
 from moc_experiments.experiment import load_experiment, run_experiment
 exp = load_experiment("demo", ["seeds=2"])          # presets: demo, smoke, paper; or a YAML file
@@ -8,8 +8,8 @@ from moc_experiments.experiment.report import write_report
 write_report("runs/demo/results.json")              # regenerate the report from the results
 """
 
+from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment.config import ExperimentConfig, experiment_presets, load_experiment
-from moc_experiments.experiment.pool import ExperimentError
 from moc_experiments.experiment.runner import run_experiment
 
 __all__ = ["ExperimentConfig", "ExperimentError", "experiment_presets", "load_experiment", "run_experiment"]

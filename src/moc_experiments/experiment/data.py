@@ -39,7 +39,7 @@ class ExperimentData:
 
 def _log(msg: str, progress: bool) -> None:
     if progress:
-        print(f"moc experiment: {msg}", flush=True)
+        print(f"moc-lab run: {msg}", flush=True)
 
 
 def _source_state(sources: list[str]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""``moc experiment NAME --plan``: what an experiment would train, without data or training.
+"""``moc-lab run NAME --plan``: what an experiment would train, without data or training.
 
 The plan lists each model (depth, parameters, forward FLOPs per sequence at the pretraining
 micro-batch, the iso-FLOP mismatch) and each phase's recipe. The iso-FLOP dense depth comes from the

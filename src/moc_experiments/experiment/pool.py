@@ -17,11 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
-from moc.errors import MocError
-
-
-class ExperimentError(MocError, RuntimeError):
-    """A run of the experiment failed; the message names the run and its log file."""
+from moc_experiments.errors import ExperimentError
 
 
 def log(prefix: str, msg: str, progress: bool) -> None:

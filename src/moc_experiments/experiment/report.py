@@ -2,9 +2,9 @@
 
     from moc_experiments.experiment.report import write_report, tables
     write_report("runs/demo/results.json")       # writes runs/demo/report.md and runs/demo/*.png
-    print(tables(results))                       # the tables alone (what `moc demo` prints at the end)
+    print(tables(results))                       # the tables alone (what `moc-lab demo` prints at the end)
 
-Also on the command line: ``moc report runs/demo`` (regenerate after editing or merging results).
+Also on the command line: ``moc-lab report runs/demo`` (regenerate after editing or merging results).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / RESULTS_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist; run `moc experiment ...` first")
+        raise FileNotFoundError(f"{p} does not exist; run `moc-lab run ...` first")
     return json.loads(p.read_text())
 
 
@@ -333,19 +333,19 @@ def timing_table(results: dict) -> str | None:
 
 
 def tables(results: dict) -> str:
-    """The main tables, as printed at the end of `moc experiment`."""
+    """The main tables, as printed at the end of `moc-lab run`."""
     parts = ["### Validation loss (pretraining distribution)", val_loss_table(results)]
-    p = probe_table(results)
-    if p:
-        parts += ["### Knowledge probes (Table 2 layout: pretrain %, Δ pp, IFT %)", p]
+    parts += _section("### Knowledge probes (Table 2 layout: pretrain %, Δ pp, IFT %)", probe_table(results))
     parts += ["### Compute", compute_table(results)]
-    r = router_table(results)
-    if r:
-        parts += ["### Router usage", r]
-    leak = leak_table(results)
-    if leak:
-        parts += ["### Leak ablation: sequence vs causal routing", leak]
+    parts += _section("### Router usage", router_table(results))
+    parts += _section("### Leak ablation: sequence vs causal routing", leak_table(results))
     return "\n\n".join(parts)
+
+
+def _section(heading: str, body: str | None) -> list[str]:
+    """``[heading, body]``, or nothing when the table ``body`` is missing or empty (the results hold
+    nothing for it): the optional sections of the tables and of the report."""
+    return [heading, body] if body else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,24 +396,16 @@ def render_markdown(results: dict, plots: dict[str, Path]) -> str:
             "learned only token frequencies scores). Knowledge shows only above all four.",
             p,
         ]
-        t = probe_task_table(results)
-        if t:
-            parts += ["### Per task", t]
+        parts += _section("### Per task", probe_task_table(results))
     if "probe_accuracy" in plots:
         parts.append(f"![probe accuracy]({plots['probe_accuracy'].name})")
     parts += ["## Loss curves", f"![loss curves]({plots['loss_curves'].name})"]
     parts += ["## Compute", compute_table(results)]
-    r = router_table(results)
-    if r:
-        parts += ["## Router usage", r]
+    parts += _section("## Router usage", router_table(results))
     if "chapter_usage" in plots:
         parts.append(f"![chapter usage]({plots['chapter_usage'].name})")
-    leak = leak_table(results)
-    if leak:
-        parts += ["## Leak ablation: the paper's sequence routing vs causal routing", leak]
-    t = timing_table(results)
-    if t:
-        parts += ["## Timing", t]
+    parts += _section("## Leak ablation: the paper's sequence routing vs causal routing", leak_table(results))
+    parts += _section("## Timing", timing_table(results))
     notes = results.get("notes") or []
     if notes:
         parts += ["## Notes", "\n".join(f"- {n}" for n in notes)]

@@ -39,7 +39,7 @@ RESULTS_FORMAT = 1
 
 
 def _log(msg: str, progress: bool) -> None:
-    log("moc experiment", msg, progress)
+    log("moc-lab run", msg, progress)
 
 
 def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
@@ -230,6 +230,7 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     pre_micro = phase_micro_batch(exp, exp.pretrain)  # FLOPs per sequence at the micro-batch run
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
+        "kind": "protocol",
         "name": exp.name,
         "description": (
             "The Mixture-of-Chapters protocol at small scale: pretrain MoC and dense baselines on the same "

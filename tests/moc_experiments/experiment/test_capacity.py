@@ -1,4 +1,4 @@
-"""`moc experiment capacity`: recall and memory-off metrics, FLOPs axes, config errors, and the smoke run
+"""`moc-lab run capacity`: recall and memory-off metrics, FLOPs axes, config errors, and the smoke run
 through the CLI (results.json, report.md, plots)."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from memory_helpers import make_memory_matter
 from moc.accounting import count_flops
-from moc.cli import main
 from moc.config import ConfigError
+from moc_experiments.cli import main
 from moc_experiments.corpus.world import KnowledgeWorld
 from moc_experiments.experiment.capacity import (
     CapacityJob,
@@ -98,8 +99,7 @@ def test_shuffled_chapters_move_every_routed_chapter_and_keep_the_shared(tiny_mo
 
 
 def test_memory_off_removes_the_read_only(tiny_moc) -> None:
-    model = tiny_moc()
-    torch.nn.init.normal_(model.layers[1].memory.o_proj.weight, std=0.5)  # a memory that is used
+    model = make_memory_matter(tiny_moc(), std=0.5)
     x = torch.randint(0, 50, (2, 7))
     off = memory_off(model)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("capacity") / "run"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["experiment", "capacity-smoke", "--out", str(out), "--quiet"]) == 0
+        assert main(["run", "capacity-smoke", "--out", str(out), "--quiet"]) == 0
     return out, json.loads((out / "results.json").read_text()), buf.getvalue()
 
 
@@ -180,7 +180,7 @@ def test_smoke_outputs(smoke: tuple[Path, dict, str]) -> None:
     buf = io.StringIO()
     (out / "report.md").unlink()
     with contextlib.redirect_stdout(buf):
-        assert main(["report", str(out)]) == 0  # `moc report` rebuilds a capacity report from results.json
+        assert main(["report", str(out)]) == 0  # `moc-lab report` rebuilds a capacity report
     assert "| model | seeds |" in buf.getvalue()
     report = (out / "report.md").read_text()
     assert "MoC token" in report and "![recall_vs_flops](recall_vs_flops.png)" in report
@@ -218,22 +218,23 @@ def test_smoke_retention(smoke: tuple[Path, dict, str]) -> None:
 def test_demo_runs_the_knowledge_world_and_the_text_on_request(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`moc demo` = capacity-bits-demo into OUT/knowledge (--set applies to it); with --text then the
+    """`moc-lab demo` = capacity-bits-demo into OUT/knowledge (--set applies to it); with --text then the
     `demo` experiment into OUT (--set applies to that one)."""
-    import moc.cli.experiment as cli_exp
     import moc_experiments.experiment.capacity as cap
+    import moc_experiments.experiment.runner as runner
 
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(cap, "run_capacity", lambda cfg, progress: calls.append(("knowledge", cfg)) or {})
-    monkeypatch.setattr(cli_exp, "_run", lambda args: calls.append(("text", args.experiment)) or 0)
+    monkeypatch.setattr(runner, "run_experiment", lambda exp, progress: calls.append(("text", exp)) or {})
     assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--set", "ift.steps=7"]) == 0
     ((_, cfg),) = calls
     assert cfg.name == "capacity-bits-demo" and cfg.run_dir == tmp_path / "knowledge" and cfg.seeds == 2
     assert cfg.ift.steps == 7 and cfg.world.kind == "compositional"
     calls.clear()
     assert main(["demo", "--out", str(tmp_path), "--text", "--set", "pretrain.steps=5"]) == 0
-    (_, cfg), second = calls
-    assert second == ("text", "demo") and cfg.ift.steps == load_capacity("capacity-bits-demo").ift.steps
+    (_, cfg), (second, exp) = calls
+    assert cfg.ift.steps == load_capacity("capacity-bits-demo").ift.steps
+    assert second == "text" and exp.name == "demo" and exp.pretrain.steps == 5 and exp.run_dir == tmp_path
 
 
 def test_resume_trains_only_missing_runs(
@@ -296,10 +297,10 @@ def test_real_text_report_colours_are_per_run() -> None:
 
 
 def test_plan_trains_nothing(tmp_path: Path) -> None:
-    """`moc experiment capacity-smoke --plan` prints steps, models and FLOPs, and writes no results."""
+    """`moc-lab run capacity-smoke --plan` prints steps, models and FLOPs, and writes no results."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["experiment", "capacity-smoke", "--plan", "--out", str(tmp_path / "p")]) == 0
+        assert main(["run", "capacity-smoke", "--plan", "--out", str(tmp_path / "p")]) == 0
     text = buf.getvalue()
     exp = load_capacity("capacity-smoke")
     n = len(exp.models) * exp.seeds

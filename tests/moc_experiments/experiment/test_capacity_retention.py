@@ -1,4 +1,4 @@
-"""The retention protocol of `moc experiment capacity` with real text and real chat: the word-level
+"""The retention protocol of `moc-lab run capacity` with real text and real chat: the word-level
 vocabulary, real-text windows, chat labels, the unchanged world-only stream, the report caption and the
 smoke run with both options end to end (on a tiny corpus built from fake sources)."""
 
@@ -18,8 +18,8 @@ import pytest
 import moc_experiments.experiment.capacity as cap
 import moc_experiments.experiment.capacity.data as cap_data
 import moc_experiments.experiment.capacity.pipeline as cap_pipeline
-from moc.cli import main
 from moc.config import ConfigError
+from moc_experiments.cli import main
 from moc_experiments.corpus.world import BOS, KnowledgeWorld
 from moc_experiments.corpus.world_text import (
     CHAT_WORDS,
@@ -244,7 +244,7 @@ def retention_smoke(tmp_path_factory: pytest.TempPathFactory):
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            argv = ["experiment", "capacity-smoke", "--out", str(out), "--quiet"]
+            argv = ["run", "capacity-smoke", "--out", str(out), "--quiet"]
             for o in SMOKE_SETS:
                 argv += ["--set", o]
             assert main(argv) == 0

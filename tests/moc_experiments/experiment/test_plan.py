@@ -1,11 +1,11 @@
-"""``moc experiment NAME --plan``: the iso-FLOP depth comes from the batch-aware FLOP count."""
+"""``moc-lab run NAME --plan``: the iso-FLOP depth comes from the batch-aware FLOP count."""
 
 from __future__ import annotations
 
 import pytest
 
 from moc.accounting import isoflop
-from moc.cli import main
+from moc_experiments.cli import main
 from moc_experiments.experiment import load_experiment
 from moc_experiments.experiment.plan import experiment_plan
 
@@ -24,7 +24,7 @@ def test_paper_plan_uses_the_pretraining_micro_batch() -> None:
 
 
 def test_plan_cli_prints_models_and_trains_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["experiment", "paper", "--plan", "--set", "pretrain.micro_batch_size=16"]) == 0
+    assert main(["run", "paper", "--plan", "--set", "pretrain.micro_batch_size=16"]) == 0
     out = capsys.readouterr().out
     assert "micro-batch 16" in out and "dense_isoflop" in out and "iso-FLOP mismatch" in out
     assert "28 layers" in out  # causal routing at batch 16 (the issue's target depth)

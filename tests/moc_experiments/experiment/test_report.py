@@ -139,7 +139,7 @@ def test_report_without_ift_or_probes(results: dict, tmp_path: Path) -> None:
 
 
 def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from moc.cli import main
+    from moc_experiments.cli import main
 
     run = tmp_path / "run"
     run.mkdir()

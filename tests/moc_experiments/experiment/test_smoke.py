@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moc.cli import main
+from moc_experiments.cli import main
 from moc_experiments.experiment import load_experiment, run_experiment
 
 
@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str
     with contextlib.redirect_stdout(buf):
         rc = main(
             [
-                "experiment",
+                "run",
                 "smoke",
                 "--out",
                 str(out),

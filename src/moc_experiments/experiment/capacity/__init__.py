@@ -1,4 +1,4 @@
-"""`moc experiment capacity`: how much knowledge does a model store, where, and at what FLOP cost?
+"""`moc-lab run capacity`: how much knowledge does a model store, where, and at what FLOP cost?
 
     from moc_experiments.experiment.capacity import load_capacity, run_capacity
     results = run_capacity(load_capacity("capacity-smoke"))   # runs/capacity-smoke/{results.json,report.md}

@@ -42,7 +42,7 @@ def make_world(cfg: CapacityConfig) -> Any:
 def text_corpus(cfg: CapacityConfig, roots: Any = None, progress: bool = False, **corpus: Any) -> Any:
     """Build or reuse the offline demo corpus for ``cfg.text`` in ``cfg.corpus_dir`` -> ``CorpusPaths``.
 
-    The same builder and settings as the real-text demo (``data.corpus`` of ``moc experiment demo``) with
+    The same builder and settings as the real-text demo (``data.corpus`` of ``moc-lab run demo``) with
     ``text.max_text_mb``; ``roots``/``corpus`` override the source locations and builder settings (tests
     build a tiny corpus from fake sources)."""
     from moc_experiments.corpus import build_corpus

@@ -36,7 +36,7 @@ from moc_experiments.experiment.pool import cores, execute, log, write_json
 
 
 def _log(msg: str, progress: bool) -> None:
-    log("moc experiment capacity", msg, progress)
+    log("moc-lab run capacity", msg, progress)
 
 
 @dataclass
@@ -198,7 +198,7 @@ def plan_jobs(cfg: CapacityConfig, data: PreparedData, models: dict[str, Any]) -
 
 
 def capacity_plan(cfg: CapacityConfig) -> str:
-    """What ``run_capacity`` would do, without training (``moc experiment capacity --plan``): steps and
+    """What ``run_capacity`` would do, without training (``moc-lab run capacity --plan``): steps and
     tokens per run, every model's size and FLOPs, and how many runs an earlier results.json saves."""
     data = prepare(cfg, progress=False)
     world, steps = data.world, data.steps

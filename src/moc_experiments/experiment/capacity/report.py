@@ -1,4 +1,4 @@
-"""report.md and plots of `moc experiment capacity`, written from results.json alone.
+"""report.md and plots of `moc-lab run capacity`, written from results.json alone.
 
 When the runs measured knowledge in bits (Allen-Zhu & Li's bit complexity, see
 :mod:`moc_experiments.experiment.capacity.metrics`) the report leads with it: the main table (bits per

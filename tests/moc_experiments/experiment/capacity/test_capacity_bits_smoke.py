@@ -1,4 +1,4 @@
-"""`moc experiment capacity-bits-smoke`: the compositional world end to end (packed training, bits, the
+"""`moc-lab run capacity-bits-smoke`: the compositional world end to end (packed training, bits, the
 saturation runs, routing spread, full and gentle IFT, the report and its plots)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moc.cli import main
+from moc_experiments.cli import main
 from moc_experiments.experiment.capacity import load_capacity
 
 
@@ -19,7 +19,7 @@ from moc_experiments.experiment.capacity import load_capacity
 def bits_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("bits") / "run"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["experiment", "capacity-bits-smoke", "--out", str(out), "--quiet"]) == 0
+        assert main(["run", "capacity-bits-smoke", "--out", str(out), "--quiet"]) == 0
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -61,6 +61,6 @@ def test_bits_smoke_report_and_resume(bits_smoke: tuple[Path, dict]) -> None:
     assert "Saturation check" in report and "Rule for every comparison" in report
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["experiment", "capacity-bits-smoke", "--out", str(out), "--plan"]) == 0
+        assert main(["run", "capacity-bits-smoke", "--out", str(out), "--plan"]) == 0
     n = len(results["runs"]) * 3  # 2 seeds + 1 saturation run per model
     assert f"{n} reusable" in buf.getvalue() and "0 to train" in buf.getvalue()

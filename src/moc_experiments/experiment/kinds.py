@@ -1,0 +1,115 @@
+"""The two kinds of experiment behind one shape: load a config, plan, run, print tables, write a report.
+
+    kind = kind_of_spec("capacity-bits")          # from a preset name or a YAML file's `kind:`
+    cfg = kind.load("capacity-bits", ["seeds=2"])
+    print(kind.plan(cfg)); results = kind.run(cfg, True)   # runs/NAME/{results.json, report.md, *.png}
+    kind_of_results(results).write_report(results_path, None)
+
+- ``protocol``: the paper's protocol on real text (pretrain, measure, IFT, measure; :mod:`.runner`);
+- ``capacity``: knowledge in bits on a synthetic world (:mod:`.capacity.pipeline`).
+
+Both pipelines build a list of jobs, run them on the same worker pool (:mod:`.pool`), write
+``results.json`` atomically after every finished job, and render ``report.md`` from it, so a run
+folder says which kind wrote it (its results' ``kind``) and ``moc-lab report`` needs no other hint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moc.configio import ConfigError, suggest
+from moc_experiments.errors import ExperimentError
+from moc_experiments.experiment import capacity, plan, report, runner
+from moc_experiments.experiment import config as protocol_config
+from moc_experiments.experiment.capacity import report as capacity_report
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    """One kind of experiment; every field is a function of the library's experiment API."""
+
+    name: str
+    config_class: type
+    presets: Callable[[], list[str]]
+    load: Callable[[str, Sequence[str]], Any]  # (preset or YAML, --set overrides) -> config
+    plan: Callable[[Any], str]  # config -> what would run, without training
+    run: Callable[[Any, bool], dict[str, Any]]  # (config, progress) -> results (also written to disk)
+    tables: Callable[[dict[str, Any]], str]  # results -> the main tables as text
+    write_report: Callable[[Path, Path | None], Path]  # (results.json, out folder) -> report.md
+    show: Callable[[Any], dict[str, Any]]  # config -> everything it resolves to, for `config show`
+
+
+def _show_protocol(exp: protocol_config.ExperimentConfig) -> dict[str, Any]:
+    d = exp.to_dict()
+    d["moc"] = exp.moc_config.to_dict()  # the model section resolved too (its base: chain followed)
+    return d
+
+
+PROTOCOL = ExperimentKind(
+    name="protocol",
+    config_class=protocol_config.ExperimentConfig,
+    presets=protocol_config.experiment_presets,
+    load=lambda spec, overrides: protocol_config.load_experiment(spec, list(overrides)),
+    plan=lambda exp: plan.format_plan(plan.experiment_plan(exp)),
+    run=lambda exp, progress: runner.run_experiment(exp, progress=progress),
+    tables=report.tables,
+    write_report=lambda path, out: report.write_report(path, out),
+    show=_show_protocol,
+)
+
+CAPACITY = ExperimentKind(
+    name="capacity",
+    config_class=capacity.CapacityConfig,
+    presets=capacity.capacity_presets,
+    load=lambda spec, overrides: capacity.load_capacity(spec, list(overrides)),
+    plan=capacity.capacity_plan,
+    run=lambda cfg, progress: capacity.run_capacity(cfg, progress=progress),
+    tables=capacity_report.tables,
+    write_report=lambda path, out: capacity_report.write_report(path, out),
+    show=lambda cfg: cfg.to_dict(),
+)
+
+KINDS = {k.name: k for k in (PROTOCOL, CAPACITY)}
+
+
+def kind_of_spec(spec: str) -> ExperimentKind:
+    """The kind of a preset name or YAML file: ``capacity`` for capacity presets and files saying
+    ``kind: capacity``, else the protocol. An unknown name is a ConfigError naming every preset."""
+    if capacity.is_capacity(spec):
+        return CAPACITY
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists() or spec in PROTOCOL.presets():
+        return PROTOCOL  # a file without `kind: capacity` (the protocol's loader checks its keys)
+    names = [name for kind in KINDS.values() for name in kind.presets()]
+    raise ConfigError(
+        f"no experiment preset or file named {spec!r}{suggest(spec, names)}; presets: {', '.join(names)}"
+    )
+
+
+def results_path(run: str | Path) -> Path:
+    """A run folder's results.json (or the given results file); FileNotFoundError names the fix."""
+    path = Path(run)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `moc-lab run ...` first")
+    return path
+
+
+def kind_of_results(results: dict[str, Any]) -> ExperimentKind:
+    """The kind that wrote ``results`` (files without a ``kind`` are the protocol's)."""
+    name = results.get("kind", PROTOCOL.name)
+    if name not in KINDS:
+        raise ExperimentError(f"results of unknown kind {name!r}; known: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def load_results(run: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(path, results) of a run folder or results file."""
+    path = results_path(run)
+    return path, json.loads(path.read_text())
