@@ -42,7 +42,7 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def build_core(*overrides: str, seed: int = 0) -> moc.model.MoCModel:
     """A tiny MoC model whose memory output projections are non-zero (so memory changes the logits)."""
     torch.manual_seed(seed)
-    # causal routing pinned (tiny-moc's default before it became token); tests override it as needed
+    # causal routing pinned (tiny-moc routes per token): these tests exercise the chunked read; override it
     cfg = moc.load_config("tiny-moc", [f"model.vocab_size={VOCAB}", "memory.routing=causal", *overrides])
     return make_memory_matter(moc.build_model(cfg)).eval()
 
