@@ -263,3 +263,64 @@ def test_fresh_run_refuses_an_out_dir_with_checkpoints(tiny_cfg) -> None:
         train(tiny_cfg("train.max_steps=1"))
     again = train(tiny_cfg("train.max_steps=1", "train.overwrite=true"))
     assert [Path(p).name for p in again.checkpoints] == ["step_000001"] and again.step == 1
+
+
+# --- what a run reports -----------------------------------------------------------------------------
+
+
+def test_result_reports_the_run(tiny_cfg) -> None:
+    """Every TrainResult field describes the run: histories per step, checkpoints, tokens, time."""
+    r = train(tiny_cfg("train.max_steps=4", "train.eval_every=2", "train.save_every=2", "train.keep_last=0"))
+    assert r.step == 4 and len(r.loss_history) == len(r.aux_loss_history) == 4
+    assert all(a > 0 for a in r.aux_loss_history)  # the router's load-balance + z loss
+    assert [v["step"] for v in r.val_history] == [2, 4]
+    assert [Path(c).name for c in r.checkpoints] == ["step_000002", "step_000004"]
+    assert r.last_checkpoint == r.checkpoints[-1] and r.best_checkpoint in r.checkpoints
+    best = min(r.val_history, key=lambda v: v["val_loss"])["step"]
+    assert Path(r.best_checkpoint).name == f"step_{best:06d}"
+    assert r.tokens_seen == 4 * 4 * 16  # steps x micro-batch x seq_len (one process, no accumulation)
+    assert r.elapsed_s > 0 and r.resumed_from is None and r.initialized_from is None
+    assert r.n_trainable_params == r.n_params > 0 and r.optimizer_state_bytes > 0
+
+
+def test_non_finite_aux_loss_is_named(tiny_cfg) -> None:
+    cfg = tiny_cfg("train.max_steps=3", "train.save_every=0")
+
+    def poison(n: int, out: object) -> None:
+        if n == 2:
+            out.aux_loss = out.aux_loss * float("inf")
+
+    with pytest.raises(DivergenceError, match=r"non-finite router aux loss at step 2 .*none written yet"):
+        train(cfg, model=hooked_model(cfg, poison))
+
+
+def test_resume_says_what_changed(tiny_cfg, capsys: pytest.CaptureFixture[str]) -> None:
+    """Resuming at another thread count or global batch says so; --resume with nothing to resume says
+    it starts fresh; an optimizer state that no longer fits names train.freeze_bank."""
+    fresh = train(tiny_cfg("train.max_steps=1", "train.save_every=1", out="fresh"), resume=True)
+    assert fresh.resumed_from is None
+    root = Path(fresh.out_dir) / "checkpoints"
+    said = capsys.readouterr().out
+    assert f"moc train: --resume found no complete checkpoint in {root}; starting fresh" in said
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(tiny_cfg("train.max_steps=2", "train.save_every=2"))
+        torch.set_num_threads(2)
+        capsys.readouterr()
+        train(tiny_cfg("train.max_steps=3", "train.save_every=3", "train.micro_batch_size=2"), resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    assert (
+        "moc train: the checkpoint was written with 1 CPU threads, this run uses 2; losses will differ from "
+        "an uninterrupted run in the last digits (set OMP_NUM_THREADS=1 for a bit-identical resume)"
+    ) in out.err
+    assert (
+        "moc train: the checkpoint used a global batch of 4 windows, this run uses 2; continuing from the "
+        "same data position"
+    ) in out.out
+
+    with pytest.raises(CheckpointError, match=r"optimizer state in .*step_000003 does not fit.*freeze_bank"):
+        train(tiny_cfg("train.max_steps=4", "train.freeze_bank=true"), resume=True)

@@ -478,7 +478,11 @@ class _Run:
 
     def _load_training_state(self, ckpt: Path) -> None:
         osd = checkpoint.load_torch_file(ckpt / checkpoint.OPTIMIZER)
+        saved = [g.get("category") for g in osd.get("param_groups", [])]
+        ours = [g.get("category") for g in self.opt.param_groups]
         try:
+            if saved != ours:  # the state would load by parameter name, but the schedule's groups would not
+                raise ValueError(f"its parameter groups {saved}, this run's {ours}")
             parallel.load_full_optimizer_state(self.model, self.opt, osd)
         except (KeyError, ValueError, RuntimeError) as e:
             raise checkpoint.CheckpointError(
