@@ -21,6 +21,9 @@ from moc.accounting import (
     primitives,
     training_flops_per_token,
 )
+from moc.accounting.flops import forward_flops
+from moc.accounting.params import bank_params, n_banks
+from moc.accounting.primitives import ceil_log2
 
 PAPER = moc.load_config("paper-moc")
 D, V, FF, L = 768, 49152, 2304, 1024  # paper width, vocab, MLP width, sequence length
@@ -534,3 +537,85 @@ def test_mfu_reproduces_spec_anchors() -> None:
     assert mfu(1000, PAPER, 1024, peak_flops=1e12) == pytest.approx(1000 * 3 * 459_171_802_488 / 1024 / 1e12)
     with pytest.raises(ValueError, match="peak_flops"):
         mfu(1000, PAPER, 1024, peak_flops=0)
+
+
+def test_every_count_uses_the_sequence_length_it_is_given() -> None:
+    """Counts at seq_len 256 differ from the preset's 1024: each entry point must pass it on."""
+    moc_256 = count_flops(PAPER, 256)["forward"]
+    assert moc_256 != count_flops(PAPER)["forward"]
+    assert forward_flops(PAPER, 256) == moc_256
+    assert training_flops_per_token(PAPER, 256) == 3 * moc_256 / 256
+    assert mfu(1000, PAPER, 256, peak_flops=1e12) == pytest.approx(1000 * 3 * moc_256 / 256 / 1e12)
+    iso = isoflop(PAPER, 256)
+    assert iso["seq_len"] == 256 and iso["moc_forward"] == moc_256
+    assert iso["dense_forward"] == count_flops(isoflop_config(PAPER, 256), 256)["forward"]
+    # at batch 4 the MoC model projects fewer distinct chapters per sequence: a cheaper forward
+    assert isoflop(PAPER, 256, 4)["moc_forward"] == count_flops(PAPER, 256, 4)["forward"] < moc_256
+    assert isoflop_config(PAPER, 256, 4).model.n_layers == isoflop(PAPER, 256, 4)["dense_layers"]
+
+
+@pytest.mark.parametrize("preset", ["paper-moc", "tiny-moc"])
+@pytest.mark.parametrize("seq_len", [64, 256, 1000])
+def test_isoflop_depth_is_the_nearest(preset: str, seq_len: int) -> None:
+    """No other depth is nearer the MoC model's forward FLOPs (ties to the shallower one)."""
+    iso = isoflop(preset, seq_len)
+    n, target = iso["dense_layers"], iso["moc_forward"]
+    gap = abs(iso["dense_forward"] - target)
+    dense = isoflop_config(preset, seq_len)
+    for other in (d for d in range(1, 3 * n + 3) if d != n):
+        gap_other = abs(count_flops(dense.replace({"model.n_layers": other}), seq_len)["forward"] - target)
+        assert gap_other > gap or (gap_other == gap and other > n), (other, n)
+
+
+def test_isoflop_rounds_half_a_layer_down_and_never_to_zero_layers() -> None:
+    tiny = moc.load_config("tiny-moc", ["memory.enabled=false"])
+    # a dense model is its own iso-FLOP model, even with a single layer
+    one = tiny.replace({"model.n_layers": 1})
+    assert isoflop(one)["dense_layers"] == 1 and isoflop(one)["mismatch"] == 0.0
+    assert isoflop(tiny)["dense_layers"] == tiny.model.n_layers
+
+
+def test_report_names_its_terms() -> None:
+    """The breakdown's names are part of the output (``moc flops --json``, the docs' tables)."""
+    r = count_flops(PAPER, 1024, 2)
+    assert (r["config"], r["seq_len"], r["batch_size"]) == ("paper-moc", 1024, 2)
+    assert set(r["breakdown"]) == {"layer", "memory_layer", "head"}
+    assert list(r["breakdown"]["layer"]["terms"]) == [
+        "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "attention.matmul",
+        "attention.softmax", "rope", "norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        "mlp.activation", "residual",
+    ]  # fmt: skip
+    assert list(r["breakdown"]["layer"]["parts"]) == ["attention", "rope", "norm", "mlp", "residual"]
+    assert list(r["breakdown"]["head"]["terms"]) == ["norm", "lm_head", "cross_entropy"]
+    assert set(count_flops("tiny-dense")["breakdown"]) == {"layer", "head"}
+
+
+def test_argument_checks() -> None:
+    assert count_flops("tiny-moc", 1)["seq_len"] == 1  # one token is a valid sequence
+    for bad in (True, 0, 1.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            count_flops("tiny-moc", 16, bad)
+    assert mfu(0, PAPER, 1024) == 0.0  # an idle step is 0% MFU, not an error
+    with pytest.raises(ValueError, match="tokens_per_second >= 0"):
+        mfu(-1, PAPER, 1024)
+    per_token = training_flops_per_token(PAPER, 1024)
+    assert mfu(1000, PAPER, 1024, peak_flops=0.5) == pytest.approx(2000 * per_token)
+    n_chapters = PAPER.memory.n_chapters
+    whole = count_flops(PAPER, 1024, 1, projected_chapters=n_chapters)  # every chapter projected: allowed
+    one = count_flops(PAPER, 1024, 1, projected_chapters=1.0)  # a single (shared) chapter: allowed
+    assert one["forward"] < whole["forward"]
+    assert count_flops(PAPER, 1024, 1, projected_chapters=0.5)["forward"] < one["forward"]
+    for bad in (0, -1, n_chapters + 1):
+        with pytest.raises(ValueError, match="projected_chapters"):
+            count_flops(PAPER, 1024, 1, projected_chapters=bad)
+    with pytest.raises(ValueError, match="k >= 1, got 0"):
+        ceil_log2(0)
+
+
+def test_parameter_counts_of_a_model_with_one_memory_layer_and_without_memory() -> None:
+    dense = count_params("tiny-dense")
+    assert dense["bank"] == 0 and dense["memory_layers"] == 0 and dense["total"] == dense["backbone"]
+    assert n_banks(moc.load_config("tiny-dense")) == 0
+    one = moc.load_config("tiny-moc", ["memory.layers=[1]", "memory.bank_sharing=per_layer"])
+    assert n_banks(one) == 1
+    assert count_params(one)["bank"] == bank_params(one) > 0
