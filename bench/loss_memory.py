@@ -1,4 +1,4 @@
-"""Peak memory of the LM loss: full logits vs. chunked linear + cross-entropy (issue 10 point 3).
+"""Peak memory of the LM loss: full logits vs. chunked linear + cross-entropy.
 
 Each method runs in a fresh subprocess: hidden states (N x d) and the output embedding (V x d) are
 made first, then the loss forward + backward; the reported figure is the growth of the process's peak

@@ -1,4 +1,4 @@
-"""Packed windows carry per-document position ids (issue 9): they restart where a document starts."""
+"""Packed windows carry per-document position ids: they restart where a document starts."""
 
 from __future__ import annotations
 

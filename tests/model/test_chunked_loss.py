@@ -1,4 +1,4 @@
-"""The LM loss in chunks (issue 10 point 3): same loss and gradients as full logits, no full logits."""
+"""The LM loss in chunks: same loss and gradients as full logits, no full logits."""
 
 from __future__ import annotations
 

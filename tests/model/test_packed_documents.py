@@ -1,4 +1,4 @@
-"""Packed documents stay separate (issue 9): a document's logits in a packed row equal its logits alone.
+"""Packed documents stay separate: a document's logits in a packed row equal its logits alone.
 
 A position restart (Hugging Face's ``DataCollatorWithFlattening`` convention) is a document boundary:
 self-attention is block-diagonal causal and the memory routing pools only the current document.

@@ -1,4 +1,4 @@
-"""The training loop feeds per-document position ids (issue 9), unless data.separate_documents=false."""
+"""The training loop feeds per-document position ids, unless data.separate_documents=false."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training log's measured distinct chapters and the batch-aware MFU (issue 9, accounting)."""
+"""The training log's measured distinct chapters and the batch-aware MFU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's recipe as config keys (issue 9 point 3) and IFT epochs under packing."""
+"""The paper's recipe as config keys and IFT epochs under packing."""
 
 from __future__ import annotations
 
