@@ -32,7 +32,7 @@ RESULTS_FILE = "results.json"
 
 @dataclass(frozen=True)
 class ExperimentKind:
-    """One kind of experiment; every field is a function of the library's experiment API."""
+    """One kind of experiment: a function for each step every kind has (load, plan, run, tables, report)."""
 
     name: str
     config_class: type

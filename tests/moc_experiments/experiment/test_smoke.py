@@ -50,6 +50,7 @@ def test_outputs(smoke_run: tuple[Path, dict, str]) -> None:
     ):
         assert (out / name).is_file(), name
     assert "### Knowledge probes" in printed and "### Leak ablation" in printed
+    assert results["kind"] == "protocol"  # moc-lab report reads it to pick the report
     assert set(results["models"]) == {"moc", "dense_backbone", "dense_isoflop", "moc_sequence"}
     assert results["environment"]["workers"] == 2
     (seed_run,) = results["runs"]
