@@ -386,7 +386,10 @@ def test_expected_distinct_chapters_edges() -> None:
     assert expected_distinct_chapters(1, 4096, 64, 1) == 65.0  # one decision: exactly shared + k
     assert expected_distinct_chapters(0, 10, 10, 3) == 10.0  # k = all routed chapters
     assert expected_distinct_chapters(2, 4096, 64, 10**9) == pytest.approx(4098)  # saturates at C
-    # The issue's figure: 16 sequences x 16 causal chunks of the paper model.
+    assert expected_distinct_chapters(0, 8, 1, 2) == pytest.approx(8 * (1 - (7 / 8) ** 2))  # top-1 is valid
+    with pytest.raises(ValueError, match="top_k"):
+        expected_distinct_chapters(1, 8, 0, 1)
+    # 16 sequences x 16 causal chunks of the paper model.
     assert expected_distinct_chapters(1, 4096, 64, 256) == pytest.approx(4024.3, abs=0.1)
     with pytest.raises(ValueError, match="top_k"):
         expected_distinct_chapters(1, 8, 9, 1)
@@ -610,6 +613,17 @@ def test_argument_checks() -> None:
             count_flops(PAPER, 1024, 1, projected_chapters=bad)
     with pytest.raises(ValueError, match="k >= 1, got 0"):
         ceil_log2(0)
+
+
+def test_defaults_count_one_sequence_per_micro_batch() -> None:
+    """Called without a batch size, every count is the paper's (batch 1)."""
+    from moc.accounting.flops import memory_layer_terms, routing_geometry
+
+    c = moc.load_config("paper-moc", ["memory.routing=causal"])
+    assert memory_layer_terms(c, 1024) == memory_layer_terms(c, 1024, 1) != memory_layer_terms(c, 1024, 4)
+    assert routing_geometry(c, 1024) == routing_geometry(c, 1024, 1) != routing_geometry(c, 1024, 4)
+    assert isoflop_config(c, 1024) == isoflop_config(c, 1024, 1)
+    assert isoflop_config(c, 1024).model.n_layers != isoflop_config(c, 1024, 16).model.n_layers
 
 
 def test_parameter_counts_of_a_model_with_one_memory_layer_and_without_memory() -> None:
