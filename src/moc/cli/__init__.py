@@ -1,8 +1,9 @@
 """The ``moc`` command line. Each subcommand lives in its own module with a ``register(subparsers)``.
 
-Errors are handled once, in :func:`main`: a :class:`~moc.errors.MocError` (bad config, data,
-checkpoint, ...) or an ``OSError`` (disk full, permission denied, ...) becomes one line on stderr and
-exit status 2; Ctrl-C or SIGTERM exits 130 (training saves a checkpoint first); output cut short by a
+Errors are handled once, in :func:`run_command` (which :func:`main` and the lab's ``moc-lab`` call):
+a :class:`~moc.errors.MocError` (bad config, data, checkpoint, ...) or an ``OSError`` (disk full,
+permission denied, ...) becomes one line on stderr and exit status 2; Ctrl-C or SIGTERM exits 130
+(training saves a checkpoint first); output cut short by a
 closed pipe (``moc ... | head``) exits quietly. Subcommands just raise.
 """
 
