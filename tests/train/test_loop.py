@@ -324,3 +324,23 @@ def test_resume_says_what_changed(tiny_cfg, capsys: pytest.CaptureFixture[str]) 
 
     with pytest.raises(CheckpointError, match=r"optimizer state in .*step_000003 does not fit.*freeze_bank"):
         train(tiny_cfg("train.max_steps=4", "train.freeze_bank=true"), resume=True)
+
+
+def test_resume_skips_damaged_checkpoints_and_says_so(tiny_cfg, capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged newest checkpoint is named on stderr and skipped; when none verifies, resume refuses."""
+    cfg = tiny_cfg("train.max_steps=4", "train.save_every=2", "train.keep_last=0")
+    first = train(cfg)
+    newest = Path(first.last_checkpoint)
+    weights = newest / checkpoint.WEIGHTS
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    capsys.readouterr()
+    resumed = train(cfg, resume=True)
+    assert Path(resumed.resumed_from).name == "step_000002" and resumed.step == 4
+    said = capsys.readouterr().err
+    assert f"moc train: skipping damaged checkpoint step_000004: {weights} has 100 bytes" in said
+    for ckpt in Path(cfg.train.out_dir, "checkpoints").glob("step_*"):
+        with open(ckpt / checkpoint.WEIGHTS, "r+b") as f:
+            f.truncate(100)
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .*checkpoints verifies \(see above\)"):
+        train(cfg, resume=True)
