@@ -43,7 +43,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
-# Mutation testing of the memory read, the accounting and the training loss (config: [tool.mutmut] in
+# Mutation testing of the memory read, the accounting and the training loop (config: [tool.mutmut] in
 # pyproject.toml; see docs/development.md). Not part of `make test`: tens of minutes on 1-2 cores.
 # Narrow it with mutmut's name globs, e.g. make mutate MUTANTS='moc.model.memory*'; then
 # `$(BIN)/mutmut results` lists the survivors and `$(BIN)/mutmut show NAME` prints one as a diff.
