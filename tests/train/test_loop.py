@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import moc
 from moc.config import ConfigError
 from moc.data import PackedSequences, load_prepared
 from moc.train import CheckpointError, DivergenceError, TrainError, checkpoint, train
+from moc.train.errors import TrainingInterrupted
 from moc.train.schedule import lr_multiplier
 
 
@@ -344,3 +347,70 @@ def test_resume_skips_damaged_checkpoints_and_says_so(tiny_cfg, capsys: pytest.C
             f.truncate(100)
     with pytest.raises(CheckpointError, match=r"no checkpoint in .*checkpoints verifies \(see above\)"):
         train(cfg, resume=True)
+
+
+@pytest.mark.parametrize(("stop_at", "save_every"), [(2, 4), (4, 2)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint(
+    tiny_cfg, capsys: pytest.CaptureFixture[str], stop_at: int, save_every: int
+) -> None:
+    """SIGTERM during a step (in this process, as a scheduler sends it): the step finishes, its
+    checkpoint is written (or kept, when the schedule already saved it), TrainingInterrupted says where
+    to resume, and the resumed run repeats the uninterrupted one exactly."""
+    extra = ("train.max_steps=6", f"train.save_every={save_every}", "train.keep_last=0")
+    ref = train(tiny_cfg(*extra, out="ref"))
+    cfg = tiny_cfg(*extra)
+
+    def terminate(n: int, out: object) -> None:
+        if n == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(cfg, model=hooked_model(cfg, terminate))
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    ckpt = Path(cfg.train.out_dir) / "checkpoints" / f"step_{stop_at:06d}"
+    assert str(stopped.value) == (
+        f"stopped by SIGTERM after step {stop_at}; checkpoint saved in {ckpt}; continue with the same "
+        "command plus --resume"
+    )
+    assert stopped.value.step == stop_at and stopped.value.checkpoint == str(ckpt)
+    assert checkpoint.CheckpointManager(ckpt.parent).latest() == ckpt
+    assert "moc train: SIGTERM received; finishing this step and saving" in capsys.readouterr().err
+    resumed = train(cfg, resume=True)
+    assert resumed.resumed_from == str(ckpt) and resumed.loss_history == ref.loss_history
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward (a finite loss whose update would blow up)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        return g * float("inf")
+
+
+def test_non_finite_gradient_is_named_and_skips_are_counted(
+    tiny_cfg, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_cfg("train.max_steps=3", "train.save_every=0")
+
+    def blow_up(n: int, out: object) -> None:
+        if n == 2:
+            out.loss = _InfiniteGradient.apply(out.loss)
+
+    with pytest.raises(DivergenceError, match=r"non-finite gradient norm at step 2 \(loss=[0-9.]+, "):
+        train(cfg, model=hooked_model(cfg, blow_up))
+
+    skip = tiny_cfg("train.max_steps=4", "train.save_every=0", "train.nan_policy=skip", out="skip")
+
+    def twice(n: int, out: object) -> None:
+        if n in (2, 3):
+            out.loss = _InfiniteGradient.apply(out.loss)
+
+    capsys.readouterr()
+    r = train(skip, model=hooked_model(skip, twice))
+    assert r.nan_skips == 2
+    assert "skipped this update (train.nan_policy=skip; 2 skipped so far)" in capsys.readouterr().out
