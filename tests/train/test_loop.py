@@ -349,7 +349,7 @@ def test_resume_skips_damaged_checkpoints_and_says_so(tiny_cfg, capsys: pytest.C
         train(cfg, resume=True)
 
 
-@pytest.mark.parametrize(("stop_at", "save_every"), [(2, 4), (4, 2)])
+@pytest.mark.parametrize(("stop_at", "save_every"), [(2, 4), (4, 2), (3, 1), (3, 0)])
 def test_a_signal_stops_after_the_step_with_a_checkpoint(
     tiny_cfg, capsys: pytest.CaptureFixture[str], stop_at: int, save_every: int
 ) -> None:
