@@ -1,4 +1,5 @@
-"""Small file-system helpers shared by the writers of checkpoints, exports and prepared data.
+"""Small file-system helpers shared by the writers of checkpoints, exports and prepared data, and the
+sha256 of a file (data source fingerprints, checkpoint manifests).
 
 Outputs are built in a private temp folder and renamed into place. ``tempfile.mkdtemp`` creates that
 folder 0700, and ``safetensors`` writes its files 0600, whatever the umask says; a folder renamed into
@@ -8,6 +9,7 @@ place keeps those modes, so another user or a serving account would get "Permiss
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -44,3 +46,13 @@ def apply_umask(root: str | Path) -> None:
         else:
             executable = os.stat(p).st_mode & 0o111
             os.chmod(p, (0o666 | (0o111 if executable else 0)) & ~mask)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (files of any size): the content
+    fingerprint of a data source file and of each checkpoint file in its manifest."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

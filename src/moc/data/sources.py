@@ -21,7 +21,6 @@ Text must be UTF-8; a file that is not names the byte offset where decoding fail
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moc.data.errors import DataError
+from moc.files import sha256_file
 
 TxtMode = Literal["file", "line", "paragraph"]
 TXT_MODES: tuple[str, ...] = ("file", "line", "paragraph")
@@ -96,16 +96,6 @@ class Source:
             "rows": len(ds),
             "fingerprint": getattr(ds, "_fingerprint", None),
         }
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (files of any size): the content
-    fingerprint of a source file here and of each checkpoint file in its manifest."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,9 +41,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from moc.data.sources import sha256_file
 from moc.errors import one_line, os_error_message
-from moc.files import apply_umask
+from moc.files import apply_umask, sha256_file
 from moc.train.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"

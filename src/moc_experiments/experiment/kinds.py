@@ -26,8 +26,7 @@ from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment import capacity, plan, report, runner
 from moc_experiments.experiment import config as protocol_config
 from moc_experiments.experiment.capacity import report as capacity_report
-
-RESULTS_FILE = "results.json"
+from moc_experiments.experiment.pool import results_path
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,6 @@ def kind_of_spec(spec: str) -> ExperimentKind:
     raise ConfigError(
         f"no experiment preset or file named {spec!r}{suggest(spec, names)}; presets: {', '.join(names)}"
     )
-
-
-def results_path(run: str | Path) -> Path:
-    """A run folder's results.json (or the given results file); FileNotFoundError names the fix."""
-    path = Path(run)
-    path = path / RESULTS_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `moc-lab run ...` first")
-    return path
 
 
 def kind_of_results(results: dict[str, Any]) -> ExperimentKind:

@@ -19,6 +19,17 @@ from typing import Any
 
 from moc_experiments.errors import ExperimentError
 
+RESULTS_FILE = "results.json"  # every experiment's results, in its run folder
+
+
+def results_path(run: str | Path) -> Path:
+    """A run folder's results.json (or the results file given); FileNotFoundError names the fix."""
+    path = Path(run)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `moc-lab run ...` first")
+    return path
+
 
 def log(prefix: str, msg: str, progress: bool) -> None:
     if progress:

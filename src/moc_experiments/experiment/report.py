@@ -15,21 +15,16 @@ from typing import Any
 
 from moc_experiments.experiment import summary
 from moc_experiments.experiment.plots import make_plots
+from moc_experiments.experiment.pool import results_path
 from moc_experiments.experiment.stats import Estimate
 from moc_experiments.experiment.verdict import findings
 
-RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read a results.json (or the one inside a run folder)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / RESULTS_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist; run `moc-lab run ...` first")
-    return json.loads(p.read_text())
+    return json.loads(results_path(path).read_text())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ from moc_experiments.experiment.models import (
     phase_micro_batch,
     phase_seq_len,
 )
+from moc_experiments.experiment.pool import RESULTS_FILE, execute, log, write_json
 from moc_experiments.experiment.pool import cores as pool_cores
-from moc_experiments.experiment.pool import execute, log, write_json
-from moc_experiments.experiment.report import RESULTS_FILE, tables, write_report
+from moc_experiments.experiment.report import tables, write_report
 
 RESULTS_FORMAT = 1
 

@@ -19,7 +19,6 @@ where (memory off, routed chapters shuffled), optionally after instruction fine-
 
 from moc_experiments.experiment.capacity.config import (
     PRESET_DIR,
-    RESULTS_FILE,
     CapacityConfig,
     capacity_presets,
     is_capacity,
@@ -38,6 +37,7 @@ from moc_experiments.experiment.capacity.metrics import (
 from moc_experiments.experiment.capacity.models import flops_per_token
 from moc_experiments.experiment.capacity.pipeline import capacity_plan, run_capacity
 from moc_experiments.experiment.capacity.train import CapacityJob, train_run
+from moc_experiments.experiment.pool import RESULTS_FILE
 
 __all__ = [
     "PRESET_DIR", "RESULTS_FILE", "CapacityConfig", "CapacityJob", "capacity_plan", "capacity_presets",

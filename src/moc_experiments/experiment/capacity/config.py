@@ -15,7 +15,6 @@ from moc.config import ConfigError, RunConfig, deep_merge, load_config, read_yam
 from moc.configio import check_type, load, presets_in, read_spec
 
 PRESET_DIR = Path(__file__).parent / "presets"
-RESULTS_FILE = "results.json"
 
 
 @dataclass

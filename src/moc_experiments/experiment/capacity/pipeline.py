@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from moc_experiments.experiment.capacity.config import (
-    RESULTS_FILE,
     CapacityConfig,
     CapacityIft,
     CapacityText,
@@ -32,7 +31,7 @@ from moc_experiments.experiment.capacity.data import (
 )
 from moc_experiments.experiment.capacity.models import model_records
 from moc_experiments.experiment.capacity.train import CapacityJob, train_run
-from moc_experiments.experiment.pool import cores, execute, log, write_json
+from moc_experiments.experiment.pool import RESULTS_FILE, cores, execute, log, write_json
 
 
 def _log(msg: str, progress: bool) -> None:

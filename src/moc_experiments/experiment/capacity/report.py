@@ -78,6 +78,7 @@ from moc_experiments.experiment.capacity.tables import (
     saturation_table,
     tables,
 )
+from moc_experiments.experiment.pool import results_path
 
 __all__ = [
     "ABLATIONS", "BITS", "IFT_LABELS", "NEAR_FLOPS", "NO_BITS", "PALETTE", "RECALL", "SATURATION_GAIN",
@@ -173,8 +174,7 @@ def _run_time(results: dict) -> str:
 def write_report(results: dict | str | Path, out: Path | None = None) -> Path:
     """Write report.md and the plots next to results.json (or into ``out``)."""
     if not isinstance(results, dict):
-        path = Path(results)
-        path = path / "results.json" if path.is_dir() else path
+        path = results_path(results)
         out = out or path.parent
         results = json.loads(path.read_text())
     assert out is not None
