@@ -24,7 +24,13 @@ from safetensors import SafetensorError
 import moc
 from moc.errors import one_line, os_error_message
 from moc.files import apply_umask
-from moc.hf.convert import check_tokenizer_fits, load_given_tokenizer, load_model, resolve_tokenizer
+from moc.hf.convert import (
+    check_tokenizer_fits,
+    is_hf_folder,
+    load_given_tokenizer,
+    load_model,
+    resolve_tokenizer,
+)
 from moc.hf.errors import HFError
 from moc.hf.modeling_moc import MoCForCausalLM
 
@@ -37,6 +43,8 @@ AUTO_MAP = {
 }
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", flags=re.MULTILINE)
 _CORE_IMPORT = "from ..model."
+# Files only a training run or checkpoint holds (an export never does).
+_RUN_MARKERS = ("config.yaml", "metrics.jsonl", "trainer_state.pt", "optimizer.pt", "manifest.json")
 
 
 def core_model_files(entry: str = "transformer.py") -> list[Path]:
@@ -111,6 +119,7 @@ def export(
     else:
         model, source = load_model(checkpoint, dtype=dtype)
         source_name = str(source.path)
+    refuse_to_replace(out, source.path if source is not None else None)
     tok = None
     if not no_tokenizer:
         if source is None and tokenizer is None:
@@ -139,6 +148,24 @@ def export(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def refuse_to_replace(out: Path, source: Path | None) -> None:
+    """``--force`` replaces an earlier export only. Raise :class:`HFError` when ``out`` holds anything
+    else (a training run, a checkpoint, the model being exported, the working folder, other files):
+    replacing it would delete work that no command can rebuild."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    here, target = Path.cwd().resolve(), out.resolve()
+    fix = "choose a new folder for the export (--force only replaces an earlier export)"
+    if target == here or target in here.parents:
+        raise HFError(f"{out} is the working folder (or holds it); {fix}")
+    if source is not None and (source.resolve() == target or target in source.resolve().parents):
+        raise HFError(f"{out} holds the model being exported ({source}); {fix}")
+    if (out / "checkpoints").is_dir() or any((out / name).exists() for name in _RUN_MARKERS):
+        raise HFError(f"{out} is a training run or checkpoint, not an export; {fix}")
+    if not is_hf_folder(out):
+        raise HFError(f"{out} holds files that are not a moc export (no moc config.json); {fix}")
 
 
 def _write(model: MoCForCausalLM, tok: Any, out: Path, source_name: str) -> None:

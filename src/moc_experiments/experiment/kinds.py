@@ -26,7 +26,7 @@ from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment import capacity, plan, report, runner
 from moc_experiments.experiment import config as protocol_config
 from moc_experiments.experiment.capacity import report as capacity_report
-from moc_experiments.experiment.pool import results_path
+from moc_experiments.experiment.pool import RESULTS_FILE, is_results_of, keep_results_aside, results_path
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,25 @@ PROTOCOL = ExperimentKind(
     show=_show_protocol,
 )
 
+
+def _run_capacity(cfg: capacity.CapacityConfig, progress: bool) -> dict[str, Any]:
+    """Run a capacity experiment; results.json left in its folder by another kind of experiment (or
+    unreadable) is kept aside first: the capacity pipeline reuses and keeps only its own kind's runs."""
+    path = cfg.run_dir / RESULTS_FILE
+    if path.exists() and not is_results_of(path, "capacity"):
+        backup = keep_results_aside(path)
+        if progress:
+            print(f"capacity: kept the earlier results in {cfg.run_dir} as {backup}", flush=True)
+    return capacity.run_capacity(cfg, progress=progress)
+
+
 CAPACITY = ExperimentKind(
     name="capacity",
     config_class=capacity.CapacityConfig,
     presets=capacity.capacity_presets,
     load=lambda spec, overrides: capacity.load_capacity(spec, list(overrides)),
     plan=capacity.capacity_plan,
-    run=lambda cfg, progress: capacity.run_capacity(cfg, progress=progress),
+    run=_run_capacity,
     tables=capacity_report.tables,
     write_report=lambda path, out: capacity_report.write_report(path, out),
     show=lambda cfg: cfg.to_dict(),

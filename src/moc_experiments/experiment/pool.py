@@ -31,6 +31,34 @@ def results_path(run: str | Path) -> Path:
     return path
 
 
+def keep_results_aside(path: Path) -> Path | None:
+    """Move an earlier ``results.json`` (and the ``report.md`` beside it) aside as
+    ``results.prev-N.json`` (``report.prev-N.md``), N the first number free for both, so a run into a
+    folder that holds another experiment's results never overwrites them. Returns where the results
+    went, or None when there were none. ``moc-lab report results.prev-N.json --out DIR`` rebuilds its
+    report and plots."""
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"results.prev-{n}.json").exists() or path.with_name(f"report.prev-{n}.md").exists():
+        n += 1
+    backup = path.with_name(f"results.prev-{n}.json")
+    path.rename(backup)
+    report = path.with_name("report.md")
+    if report.is_file():
+        report.rename(path.with_name(f"report.prev-{n}.md"))
+    return backup
+
+
+def is_results_of(path: Path, kind: str) -> bool:
+    """Whether ``path`` is a readable results file (a JSON object) written by experiment kind ``kind``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON, a folder
+        return False
+    return isinstance(data, dict) and data.get("kind", "protocol") == kind
+
+
 def log(prefix: str, msg: str, progress: bool) -> None:
     if progress:
         print(f"{prefix}: {msg}", flush=True)

@@ -31,7 +31,7 @@ from moc_experiments.experiment.models import (
     phase_micro_batch,
     phase_seq_len,
 )
-from moc_experiments.experiment.pool import RESULTS_FILE, execute, log, write_json
+from moc_experiments.experiment.pool import RESULTS_FILE, execute, keep_results_aside, log, write_json
 from moc_experiments.experiment.pool import cores as pool_cores
 from moc_experiments.experiment.report import tables, write_report
 
@@ -218,6 +218,11 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     check_data_given(exp)  # before anything is written
     out = exp.run_dir
     out.mkdir(parents=True, exist_ok=True)
+    # The protocol reuses no earlier run: whatever results the folder holds (this experiment's or
+    # another's) are kept aside, never overwritten.
+    backup = keep_results_aside(out / RESULTS_FILE)
+    if backup is not None:
+        _log(f"kept the earlier results in {out} as {backup}", progress)
     (out / "experiment.yaml").write_text(exp.to_yaml())
     cache = Path(exp.data.cache_dir) if exp.data.cache_dir else out / "data"
     data = prepare_experiment_data(exp, cache, progress)
