@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fault_helpers import build_run, fails, tree
 
+from fault_helpers import build_run, fails, tree
 from moc.cli import main
 
 
