@@ -20,6 +20,7 @@ import yaml
 from moc.configio import (
     ConfigError,
     apply_overrides,
+    at_least,
     build,
     deep_merge,
     load,
@@ -27,7 +28,9 @@ from moc.configio import (
     presets_in,
     read_spec,
     read_yaml,
+    refuse_non_finite,
     resolve_base,
+    within,
 )
 
 __all__ = [
@@ -297,6 +300,8 @@ class RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     m, mem = cfg.model, cfg.memory
+    refuse_non_finite(cfg)
+    validate_values(cfg)
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"model.{key} must be positive, got {getattr(m, key)}")
@@ -363,6 +368,24 @@ def validate(cfg: RunConfig) -> None:
             "memory.enabled is true but memory.layers selects no layer; list some layers or set "
             "memory.enabled=false"
         )
+
+
+def validate_values(cfg: RunConfig) -> None:
+    """Numbers no use of a config can want, refused whatever the config is for (building a model,
+    training, counting): a negative learning rate trains uphill, ``rope_theta=0`` or ``norm_eps<0``
+    gives NaN at the first step, a negative count means nothing."""
+    m, mem, t = cfg.model, cfg.memory, cfg.train
+    at_least(m, "model", ("rope_theta", "norm_eps"), 0, strict=True)
+    at_least(m, "model", ("init_std", "attn_out_init_std", "mlp_down_init_std"), 0)
+    at_least(mem, "memory", ("routed_scaling_factor",), 0, strict=True)
+    at_least(mem, "memory", ("bank_init_std", "load_balance_coef", "z_loss_coef"), 0)
+    at_least(t, "train", ("lr", "memory_lr", "bank_lr"), 0)
+    at_least(t, "train", ("weight_decay", "memory_weight_decay", "bank_weight_decay", "grad_clip"), 0)
+    at_least(t, "train", ("eval_every", "eval_batches", "save_every", "keep_last", "log_every"), 0)
+    at_least(t, "train", ("eps", "mfu_peak_flops"), 0, strict=True)
+    within(t.beta1, "train.beta1", 0, 1)
+    within(t.beta2, "train.beta2", 0, 1)
+    within(cfg.data.val_fraction, "data.val_fraction", 0, 1)
 
 
 def validate_train(cfg: RunConfig) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import stat
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -171,6 +173,51 @@ def build(cls: type, d: Any, prefix: str = "") -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
+# Values that cannot make sense, refused when a config loads
+# --------------------------------------------------------------------------------------------------
+
+
+def refuse_non_finite(obj: Any, prefix: str = "") -> None:
+    """A NaN or infinite number anywhere in a config (dataclasses, mappings and lists are walked) is a
+    :class:`ConfigError` naming its key: ``--set train.lr=.nan`` would otherwise train a whole run at
+    loss nan and exit 0."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{prefix or 'value'} is {obj}; give a finite number")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items: Iterable[tuple[str, Any]] = ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    elif isinstance(obj, dict):
+        items = ((str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            refuse_non_finite(v, f"{prefix}[{i}]")
+        return
+    else:
+        return
+    for name, value in items:
+        refuse_non_finite(value, f"{prefix}.{name}" if prefix else name)
+
+
+def at_least(section: Any, prefix: str, keys: Iterable[str], low: float, *, strict: bool = False) -> None:
+    """Each of ``keys`` of ``section`` (``None`` values skipped) must be ``>= low`` (``> low`` when
+    ``strict``); otherwise a :class:`ConfigError` naming ``prefix.key`` and the bound."""
+    for key in keys:
+        value = getattr(section, key)
+        if value is None or (value > low if strict else value >= low):
+            continue
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        what = "positive" if strict and low == 0 else bound
+        raise ConfigError(f"{prefix}.{key} must be {what}, got {value}; set {prefix}.{key} {bound}")
+
+
+def within(value: float, key: str, low: float, high: float, *, high_open: bool = True) -> None:
+    """``low <= value < high`` (``<= high`` unless ``high_open``), else a ConfigError naming ``key``."""
+    if low <= value and (value < high if high_open else value <= high):
+        return
+    interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ConfigError(f"{key} must be in {interval}, got {value}; set {key} inside that range")
+
+
+# --------------------------------------------------------------------------------------------------
 # Overrides
 # --------------------------------------------------------------------------------------------------
 
@@ -180,7 +227,7 @@ def parse_yaml_value(raw: str, where: str) -> Any:
     if not raw.strip():
         return ""
     try:
-        return yaml.safe_load(raw)
+        return safe_load_bounded(raw, where)
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or "not valid YAML"
         raise ConfigError(
@@ -236,16 +283,76 @@ def apply_overrides(
 # --------------------------------------------------------------------------------------------------
 
 
+# A config is a few hundred keys: these bounds are far above any real one and stop a file that would
+# hang or exhaust memory (a FIFO that never ends, an "alias bomb" whose references expand to billions
+# of values when dumped or merged, nesting deeper than the parser's recursion).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_yaml_size(data: Any, where: str) -> Any:
+    """Return ``data`` after walking it once, counting every value reached (an alias counts each time
+    it is reached, as a dump or a merge would copy it); too deep or too many is a ConfigError."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        obj, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases that repeat "
+                "each other?); write the values out, without &anchors and *aliases"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{where} nests deeper than {MAX_CONFIG_DEPTH} levels; a config is a few levels deep"
+            )
+        if isinstance(obj, dict):
+            stack += [(v, depth + 1) for v in obj.values()]
+        elif isinstance(obj, list):
+            stack += [(v, depth + 1) for v in obj]
+    return data
+
+
+def _too_deep(where: str) -> ConfigError:
+    return ConfigError(
+        f"{where} nests deeper than {MAX_CONFIG_DEPTH} levels; a config is a few levels deep, write it flat"
+    )
+
+
+def safe_load_bounded(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` with :func:`check_yaml_size`; nesting deep enough to exhaust the
+    parser's recursion is the same ConfigError (YAML errors are left to the caller)."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise _too_deep(where) from None
+    return check_yaml_size(data, where)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Parse a YAML file, turning every way it can fail (missing, a folder, unreadable, not UTF-8,
-    malformed) into a :class:`ConfigError` that names the file, the line and the fix."""
+    """Parse a YAML file, turning every way it can fail (missing, a folder, a FIFO or device, too big,
+    unreadable, not UTF-8, malformed, an alias bomb, nested too deep) into a :class:`ConfigError` that
+    names the file, the line and the fix."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory; pass a YAML file (or a preset name)")
     try:
-        text = path.read_bytes().decode("utf-8")
+        info = path.stat()
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):  # reading a FIFO would wait forever; /dev/null reads as empty
+        raise ConfigError(f"{what} {path} is not a regular file (a FIFO or device); pass a YAML file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{what} {path} is {info.st_size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}; "
+            "pass the YAML config, not a data file"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
@@ -254,7 +361,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
             "UTF-8 (a binary file? convert other encodings with iconv -t utf-8)"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return safe_load_bounded(text, f"{what} {path}")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -273,6 +380,11 @@ def read_spec(spec: str, preset_dir: Path, what: str = "config") -> dict[str, An
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         data, name = read_yaml(path, f"{what} file"), path.stem
+        if data is None:  # an empty file would silently give every default (a 148M-parameter model)
+            raise ConfigError(
+                f"{what} file {path} is empty; write the keys it sets (e.g. `base: PRESET` and what "
+                "differs), or pass a preset name"
+            )
     else:
         preset = preset_dir / f"{spec}.yaml"
         if not preset.is_file():

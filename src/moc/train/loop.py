@@ -112,6 +112,12 @@ class _Run:
         self.train_ds = batches.windows(batches.open_split(cfg, "train", required=True), self.t.seq_len, docs)
         if len(self.train_ds) == 0:
             raise TrainError(f"no windows of train.seq_len={self.t.seq_len} in {cfg.data.prepared_dir}")
+        if self.t.micro_batch_size * info.world_size > len(self.train_ds):  # would repeat windows per batch
+            raise TrainError(
+                f"train.micro_batch_size={self.t.micro_batch_size} x {info.world_size} process(es) is more "
+                f"than the {len(self.train_ds)} training windows of train.seq_len={self.t.seq_len} in "
+                f"{cfg.data.prepared_dir}; lower train.micro_batch_size (or train.seq_len), or add data"
+            )
         if self.t.epochs is not None:  # train.epochs: max_steps from the number of packed windows
             global_batch = self.t.micro_batch_size * self.t.grad_accum_steps * info.world_size
             steps = batches.steps_for_epochs(len(self.train_ds), self.t.epochs, global_batch)
@@ -146,9 +152,25 @@ class _Run:
             self.log.message(self._start_message(frozen, start))
             with self._stop_on_signals():
                 final = self._loop()
+                # A signal during the last step has nothing left to stop, but its sender asked to stop:
+                # returning normally would let a caller (the lab's next job, a script) run on.
+                if self._stop_agreed():
+                    self._stopped_in_last_step()
         finally:
             self.log.close()
         return self._result(final, ckpt, initialized_from)
+
+    def _stopped_in_last_step(self) -> None:
+        step = self.progress.step
+        own = getattr(self, "_stop_signal", None)
+        name = signal.Signals(own).name if own else "a signal to another process"
+        ckpt = self.manager.root / checkpoint.step_dir_name(step)
+        raise TrainingInterrupted(
+            f"stopped by {name} during the last step ({step}); the run is complete and its checkpoint "
+            f"is saved in {ckpt}",
+            step=step,
+            checkpoint=str(ckpt),
+        )
 
     def _load_start(self, init_from: str | Path | None, resume: bool) -> tuple[Path | None, str | None]:
         """Load the weights to start from: (the checkpoint resumed, or None; the --init-from source, or

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moc_experiments.corpus.world import ATTRIBUTES, BOS, CHAT, PAD, QUESTION, FactWorld, _words
+from moc_experiments.errors import CorpusError
 
 DOC_FORMS = ("compact", "sentence")
 
@@ -52,16 +53,16 @@ class CompositionalWorld(FactWorld):
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
-            raise ValueError(f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}")
+            raise CorpusError(f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}")
         if self.n_values < 2 or self.first_names < 1 or self.last_names < 1:
-            raise ValueError("n_values must be >= 2 and the name pools non-empty")
+            raise CorpusError("n_values must be >= 2 and the name pools non-empty")
         if self.doc_form not in DOC_FORMS:
-            raise ValueError(f"doc_form must be one of {DOC_FORMS}, got {self.doc_form!r}")
+            raise CorpusError(f"doc_form must be one of {DOC_FORMS}, got {self.doc_form!r}")
         if not 0 <= self.qa_fraction < 1:
-            raise ValueError(f"qa_fraction must be in [0, 1), got {self.qa_fraction}")
+            raise CorpusError(f"qa_fraction must be in [0, 1), got {self.qa_fraction}")
         F, Lp = self.first_names, self.last_names
         if not 2 <= self.n_people <= F * Lp:
-            raise ValueError(
+            raise CorpusError(
                 f"n_people={self.n_people} must be in [2, first_names * last_names = {F * Lp}]: "
                 "enlarge the name pools"
             )
@@ -80,7 +81,7 @@ class CompositionalWorld(FactWorld):
         self.last = last[order]
         uses = min(np.bincount(self.first, minlength=F).min(), np.bincount(self.last, minlength=Lp).min())
         if uses < 2:
-            raise ValueError(
+            raise CorpusError(
                 f"with {self.n_people} people, {F} first and {Lp} last names some name token would be "
                 f"used by {uses} person(s) and so identify them; use smaller pools "
                 f"(n_people >= 2 * max(first_names, last_names))"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moc_experiments.errors import CorpusError
+
 PAD, BOS = "<pad>", "<bos>"
 
 # name, the two biography phrasings (the value follows), the question noun.
@@ -88,7 +90,7 @@ class FactWorld:
         (one length per group): per attribute (prompts (n, L) int64, answers (n,) int64) for ``people``
         (default all). Forms: "bio", "question", "chat"."""
         if form not in ("bio", "question", "chat"):
-            raise ValueError(f"form must be 'bio', 'question' or 'chat', got {form!r}")
+            raise CorpusError(f"form must be 'bio', 'question' or 'chat', got {form!r}")
         people = np.arange(self.n_people) if people is None else np.asarray(people)
         groups = []
         for a in range(self.n_attributes):
@@ -132,11 +134,11 @@ class KnowledgeWorld(FactWorld):
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
-            raise ValueError(f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}")
+            raise CorpusError(f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}")
         if self.n_people < 2 or self.n_values < 2:
-            raise ValueError(f"n_people and n_values must be >= 2, got {self.n_people}, {self.n_values}")
+            raise CorpusError(f"n_people and n_values must be >= 2, got {self.n_people}, {self.n_values}")
         if not 0 <= self.qa_fraction < 1:
-            raise ValueError(f"qa_fraction must be in [0, 1), got {self.qa_fraction}")
+            raise CorpusError(f"qa_fraction must be in [0, 1), got {self.qa_fraction}")
         rng = np.random.default_rng(self.seed)
         taken: set[str] = set()
         self.attributes = ATTRIBUTES[: self.n_attributes]

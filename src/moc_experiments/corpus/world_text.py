@@ -28,6 +28,7 @@ import torch
 
 from moc_experiments.corpus.text_sources import TEXT_SOURCES
 from moc_experiments.corpus.world import BOS, KnowledgeWorld
+from moc_experiments.errors import CorpusError
 
 UNK = "<unk>"
 # Words, then any single character that is neither a word character nor a space (punctuation).
@@ -114,7 +115,7 @@ class WorldText:
         self.pad_id = self.world.pad_id
         lengths = np.array([len(d) for d in self.docs], dtype=np.float64)
         if not len(lengths) or lengths.sum() == 0:
-            raise ValueError("the corpus has no real-text tokens")
+            raise CorpusError("the corpus has no real-text tokens")
         # Windows are drawn per token (a document by its length), so long documents are not undersampled.
         self._doc_p = lengths / lengths.sum()
 
@@ -135,7 +136,7 @@ class WorldText:
         chats = []
         if chat:
             if ift_file is None:
-                raise ValueError("chat data asked for but no IFT file given")
+                raise CorpusError("chat data asked for but no IFT file given")
             chats = [(encode(index, u), encode(index, a)) for u, a in chat_examples(ift_file)]
         return cls(world, vocab, docs, chats)
 
@@ -189,7 +190,7 @@ class WorldText:
         to ``L``: input_ids, attention_mask, labels, each (n, L)."""
         usable = self.usable_chats(L) if usable is None else usable
         if not usable:
-            raise ValueError(f"no chat example has an assistant token within {L} tokens")
+            raise CorpusError(f"no chat example has an assistant token within {L} tokens")
         ids = np.full((n, L), self.pad_id, dtype=np.int64)
         mask = np.zeros((n, L), dtype=np.int64)
         labels = np.full((n, L), IGNORE, dtype=np.int64)

@@ -170,6 +170,7 @@ def _moc_config(d: dict[str, Any]) -> RunConfig:
 
 
 def validate(cfg: ExperimentConfig) -> None:
+    configio.refuse_non_finite(cfg)  # NaN passes every `< 0` check below and trains at loss nan
     mcfg = cfg.moc_config
     if not mcfg.memory.enabled:
         raise ConfigError(

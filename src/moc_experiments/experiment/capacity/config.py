@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moc.config import ConfigError, RunConfig, deep_merge, load_config, read_yaml
-from moc.configio import check_type, load, presets_in, read_spec
+from moc.configio import at_least, check_type, load, presets_in, read_spec, refuse_non_finite, within
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -191,6 +191,9 @@ def load_capacity(spec: str | Path | dict[str, Any], overrides: list[str] | None
 
 
 def _validate(cfg: CapacityConfig) -> None:
+    refuse_non_finite(cfg)  # a NaN learning rate would train every run at loss nan and exit 0
+    _validate_numbers(cfg)
+    _validate_world(cfg.world)
     if not cfg.models:
         raise ConfigError("capacity: `models` is empty; list at least one model (e.g. dense_backbone: {})")
     for key, m in cfg.models.items():
@@ -202,6 +205,7 @@ def _validate(cfg: CapacityConfig) -> None:
                 m[scale] = check_type(m[scale], float, f"models.{key}.{scale}")
                 if m[scale] < 0:
                     raise ConfigError(f"models.{key}.{scale} must be >= 0, got {m[scale]}")
+        model_config(cfg, key, vocab_size=1024, seq_len=1)  # its model/memory values, named models.KEY
     for pair in cfg.compare:
         if len(pair) != 2 or any(k not in cfg.models for k in pair):
             raise ConfigError(f"compare: {pair} must be two keys of `models` ({list(cfg.models)})")
@@ -225,6 +229,43 @@ def _validate(cfg: CapacityConfig) -> None:
     if cfg.world.kind == "compositional" and cfg.text.fraction > 0:
         raise ConfigError(
             "text.fraction > 0 needs world.kind: single_token (real text uses its word vocabulary)"
+        )
+
+
+def _validate_numbers(cfg: CapacityConfig) -> None:
+    """Counts, rates and fractions that cannot make sense, named by key (before any world is built)."""
+    t, ift = cfg.train, cfg.ift
+    at_least(cfg, "capacity", ("workers",), 0)
+    at_least(cfg, "capacity", ("threads",), 1)
+    at_least(t, "train", ("lr", "pack_len", "log_every"), 0, strict=True)
+    at_least(t, "train", ("memory_lr_scale", "bank_lr_scale", "weight_decay", "grad_clip", "warmup_steps"), 0)
+    within(t.min_lr_ratio, "train.min_lr_ratio", 0, 1, high_open=False)
+    within(t.qa_doc_fraction, "train.qa_doc_fraction", 0, 1, high_open=False)
+    at_least(ift, "ift", ("steps", "warmup_steps", "memory_lr_scale", "bank_lr_scale"), 0)
+    at_least(ift, "ift", ("lr", "batch_size"), 0, strict=True)
+
+
+def _validate_world(w: WorldSettings) -> None:
+    """The world's sizes, checked here so an impossible world is a ConfigError naming the key, not an
+    error from deep inside the data preparation."""
+    from moc_experiments.corpus.world import ATTRIBUTES
+
+    at_least(w, "world", ("n_people", "n_values"), 2)
+    within(w.n_attributes, "world.n_attributes", 1, len(ATTRIBUTES), high_open=False)
+    within(w.qa_fraction, "world.qa_fraction", 0, 1)
+    if w.kind != "compositional":
+        return
+    at_least(w, "world", ("first_names", "last_names"), 1)
+    if w.n_people > w.first_names * w.last_names:
+        raise ConfigError(
+            f"world.n_people={w.n_people} is more than the {w.first_names * w.last_names} first x last name "
+            "pairs; raise world.first_names / world.last_names or lower world.n_people"
+        )
+    if w.n_people < 2 * max(w.first_names, w.last_names):
+        raise ConfigError(
+            f"world.n_people={w.n_people} is less than twice the larger name pool "
+            f"({max(w.first_names, w.last_names)}), so some name would identify one person; lower "
+            "world.first_names / world.last_names or raise world.n_people"
         )
 
 

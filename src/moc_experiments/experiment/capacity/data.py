@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moc_experiments.errors import CorpusError
 from moc_experiments.experiment.capacity.config import CapacityConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -98,7 +99,7 @@ def packed_rows(docs: list[list[int]], pad_id: int, pack_len: int) -> Batch:
     used = 0
     for doc in docs:
         if len(doc) > pack_len:
-            raise ValueError(
+            raise CorpusError(
                 f"a document of {len(doc)} tokens does not fit train.pack_len={pack_len}; raise it"
             )
         if used + len(doc) > pack_len:
