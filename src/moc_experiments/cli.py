@@ -13,14 +13,27 @@ through :func:`moc.cli.run_command`, so errors read as they do for ``moc`` (one 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from moc.cli import add_overrides_arg, run_command
 from moc.configio import describe
-from moc_experiments.experiment.kinds import KINDS, PROTOCOL, kind_of_results, kind_of_spec, load_results
+from moc.errors import MocError, one_line
+from moc_experiments.errors import ExperimentError, ExperimentInterrupted
+from moc_experiments.experiment.kinds import (
+    CAPACITY,
+    KINDS,
+    PROTOCOL,
+    ExperimentKind,
+    kind_of_results,
+    kind_of_spec,
+    load_results,
+)
+from moc_experiments.experiment.pool import RESULTS_FILE
 
 # The knowledge experiment `moc-lab demo` runs (`make demo`); with --text the real-text protocol too.
 DEMO_PRESET = "capacity-bits-demo"
@@ -41,17 +54,40 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _experiment(spec: str, overrides: list[str], plan: bool, quiet: bool) -> int:
-    """Load ``spec`` with ``overrides``, then print its plan or run it (tables only when quiet)."""
+def _experiment(spec: str, overrides: list[str], plan: bool, quiet: bool, rerun: str = "") -> int:
+    """Load ``spec`` with ``overrides``, then print its plan or run it (tables only when quiet).
+    ``rerun``: the command that continues it after Ctrl-C (default ``moc-lab run SPEC``)."""
     kind = kind_of_spec(spec)
     cfg = kind.load(spec, overrides)
     if plan:
         print(kind.plan(cfg))
         return 0
-    results = kind.run(cfg, not quiet)
+    try:
+        results = kind.run(cfg, not quiet)
+    except KeyboardInterrupt:
+        raise ExperimentInterrupted(_interrupted(kind, cfg, rerun or f"moc-lab run {spec}")) from None
     if quiet:
         print(kind.tables(results))
     return 0
+
+
+def _interrupted(kind: ExperimentKind, cfg: Any, rerun: str) -> str:
+    """The one line for an interrupted experiment: what was kept, and a command that exists to go on."""
+    where = cfg.run_dir / RESULTS_FILE
+    if kind is CAPACITY and cfg.resume:
+        return f"interrupted; finished runs are in {where}; `{rerun}` reuses them and trains the rest"
+    return f"interrupted; partial results are in {where}; `{rerun}` runs the experiment again"
+
+
+def _same_command(args: argparse.Namespace) -> str:
+    """The ``moc-lab run|demo`` command line that repeats this one (for the message after Ctrl-C)."""
+    words = ["moc-lab", args.command]
+    words += [args.experiment] if args.command == "run" else ["--text"] if args.text else []
+    words += ["--seeds", str(args.seeds)] if args.seeds is not None else []
+    words += ["--out", args.out] if args.out is not None else []
+    for item in args.overrides:
+        words += ["--set", item]
+    return shlex.join(words)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"seeds={args.seeds}")
     if args.out is not None:
         overrides.append(f"out_dir={args.out}")
-    return _experiment(args.experiment, overrides, args.plan, args.quiet)
+    return _experiment(args.experiment, overrides, args.plan, args.quiet, _same_command(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -70,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         over.append(f"seeds={args.seeds}")
     if not args.text:
         over += list(args.overrides)  # --set applies to the knowledge world when it runs alone
-    _experiment(DEMO_PRESET, over, args.plan, args.quiet)
+    _experiment(DEMO_PRESET, over, args.plan, args.quiet, _same_command(args))
     if not args.text:
         return 0
     args.experiment = TEXT_DEMO_PRESET
@@ -80,8 +116,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     path, results = load_results(args.run)
     kind = kind_of_results(results)
-    report = kind.write_report(path, Path(args.out) if args.out else None)
-    print(kind.tables(results))
+    try:
+        report = kind.write_report(path, Path(args.out) if args.out else None)
+        print(kind.tables(results))
+    except MocError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        # load_results checked the top level; damage deeper in (a run record cut short) is named here
+        raise ExperimentError(
+            f"{path} is not a complete {kind.name} results file ({type(e).__name__}: {one_line(e)[:200]}); "
+            "pass the results.json that `moc-lab run` wrote (or rerun the experiment)"
+        ) from None
     print(f"\nreport: {report}")
     return 0
 

@@ -3,6 +3,7 @@
 
     MocError (moc.errors)
     ├── ExperimentError (RuntimeError)  moc_experiments.experiment: a run of an experiment failed
+    │   └── ExperimentInterrupted       Ctrl-C / SIGTERM stopped the experiment (exit status 130)
     └── CorpusError (ValueError)        moc_experiments.corpus: bad settings, no text source installed
 """
 
@@ -13,6 +14,12 @@ from moc.errors import MocError
 
 class ExperimentError(MocError, RuntimeError):
     """A run of the experiment failed; the message names the run and its log file."""
+
+
+class ExperimentInterrupted(ExperimentError):
+    """Ctrl-C or SIGTERM stopped an experiment; the message names the command that continues it."""
+
+    exit_code = 130
 
 
 class CorpusError(MocError, ValueError, RuntimeError):

@@ -106,12 +106,39 @@ def kind_of_spec(spec: str) -> ExperimentKind:
 def kind_of_results(results: dict[str, Any]) -> ExperimentKind:
     """The kind that wrote ``results`` (files without a ``kind`` are the protocol's)."""
     name = results.get("kind", PROTOCOL.name)
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:
         raise ExperimentError(f"results of unknown kind {name!r}; known: {', '.join(KINDS)}")
     return KINDS[name]
 
 
+# What each kind's report reads before anything else: key -> the JSON type it must have. A file
+# without them is not that kind's results (an HF config.json, `{}`, a file cut short by hand).
+REQUIRED_RESULTS: dict[str, dict[str, type]] = {
+    "protocol": {"models": dict, "runs": list, "ift_runs": dict, "config": dict},
+    "capacity": {"models": dict, "runs": dict, "config": dict, "world": dict, "steps": int},
+}
+
+
 def load_results(run: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(path, results) of a run folder or results file."""
+    """(path, results) of a run folder or results file; anything that is not a complete results file
+    of a known kind (unreadable, not JSON, not an object, keys missing, no runs) is an ExperimentError
+    naming the file and the problem."""
     path = results_path(run)
-    return path, json.loads(path.read_text())
+    fix = "pass the results.json that `moc-lab run` wrote (or rerun the experiment)"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ExperimentError(f"{path} is not UTF-8 text (a binary file?); {fix}") from None
+    except json.JSONDecodeError as e:
+        why = "is empty" if not e.doc.strip() else f"is not valid JSON (line {e.lineno}: {e.msg}; cut short?)"
+        raise ExperimentError(f"{path} {why}; {fix}") from None
+    if not isinstance(results, dict):
+        raise ExperimentError(f"{path} holds a JSON {type(results).__name__}, not a results object; {fix}")
+    kind = kind_of_results(results)
+    for key, tp in REQUIRED_RESULTS[kind.name].items():
+        if not isinstance(results.get(key), tp):
+            got = "is missing" if key not in results else f"is a {type(results[key]).__name__}"
+            raise ExperimentError(f"{path}: {key!r} {got}; not a complete {kind.name} results file; {fix}")
+    if not results["runs"]:
+        raise ExperimentError(f"{path} holds no finished run yet; nothing to report; {fix}")
+    return path, results

@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
+from moc.train.errors import TrainingInterrupted
 from moc_experiments.errors import ExperimentError
 
 RESULTS_FILE = "results.json"  # every experiment's results, in its run folder
@@ -26,6 +27,8 @@ def results_path(run: str | Path) -> Path:
     """A run folder's results.json (or the results file given); FileNotFoundError names the fix."""
     path = Path(run)
     path = path / RESULTS_FILE if path.is_dir() else path
+    if path.is_dir():
+        raise ExperimentError(f"{path} is a directory, not a results file; pass the run folder that holds it")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `moc-lab run ...` first")
     return path
@@ -86,6 +89,10 @@ def _ready(jobs: Sequence[Any], done: set[str], started: set[str]) -> list[Any]:
 def _guarded(job: Any, get: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     try:
         return get(job)
+    except TrainingInterrupted:
+        # A job's training stopped for Ctrl-C / SIGTERM: the whole experiment stops (exit 130), it did
+        # not fail, and the job's own advice (`--resume`) is no option of moc-lab.
+        raise KeyboardInterrupt from None
     except Exception as e:
         where = f" (full log: {job.log_path})" if getattr(job, "log_path", None) else ""
         raise ExperimentError(f"run {job.name} failed: {type(e).__name__}: {e}{where}") from e
