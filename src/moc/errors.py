@@ -9,6 +9,7 @@ interrupted run). Anything else that escapes is a bug in moc and keeps its trace
 The tree::
 
     MocError
+    ├── UsageError (ValueError)         a command-line option out of range (--device, --batches, ...)
     ├── ConfigError (ValueError)        moc.config: bad keys, values, YAML, --set overrides
     │   ├── DataError                   moc.data: sources, tokenizers, prepared folders
     │   └── HFError                     moc.hf: checkpoints to load, export folders, tokenizers
@@ -33,6 +34,26 @@ class MocError(Exception):
 
     #: process exit status of the ``moc`` command for this error
     exit_code: int = 2
+
+
+class UsageError(MocError, ValueError):
+    """A command-line option that cannot work (``--batches 0``, ``--device banana``, a prompt that is
+    not UTF-8); the message names the option and the values it takes."""
+
+
+def utf8_text(text: str, option: str) -> str:
+    """``text`` (from argv or stdin) if it is valid UTF-8; Python keeps undecodable bytes as lone
+    surrogates, which tokenizers reject with a TypeError, so name the option and the byte instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else repr(bad)
+        raise UsageError(
+            f"{option} is not valid UTF-8 text (byte {byte} at character {e.start}); pass UTF-8 text "
+            "(convert with iconv -t utf-8)"
+        ) from None
+    return text
 
 
 def one_line(text: object) -> str:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moc.errors import UsageError, utf8_text
+
 _MODEL_HELP = "training checkpoint dir, run out_dir (newest checkpoint) or exported Hugging Face folder"
 
 
@@ -55,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="run lm-evaluation-harness tasks on a model",
         description="Evaluate with lm-evaluation-harness (loglikelihood / generation tasks). Results go "
-        "to eval_results.json next to the checkpoint (or --output).",
+        "to the run folder as eval_results.step_N.json (pruning never deletes it), into an exported "
+        "folder as eval_results.json, or to --output.",
     )
     _model_args(e)
     e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
@@ -63,7 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=1)
     e.add_argument("--limit", type=float, default=None, help="documents per task (fraction if < 1)")
     e.add_argument("--num-fewshot", type=int, default=None)
-    e.add_argument("--output", default=None, help="results JSON path (default: CHECKPOINT/eval_results.json)")
+    e.add_argument(
+        "--output",
+        default=None,
+        help="results JSON path (default: RUN/eval_results.step_N.json for a training checkpoint, "
+        "FOLDER/eval_results.json for an export)",
+    )
     e.set_defaults(func=_eval)
 
 
@@ -88,10 +96,30 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
 
 
+def check_device(device: str) -> str:
+    """``device`` if this machine can run on it; else a UsageError naming ``--device`` and what works
+    (torch would raise a bare RuntimeError or AssertionError deep inside loading)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available to this torch; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise UsageError(f"--device {device}: this machine has {n} GPU(s), cuda:0..cuda:{n - 1}")
+    elif dev.type not in ("cpu", "mps"):
+        raise UsageError(f"--device {device}: moc runs on cpu or cuda; use one of those")
+    return device
+
+
 def _device_dtype(args: argparse.Namespace) -> tuple[str, Any]:
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype != "auto":
         return device, getattr(torch, args.dtype)
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -164,11 +192,11 @@ def _chat(args: argparse.Namespace) -> int:
         )
 
     model, tok, _ = _load(args)
-    start = [{"role": "system", "content": args.system}] if args.system else []
+    start = [{"role": "system", "content": utf8_text(args.system, "--system")}] if args.system else []
     messages = list(start)
     if args.message:  # scripted: one reply per message, the conversation carried along
         for text in args.message:
-            messages.append({"role": "user", "content": text})
+            messages.append({"role": "user", "content": utf8_text(text, "--message")})
             answer = reply(messages, stream=False)
             messages.append({"role": "assistant", "content": answer})
             print(answer)
@@ -188,7 +216,7 @@ def _chat(args: argparse.Namespace) -> int:
         if text == "/reset":
             messages = list(start)
             continue
-        messages.append({"role": "user", "content": text})
+        messages.append({"role": "user", "content": utf8_text(text, "the message")})
         if interactive:
             print("assistant> ", end="", flush=True)
         answer = reply(messages, stream=interactive)
@@ -197,11 +225,27 @@ def _chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": answer})
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from moc.hf.evaluation import RESULTS_FILE, evaluate, results_table
+def default_eval_output(model_dir: Path) -> Path:
+    """Where ``moc eval`` writes its results by default: beside a training checkpoint, in its run's
+    folder as ``eval_results.step_N.json`` (pruning deletes old checkpoint folders, and the results with
+    them); into an exported folder as ``eval_results.json``."""
+    from moc.hf.evaluation import RESULTS_FILE
 
+    if model_dir.parent.name == "checkpoints":
+        stem, suffix = RESULTS_FILE.rsplit(".", 1)
+        return model_dir.parent.parent / f"{stem}.{model_dir.name}.{suffix}"
+    return model_dir / RESULTS_FILE
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from moc.hf.evaluation import evaluate, results_table
+
+    if args.limit is not None and not args.limit > 0:  # lm-eval would fail deep inside on -1 or nan
+        raise UsageError(f"--limit must be > 0 (documents per task, or a fraction if < 1), got {args.limit}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tok, source = _load(args)
-    output = Path(args.output) if args.output else source.path / RESULTS_FILE
+    output = Path(args.output) if args.output else default_eval_output(source.path)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     summary = evaluate(
         model,

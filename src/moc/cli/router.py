@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
 import torch
+
+from moc.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=4, help="number of batches to read")
     p.add_argument("--top", type=int, default=5, help="rank this many most-used chapters by ablation")
     p.add_argument("--ablate", default=None, help="comma-separated chapter ids to remove together")
-    p.add_argument("--plot", default=None, help="write a chapter-usage histogram PNG here")
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="write a chapter-usage histogram PNG here (a folder: FOLDER/chapter_usage.png)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -42,15 +50,57 @@ def _batches(
     ]
 
 
+def _check_options(args: argparse.Namespace) -> list[int]:
+    """The counts must be positive (0 batches would read nothing and fail deep in torch); the chapters
+    to ablate must be integers. Returns those chapters (empty without ``--ablate``)."""
+    for option, value, low in (("--batches", args.batches, 1), ("--batch-size", args.batch_size, 1),
+                               ("--top", args.top, 0), ("--seq-len", args.seq_len, 1)):  # fmt: skip
+        if value is not None and value < low:
+            raise UsageError(f"{option} must be at least {low}, got {value}")
+    try:
+        return [int(c) for c in (args.ablate or "").split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(
+            f"--ablate {args.ablate!r}: give chapter ids as comma-separated integers, e.g. --ablate 3,7"
+        ) from None
+
+
+def _check_model(model: object, name: str, chapters: list[int], seq_len: int) -> None:
+    cfg = model.config  # type: ignore[attr-defined]
+    if not cfg.memory_layers:
+        raise UsageError(f"{name} is a dense model (no memory layers): moc router inspects MoC models only")
+    n = cfg.memory.n_chapters
+    bad = [c for c in chapters if not 0 <= c < n]
+    if bad:
+        raise UsageError(f"--ablate: chapter(s) {bad} do not exist; this model's chapters are 0..{n - 1}")
+    if seq_len > cfg.model.max_seq_len:
+        raise UsageError(f"--seq-len {seq_len} is longer than the model's context ({cfg.model.max_seq_len})")
+
+
+def _plot_path(path: str) -> str:
+    """``--plot DIR`` writes DIR/chapter_usage.png (matplotlib would write DIR.png beside it)."""
+    return str(Path(path) / "chapter_usage.png") if Path(path).is_dir() else path
+
+
 def run(args: argparse.Namespace) -> int:
     from moc.analysis import ablate_chapters, chapter_importance, chapter_usage
     from moc.data import check_compatible, read_meta
     from moc.hf import load_model
 
+    chapters = _check_options(args)
     hf_model, _ = load_model(args.model)
     model = hf_model.model
-    check_compatible(read_meta(args.data), model.config.model.vocab_size)
     seq_len = args.seq_len or model.config.model.max_seq_len
+    _check_model(model, args.model, chapters, seq_len)
+    meta = read_meta(args.data)
+    check_compatible(meta, model.config.model.vocab_size)
+    n_tokens = (meta.get("n_tokens") or {}).get(args.split, 0)
+    if n_tokens <= seq_len:  # the data library's advice names train.seq_len, which router does not have
+        raise UsageError(
+            f"split {args.split!r} of {args.data} has {n_tokens} tokens, fewer than one window of "
+            f"--seq-len + 1 = {seq_len + 1}; pass a smaller --seq-len (at most {max(n_tokens - 1, 1)}) or "
+            "more data"
+        )
     batches = _batches(args.data, args.split, seq_len, args.batch_size, args.batches)
     usage = chapter_usage(model, batches)
     report: dict = {
@@ -67,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
         ],
         "importance": chapter_importance(model, batches, top=args.top),
     }
-    if args.ablate:
-        chapters = [int(c) for c in args.ablate.split(",") if c.strip()]
+    if chapters:
         report["ablation"] = {"chapters": chapters, **ablate_chapters(model, batches, chapters)}
     if args.plot:
+        args.plot = _plot_path(args.plot)
         _plot(usage, args.plot)
+        print(f"moc router: wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -89,15 +89,29 @@ def read_meta(out_dir: str | Path) -> dict[str, Any]:
             f"`moc data prepare SOURCES... --tokenizer TOK --out {out_dir}` (or `moc data prepare-chat`)"
         )
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is corrupt ({e}); delete it and prepare the data again") from None
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"{path} holds a JSON {type(meta).__name__}, not moc's metadata; prepare the data again"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{out_dir} was prepared with data format {meta.get('format_version')}, this moc reads format "
             f"{FORMAT_VERSION}; prepare it again"
         )
+    for key, tp in _META_TYPES.items():
+        if not isinstance(meta.get(key), tp):
+            got = "is missing" if key not in meta else f"is {meta[key]!r}"
+            raise DataError(f"{path}: {key!r} {got}; the directory is damaged, prepare the data again")
     return meta
+
+
+# What the readers of meta.json use, and its JSON type (a file edited by hand or cut short names the key).
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "n_tokens": dict, "dtype": str, "vocab_size": int, "has_loss_mask": bool,
+}  # fmt: skip
 
 
 def load_prepared(out_dir: str | Path, split: str = "train") -> TokenData:
@@ -106,27 +120,51 @@ def load_prepared(out_dir: str | Path, split: str = "train") -> TokenData:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     root = Path(out_dir)
     meta = read_meta(root)
-    n = int(meta["n_tokens"][split])
+    n = meta["n_tokens"].get(split)
+    if not isinstance(n, int) or n < 0:
+        raise DataError(
+            f"{root / META_FILE}: n_tokens has no count for split {split!r}; prepare the data again"
+        )
     if n == 0:
         why = " (it was prepared with val_fraction=0)" if split == "val" else ""
         raise DataError(f"split {split!r} of {out_dir} has no tokens{why}; prepare it again with more data")
-    dtype = np.dtype(meta["dtype"])
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        raise DataError(
+            f"{root / META_FILE}: dtype {meta['dtype']!r} is not a numpy type; prepare the data again"
+        ) from None
     for name in [tokens_file(split), docs_file(split)] + (
         [mask_file(split)] if meta["has_loss_mask"] else []
     ):
         if not (root / name).exists():
             raise DataError(f"{root / name} is missing; prepare the data again")
-    tokens = np.memmap(root / tokens_file(split), dtype=dtype, mode="r")
-    if tokens.shape[0] != n:
+    size = (root / tokens_file(split)).stat().st_size
+    if size != n * dtype.itemsize:  # checked on bytes: memmap refuses a size that is not whole tokens
         raise DataError(
-            f"{root / tokens_file(split)} holds {tokens.shape[0]} tokens but meta.json says {n}; the "
-            "directory is damaged, prepare the data again"
+            f"{root / tokens_file(split)} has {size} bytes ({size / dtype.itemsize:g} tokens) but meta.json "
+            f"says {n} tokens; the directory is damaged, prepare the data again"
         )
+    tokens = np.memmap(root / tokens_file(split), dtype=dtype, mode="r")
     mask = np.memmap(root / mask_file(split), dtype=np.uint8, mode="r") if meta["has_loss_mask"] else None
     if mask is not None and mask.shape[0] != n:
         raise DataError(f"{root / mask_file(split)} length differs from the tokens; prepare the data again")
-    doc_starts = np.load(root / docs_file(split))
+    doc_starts = _load_doc_starts(root / docs_file(split), n)
     return TokenData(tokens=tokens, loss_mask=mask, doc_starts=doc_starts, meta=meta, split=split, path=root)
+
+
+def _load_doc_starts(path: Path, n_tokens: int) -> np.ndarray:
+    """The document start offsets: a 1-D integer array, increasing, within the split's tokens."""
+    damaged = f"{path} is damaged or not moc's document index; prepare the data again"
+    try:
+        starts = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise DataError(damaged) from None
+    if not isinstance(starts, np.ndarray) or starts.ndim != 1 or starts.dtype.kind not in "iu":
+        raise DataError(damaged)
+    if starts.size and (starts[0] < 0 or starts[-1] >= n_tokens or np.any(np.diff(starts) <= 0)):
+        raise DataError(damaged)
+    return starts
 
 
 def check_compatible(meta: dict[str, Any] | TokenData, model_vocab_size: int) -> None:

@@ -7,11 +7,14 @@ padding changes nothing). Generation uses the KV + memory-state cache of :class:
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, TextStreamer
 
+from moc.errors import utf8_text
 from moc.hf.convert import check_tokenizer_fits
 from moc.hf.errors import HFError
 
@@ -25,8 +28,8 @@ def _generation_config(
 ) -> GenerationConfig:
     if max_new_tokens < 1:
         raise HFError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise HFError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature >= 0 or math.isinf(temperature):  # NaN fails every comparison
+        raise HFError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise HFError(f"--top-p must be in (0, 1], got {top_p}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -47,7 +50,7 @@ def encode_prompts(tokenizer: Any, prompts: list[str], add_bos: bool = True) -> 
     bos token (for moc tokenizers that is ``<|endoftext|>``, which precedes every document in training)."""
     rows = []
     for text in prompts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(utf8_text(text, "the prompt"), add_special_tokens=True)["input_ids"]
         bos = tokenizer.bos_token_id
         if add_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
@@ -90,6 +93,14 @@ def generate_ids(
         raise HFError(
             f"the prompt fills the model's context of {model.config.max_position_embeddings} tokens; "
             "shorten it"
+        )
+    if room < max_new_tokens:  # stopping early without a word looks like the model chose to stop
+        print(
+            f"moc generate: only {room} new tokens fit the model's context of "
+            f"{model.config.max_position_embeddings} after the prompt; generating {room}, "
+            f"not {max_new_tokens}",
+            file=sys.stderr,
+            flush=True,
         )
     gen.max_new_tokens = min(max_new_tokens, room)
     if seed is not None:

@@ -1,0 +1,133 @@
+"""Bad input that used to print a traceback is one line naming the problem and the fix: options out of
+range (router, generate, eval), damaged prepared data, devices this machine does not have."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fault_helpers import TRAIN, build_run, fails
+from moc.cli import main
+from moc.cli.hf import default_eval_output
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = build_run(tmp_path_factory.mktemp("tb"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        dense = [
+            "pretrain",
+            "tiny-dense",
+            *TRAIN,
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.out_dir=dense",
+        ]
+        assert main(dense) == 0
+    return root
+
+
+@pytest.fixture
+def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    dst = tmp_path / "w"
+    shutil.copytree(base, dst)
+    monkeypatch.chdir(dst)
+    return dst
+
+
+ROUTER = ["router", "run", "--data", "data"]
+GEN = ["generate", "run", "--prompt", "the cat", "--max-new-tokens", "2"]
+OPTIONS = [
+    ([*ROUTER, "--ablate", "abc"], "--ablate 'abc': give chapter ids as comma-separated integers"),
+    ([*ROUTER, "--ablate", "999"], "chapter(s) [999] do not exist; this model's chapters are 0..31"),
+    ([*ROUTER, "--batches", "0"], "--batches must be at least 1, got 0"),
+    ([*ROUTER, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ([*ROUTER, "--top", "-1"], "--top must be at least 0, got -1"),
+    ([*ROUTER, "--seq-len", "600"], "--seq-len 600 is longer than the model's context (128)"),
+    (["router", "dense", "--data", "data"], "dense is a dense model (no memory layers)"),
+    ([*GEN, "--device", "banana"], "--device banana is not a device; use cpu, cuda or cuda:N"),
+    ([*GEN, "--device", "cuda"] , "--device cuda: no CUDA GPU is available"),
+    ([*GEN, "--device", "cpu", "--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    ([*GEN, "--device", "cpu", "--temperature", "inf"], "--temperature must be a finite number >= 0"),
+    ([*GEN[:2], "--device", "cpu", "--prompt", "caf\udcff"], "the prompt is not valid UTF-8 text (byte 0xff"),
+    (["chat", "run", "--device", "cpu", "--message", "\udcfe"], "--message is not valid UTF-8 text"),
+    (["eval", "run", "--tasks", "x", "--limit", "-1"], "--limit must be > 0"),
+    (["eval", "run", "--tasks", "x", "--batch-size", "0"], "--batch-size must be at least 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "says"), OPTIONS, ids=[" ".join(a[:1] + a[3:]) for a, _ in OPTIONS])
+def test_options_out_of_range(work: Path, capsys: pytest.CaptureFixture, argv: list[str], says: str) -> None:
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    fails(capsys, argv, says)
+
+
+def test_generating_past_the_context_says_so(work: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(["generate", "run", "--prompt", "the cat", "--max-new-tokens", "5000", "--device", "cpu"]) == 0
+    )
+    assert "new tokens fit the model's context of" in capsys.readouterr().err
+
+
+def test_router_plot_into_a_folder(work: Path, capsys: pytest.CaptureFixture) -> None:
+    Path("plots").mkdir()
+    assert main([*ROUTER, "--seq-len", "32", "--batches", "1", "--top", "1", "--plot", "plots"]) == 0
+    assert Path("plots/chapter_usage.png").is_file() and not Path("plots.png").exists()
+
+
+def test_eval_results_are_kept_outside_pruned_checkpoints() -> None:
+    assert default_eval_output(Path("run/checkpoints/step_000003")) == Path(
+        "run/eval_results.step_000003.json"
+    )
+    assert default_eval_output(Path("out/tiny-hf")) == Path("out/tiny-hf/eval_results.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged prepared data: name the file, say "prepare the data again"
+# --------------------------------------------------------------------------------------------------
+
+
+def _meta(edit: Callable[[dict], object]) -> Callable[[], None]:
+    def damage() -> None:
+        meta = json.loads(Path("data/meta.json").read_text())
+        Path("data/meta.json").write_text(json.dumps(edit(meta)))
+
+    return damage
+
+
+def _short_by_one_byte() -> None:
+    with open("data/train.tokens.bin", "r+b") as f:
+        f.truncate(Path("data/train.tokens.bin").stat().st_size - 1)
+
+
+DAMAGE: dict[str, tuple[Callable[[], None], str]] = {
+    "tokens one byte short": (_short_by_one_byte, "train.tokens.bin has"),
+    "meta.json a list": (_meta(lambda m: [m]), "holds a JSON list, not moc's metadata"),
+    "meta.json without n_tokens": (_meta(lambda m: {k: v for k, v in m.items() if k != "n_tokens"}),
+                                   "'n_tokens' is missing"),
+    "n_tokens without train": (_meta(lambda m: {**m, "n_tokens": {}}), "no count for split 'train'"),
+    "meta.json not UTF-8": (lambda: Path("data/meta.json").write_bytes(b"\xff\xfe{"), "meta.json is corrupt"),
+    "garbage train.docs.npy": (lambda: Path("data/train.docs.npy").write_bytes(b"garbage" * 20),
+                               "train.docs.npy is damaged or not moc's document index"),
+    "train.docs.npy of floats": (lambda: np.save("data/train.docs.npy", np.array([0.5, 1.5])),
+                                 "train.docs.npy is damaged"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_prepared_data(work: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    damage, says = DAMAGE[case]
+    damage()
+    pretrain = ["pretrain", "tiny-moc", *TRAIN, "--set", "train.max_steps=1", "--set", "train.out_dir=again"]
+    line = fails(capsys, pretrain, says)
+    assert "prepare the data again" in line
