@@ -3,6 +3,7 @@ range (router, generate, eval), damaged prepared data, devices this machine does
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from collections.abc import Callable
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors import SafetensorError
 
+import moc
 from fault_helpers import TRAIN, build_run, fails
 from moc.cli import main
 from moc.cli.hf import default_eval_output
@@ -131,3 +135,82 @@ def test_damaged_prepared_data(work: Path, capsys: pytest.CaptureFixture, case: 
     pretrain = ["pretrain", "tiny-moc", *TRAIN, "--set", "train.max_steps=1", "--set", "train.out_dir=again"]
     line = fails(capsys, pretrain, says)
     assert "prepare the data again" in line
+
+
+# --------------------------------------------------------------------------------------------------
+# Full disks and exhausted memory: name the file or folder, and what to reduce
+# --------------------------------------------------------------------------------------------------
+
+
+def _disk_full_in_prepare(mp: pytest.MonkeyPatch) -> None:
+    import moc.data.prepare as prep
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # numpy's tofile names no file
+
+    mp.setattr(prep, "_write_splits", full)
+
+
+def _disk_full_in_tokenizer(mp: pytest.MonkeyPatch) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    def full(*a: object, **k: object) -> None:
+        raise Exception("No space left on device (os error 28)")  # what the Rust tokenizer raises
+
+    mp.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+
+
+def _disk_full_in_checkpoint(mp: pytest.MonkeyPatch) -> None:
+    import moc.train.checkpoint as ck
+
+    def full(*a: object, **k: object) -> None:
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    mp.setattr(ck, "save_file", full)
+
+
+def _out_of_memory(error: BaseException) -> Callable[[pytest.MonkeyPatch], None]:
+    def patch(mp: pytest.MonkeyPatch) -> None:
+        def oom(*a: object, **k: object) -> None:
+            raise error
+
+        mp.setattr(moc, "build_model", oom)
+
+    return patch
+
+
+PRETRAIN = ["pretrain", "tiny-moc", *TRAIN, "--set", "train.max_steps=1", "--set", "train.out_dir=again"]
+PREPARE = ["data", "prepare", "corpus", "--tokenizer", "tok", "--out", "data2", "--no-progress"]
+TOKENIZER = ["tokenizer", "train", "corpus", "--vocab-size", "300", "--out", "tok2", "--no-progress"]
+CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
+CPU_OOM = "DefaultCPUAllocator: not enough memory: you tried to allocate 8589934592 bytes."
+RESOURCES = {
+    "disk full in data prepare": (_disk_full_in_prepare, PREPARE,
+                                  ["could not write the prepared data in data2", "No space left on device"]),
+    "disk full saving a tokenizer": (_disk_full_in_tokenizer, TOKENIZER,
+                                     ["could not save the tokenizer in tok2", "os error 28"]),
+    "disk full saving model.safetensors": (_disk_full_in_checkpoint, PRETRAIN,
+                                           ["could not write checkpoint again/checkpoints/step_000001"]),
+    "CUDA out of memory": (_out_of_memory(torch.OutOfMemoryError(CUDA_OOM)), PRETRAIN,
+                           ["out of memory (CUDA out of memory", "train.micro_batch_size"]),
+    "host out of memory": (_out_of_memory(MemoryError()), PRETRAIN,
+                           ["out of memory (MemoryError)", "train.seq_len"]),
+    "CPU allocator": (_out_of_memory(RuntimeError(CPU_OOM)), PRETRAIN, ["out of memory", "the model size"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RESOURCES))
+def test_full_disks_and_exhausted_memory(
+    work: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    patch, argv, says = RESOURCES[case]
+    patch(monkeypatch)
+    fails(capsys, argv, *says)
+
+
+def test_a_bug_that_is_not_out_of_memory_keeps_its_traceback(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _out_of_memory(RuntimeError("shape mismatch: a bug"))(monkeypatch)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(PRETRAIN)

@@ -118,9 +118,31 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     except OSError as e:  # disk full, permission denied, a file where a folder should be, ...
         _report(name, os_error_message(e))
         return EXIT_ERROR
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise  # a bug in moc: keep the traceback
+        _report(name, out_of_memory_message(e))
+        return EXIT_ERROR
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A host ``MemoryError``, torch's ``OutOfMemoryError`` (a RuntimeError) or a RuntimeError whose
+    message says so (CPU allocators: "DefaultCPUAllocator: not enough memory")."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "not enough memory" in text
+
+
+def out_of_memory_message(e: BaseException) -> str:
+    detail = one_line(e)[:200]
+    return (
+        f"out of memory ({detail}); reduce what one step holds: train.micro_batch_size (raise "
+        "train.grad_accum_steps to keep the batch), train.seq_len, the model size, or --batch-size"
+    )
 
 
 def _report(name: str, message: str) -> None:

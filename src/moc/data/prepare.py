@@ -17,6 +17,7 @@ that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -49,6 +50,7 @@ from moc.data.tokenizer import (
     tokenizer_fingerprint,
     tokenizer_vocab_size,
 )
+from moc.errors import os_error_message
 
 # Encode this many documents (or characters) per call: big enough for the tokenizer's thread pool,
 # small enough to keep memory flat.
@@ -305,11 +307,22 @@ def _prepare(
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         _commit(tmp, out_dir, has_mask)
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        # a full disk mid-write: numpy's writes name no file, so name the folder
+        raise DataError(
+            f"could not write the prepared data in {out_dir}: {os_error_message(e)}; free some space or "
+            "choose another --out"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(_summary(out_dir, meta))
     return out_dir
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _summary(out_dir: Path, meta: dict[str, Any]) -> str:

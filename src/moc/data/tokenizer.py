@@ -28,6 +28,7 @@ from typing import Any
 
 from moc.data.errors import DataError
 from moc.data.sources import Source, as_sources, iter_source_documents
+from moc.errors import one_line, os_error_message
 
 EOS_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|end|>"
@@ -122,7 +123,15 @@ def save_tokenizer_atomically(tokenizer: Any, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=out_dir))
     try:
-        tokenizer.save_pretrained(str(tmp))
+        try:
+            tokenizer.save_pretrained(str(tmp))
+        except Exception as e:  # the Rust tokenizer raises a bare Exception("... (os error 28)")
+            if not (isinstance(e, OSError) or "os error" in str(e).lower()):
+                raise
+            why = os_error_message(e) if isinstance(e, OSError) else one_line(e)
+            raise DataError(
+                f"could not save the tokenizer in {out_dir}: {why}; free some space or choose another --out"
+            ) from None
         config_file = tmp / "tokenizer_config.json"
         if config_file.exists():
             config = json.loads(config_file.read_text())

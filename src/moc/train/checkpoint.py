@@ -376,7 +376,8 @@ class CheckpointManager:
             _fsync_path(tmp)
         except BaseException as e:  # also Ctrl-C mid-save: never leave a partial temp dir behind
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, CheckpointError) or not isinstance(e, OSError | RuntimeError):
+            # safetensors reports a full disk as SafetensorError, torch.save as RuntimeError
+            if isinstance(e, CheckpointError) or not isinstance(e, OSError | RuntimeError | SafetensorError):
                 raise
             raise CheckpointError(self._save_failed(final, e)) from None
         if final.exists():  # re-saving a step (e.g. after resuming from it): replace the old one
