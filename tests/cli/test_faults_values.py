@@ -143,3 +143,13 @@ def test_an_alias_bomb_in_an_override_is_refused(capsys: pytest.CaptureFixture) 
     flow = "{" + _bomb().replace("\n", ", ") + "}"
     fails(capsys, ["config", "show", "capacity-bits-smoke", "--set", f"models.moc_2k.label={flow}"],
           "expands to more than 100,000 values", command=lab_main)  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["data prepare", "tokenizer train"])
+def test_a_fifo_as_data_source_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, deadline: None, command: str
+) -> None:
+    os.mkfifo(tmp_path / "text.txt")
+    args = ["--tokenizer", "tok"] if command == "data prepare" else ["--vocab-size", "300"]
+    argv = [*command.split(), str(tmp_path / "text.txt"), *args, "--out", str(tmp_path / "out")]
+    fails(capsys, argv, "text.txt is not a regular file (a FIFO or device)")

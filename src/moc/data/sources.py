@@ -146,6 +146,10 @@ def resolve_sources(specs: Sequence[str | Path]) -> list[Source]:
                 )
             out.extend(Source(spec=spec, kind=EXTENSIONS[f.suffix.lower()], path=f.resolve()) for f in files)
             continue
+        if not path.is_file():  # a FIFO would wait forever for a writer; a device never ends
+            raise DataError(
+                f"data source {spec} is not a regular file (a FIFO or device); pass a file or folder"
+            )
         kind = EXTENSIONS.get(path.suffix.lower())
         if kind is None:
             raise DataError(
