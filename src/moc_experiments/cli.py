@@ -40,10 +40,10 @@ DEMO_PRESET = "capacity-bits-demo"
 TEXT_DEMO_PRESET = "demo"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, example: str = "pretrain.steps=100 --set moc.memory.top_k=8") -> None:
     p.add_argument("--seeds", type=int, default=None, help="repeat everything over N seeds (mean ± sd)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/NAME)")
-    add_overrides_arg(p, "pretrain.steps=100 --set moc.memory.top_k=8")
+    add_overrides_arg(p, example)
     p.add_argument("--quiet", action="store_true", help="print only the final tables")
     p.add_argument(
         "--plan",
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "offline corpus, tiny models, full report, into OUT). --set applies to the knowledge world, or "
         "to the real text with --text.",
     )
-    _common(demo)
+    _common(demo, "train.exposures=100 (with --text: pretrain.steps=100)")  # keys of what runs
     demo.add_argument(
         "--text",
         action="store_true",
@@ -180,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    rep = sub.add_parser("report", help="regenerate report.md and plots from a run's results.json")
+    rep = sub.add_parser(
+        "report",
+        help="regenerate report.md and plots from a run's results.json",
+        description="Rebuild report.md, its tables and plots from RUN/results.json (or a results file, "
+        "e.g. an earlier results.prev-N.json with --out DIR), without training anything.",
+    )
     rep.add_argument("run", help="run folder (runs/NAME) or its results.json")
     rep.add_argument("--out", default=None, help="write the report here (default: next to results.json)")
     rep.set_defaults(func=cmd_report)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 
+from moc.data.errors import DataError
 from moc.data.sources import TXT_MODES
 
 
@@ -26,7 +29,12 @@ _SOURCES_HELP = ".txt/.jsonl/.parquet files, folders of them, or hf:NAME[:CONFIG
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    tok = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok = subparsers.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer",
+        description="Tokenizers for moc: `moc tokenizer train SOURCES --vocab-size N --out DIR` trains a "
+        "byte-level BPE with moc's special tokens and chat template.",
+    )
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     p = tok_sub.add_parser(
         "train", help="train a byte-level BPE on your corpus (writes a Hugging Face tokenizer dir)"
@@ -60,9 +68,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_prepare_args(p)
     p.set_defaults(func=_prepare)
 
-    p = data_sub.add_parser("info", help="print the meta.json summary of a prepared directory")
-    p.add_argument("dir")
+    p = data_sub.add_parser(
+        "info",
+        help="print the meta.json summary of a prepared directory",
+        description="Print what a prepared data folder holds: tokens and documents per split, the token "
+        "dtype, the vocabulary size and every source with its size and sha256.",
+    )
+    p.add_argument("dir", help="a folder written by `moc data prepare` or `moc data prepare-chat`")
     p.set_defaults(func=_info)
+
+    p = data_sub.add_parser(
+        "sample",
+        help="write a tiny sample corpus/, more.jsonl and chats.jsonl to try the data and IFT commands",
+        description="Copy the small sample shipped with moc (corpus/ of 8 .txt documents, more.jsonl, "
+        "chats.jsonl of 240 conversations) into --out, so the documented `moc tokenizer train corpus/`, "
+        "`moc data prepare corpus/ more.jsonl` and `moc data prepare-chat chats.jsonl` run as written. "
+        "Existing files are kept, never overwritten.",
+    )
+    p.add_argument("--out", default=".", help="folder to write into (default: the current folder)")
+    p.set_defaults(func=_sample)
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -132,4 +156,30 @@ def _info(args: argparse.Namespace) -> int:
     }
     summary["n_sources"] = len(meta.get("sources", []))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "samples"
+
+
+def _sample(args: argparse.Namespace) -> int:
+    """Copy the shipped sample files into ``--out``; a file that exists there is kept (nothing a user
+    made is overwritten) and named."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder; choose a folder")
+    wrote, kept = [], []
+    for src in sorted(SAMPLE_DIR.rglob("*")):
+        if not src.is_file():
+            continue
+        dst = out / src.relative_to(SAMPLE_DIR)
+        if dst.exists():
+            kept.append(str(dst))
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        wrote.append(str(dst))
+    print(f"moc data sample: wrote {len(wrote)} file(s) into {out} (corpus/, more.jsonl, chats.jsonl)")
+    if kept:
+        print(f"  kept {len(kept)} existing file(s) as they were: {', '.join(kept)}")
     return 0
