@@ -87,6 +87,13 @@ def _suggest_key(cls: type, key: str, names: list[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a 52 MB value pasted into a config
+    must not become a 52 MB error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def type_name(tp: Any) -> str:
     """A readable name for an annotation: ``int or null``, ``one of 'a', 'b'``, ``list of str``."""
     origin = typing.get_origin(tp)
@@ -109,7 +116,7 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
                 return check_type(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {type_name(tp)}")
+        raise ConfigError(f"{key}: {shown(value)} is not a valid {type_name(tp)}")
     if tp is type(None):
         if value is None:
             return None
@@ -119,16 +126,16 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
         if value in choices:
             return value
         near = suggest(value, [c for c in choices if isinstance(c, str)]) if isinstance(value, str) else ""
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in choices)}{near}")
+        raise ConfigError(f"{key}: {shown(value)} is not one of {', '.join(repr(a) for a in choices)}{near}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list of {type_name(item_tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {type_name(item_tp)}, got {shown(value)}")
         return [check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, dict):
             return value
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping, got {shown(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -148,7 +155,7 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - only the annotations above are used in configs
         return value
-    raise ConfigError(f"{key}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: expected {type_name(tp)}, got {type(value).__name__} {shown(value)}")
 
 
 def build(cls: type, d: Any, prefix: str = "") -> Any:
@@ -156,7 +163,7 @@ def build(cls: type, d: Any, prefix: str = "") -> Any:
     missing or null one takes its defaults), every other value is type-checked, unknown keys are errors
     with a suggestion. ``prefix`` is the dotted path of ``d`` in the whole config, for messages."""
     if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping of keys, got {d!r}")
+        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping of keys, got {shown(d)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -258,7 +265,7 @@ def set_path(d: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key!r}: {p!r} is not a section (it holds {nxt!r})")
+            raise ConfigError(f"override {key!r}: {p!r} is not a section (it holds {shown(nxt)})")
         cur = nxt
     cur[parts[-1]] = value
 

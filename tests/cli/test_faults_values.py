@@ -153,3 +153,8 @@ def test_a_fifo_as_data_source_is_refused(
     args = ["--tokenizer", "tok"] if command == "data prepare" else ["--vocab-size", "300"]
     argv = [*command.split(), str(tmp_path / "text.txt"), *args, "--out", str(tmp_path / "out")]
     fails(capsys, argv, "text.txt is not a regular file (a FIFO or device)")
+
+
+def test_an_error_about_a_huge_value_stays_short(capsys: pytest.CaptureFixture) -> None:
+    line = fails(capsys, ["info", "tiny-moc", "--set", "model.d_model=" + "x" * 5_000_000], "model.d_model")
+    assert len(line) < 400 and "5,000,002 characters" in line
