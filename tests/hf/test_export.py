@@ -113,8 +113,14 @@ def test_export_does_not_overwrite_unless_forced(make_checkpoint, tmp_path: Path
     (out / "keep.txt").write_text("x")
     with pytest.raises(HFError, match="not empty.*--force"):
         export(ckpt, out)
+    with pytest.raises(HFError, match="not a moc export"):  # --force replaces only an earlier export
+        export(ckpt, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    export(ckpt, out)
+    (out / "stale.txt").write_text("x")
     export(ckpt, out, overwrite=True, dtype=torch.bfloat16)
-    assert not (out / "keep.txt").exists()
+    assert not (out / "stale.txt").exists()
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.bfloat16
 
