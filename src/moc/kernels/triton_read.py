@@ -54,9 +54,9 @@ from moc.kernels.routed_read import chapter_coefficients
 LOG2E = 1.4426950408889634
 GROUPED_MAX_TILE = 16  # tiles of fewer queries than this use the chapter-grouped forward
 BLOCK_M_FWD = 64  # query rows per block in the grouped forward on a GPU (16 in the interpreter)
-BLOCK_M_BWD = 32  # query rows per block in the backward: 64 needs 255 registers and spills
+BLOCK_M_BWD = 16  # query rows per block in the backward: 32 or 64 spill on sm_80 (see CONFIGS)
 ITEM_BLOCKS = 64  # row blocks of BLOCK_M_FWD per work item on a GPU (2 in the interpreter, to split)
-TEMP_BUDGET = 768 * 2**20  # bytes of per-pair buffers one head group may hold (see heads_per_group)
+TEMP_BUDGET = 512 * 2**20  # bytes of per-pair buffers one head group may hold (see heads_per_group)
 MAX_HEAD_DIM = 128  # the largest head size every autotune config compiles for without spilling
 
 
@@ -87,6 +87,34 @@ def _empty(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.
     for log in _ALLOCATIONS:
         log.append((name, t.numel() * t.element_size()))
     return t
+
+
+_LAUNCHES: list[list[tuple[str, tuple[int, ...], dict[str, Any]]]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[tuple[str, tuple[int, ...], dict[str, Any]]]]:
+    """Within the block, kernel launches are logged as (kernel name, grid, arguments by name) and not
+    run: with meta tensors for the data, the launchers then only plan (moc.kernels.traffic counts)."""
+    log: list[tuple[str, tuple[int, ...], dict[str, Any]]] = []
+    _LAUNCHES.append(log)
+    try:
+        yield log
+    finally:
+        _LAUNCHES.pop()
+
+
+def _jit(kernel: Any) -> triton.JITFunction:
+    """The JIT function of a kernel, under its autotuner if it has one."""
+    return kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+
+
+def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    if _LAUNCHES:
+        fn = _jit(kernel)
+        _LAUNCHES[-1].append((fn.__name__, grid, dict(zip(fn.arg_names, args)) | kwargs))
+        return
+    kernel[grid](*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,12 +210,13 @@ def chapter_loads(
 
 # Autotune configs per kernel: (num_warps, num_stages). Every one compiles for sm_80 and sm_90a in fp16
 # and bf16 at head sizes 64 and 128 with no spilled register and within shared memory (moc.kernels.aot,
-# tests/kernels/test_aot.py; the table is in docs/benchmarks.md). The backward's 4-warp configs spill
-# (255 registers: dK, dV, the scores and their gradients in fp32 at 128 threads), so it keeps 8 warps.
+# tests/kernels/test_aot.py; the table is in docs/benchmarks.md). The backward steps 16 rows at a time
+# with its scores transposed (FlashAttention-2's dK/dV loop): with 32 or 64 rows, or 4 warps and 3
+# stages at head size 128, it spills on sm_80 (255 registers).
 CONFIGS: dict[str, list[tuple[int, int]]] = {
     "_grouped_fwd": [(4, 2), (4, 3), (8, 2), (8, 3)],
-    "_tiles_fwd": [(4, 2), (4, 3), (8, 2), (8, 3)],
-    "_grouped_bwd": [(8, 2), (8, 3)],
+    "_tiles_fwd": [(4, 2), (4, 3)],  # 8 warps spill 32 bytes at head size 128 on sm_80
+    "_grouped_bwd": [(4, 2), (8, 2), (8, 3)],
     "_merge": [(4, 1)],  # not tuned: a streaming pass launched with this one config
     "_finish_kv": [(4, 1)],
 }
@@ -436,35 +465,35 @@ def _grouped_bwd(
             head = kv_head * group + hh
             q_row = tile.to(tl.int64) * stride_qd + qi * stride_qt + head * stride_qh
             rd_mask = live[:, None] & d_in[None, :]
-            q = tl.load(Q + q_row[:, None] + offs_d[None, :], mask=rd_mask, other=0.0)
+            # scores transposed, (chapter tokens, rows), as FlashAttention-2's dK/dV loop: the layout
+            # that keeps dK, dV and the scores' gradients within the registers of sm_80
+            q_t = tl.load(Q + q_row[None, :] + offs_d[:, None], mask=live[None, :] & d_in[:, None], other=0.0)
             do = tl.load(DO + q_row[:, None] + offs_d[None, :], mask=rd_mask, other=0.0)
             lrow = (tile.to(tl.int64) * n_heads + head) * n_queries + qi
             lse = tl.load(LSE + lrow, mask=live, other=0.0)
             delta = tl.load(DELTA + lrow, mask=live, other=0.0)
             # a row that read nothing has lse -inf: no probability (exp2(-inf + inf) would be NaN)
-            keep = live[:, None] & t_in[None, :] & (lse[:, None] > float("-inf"))
-            r = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+            keep = live[None, :] & t_in[:, None] & (lse[None, :] > float("-inf"))
+            r = tl.dot(k, q_t, input_precision=PRECISION).to(tl.float32) * scale
             p = tl.where(
-                keep, tl.exp2((r * a[:, None] + b[:, None] - lse[:, None]) * 1.4426950408889634), 0.0
+                keep, tl.exp2((r * a[None, :] + b[None, :] - lse[None, :]) * 1.4426950408889634), 0.0
             )
-            dpc = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
-            ds = p * (dpc * c[:, None] - delta[:, None])
+            dpc = tl.dot(v, tl.trans(do), input_precision=PRECISION).to(tl.float32)
+            ds = p * (dpc * c[None, :] - delta[None, :])
             if WEIGHTING == "kv":  # d/dw of a = c = w
-                dw += tl.sum(ds * r + dpc * p, 1)
+                dw += tl.sum(ds * r + dpc * p, 0)
             elif WEIGHTING == "v":  # c = w
-                dw += tl.sum(dpc * p, 1)
+                dw += tl.sum(dpc * p, 0)
             else:  # b = log w: d/dw = (d/db) / w, computed without the 0 / 0 of a zero weight
-                pw = tl.where(keep, tl.exp2((r - lse[:, None]) * 1.4426950408889634), 0.0)
-                dw += tl.sum(pw * (dpc - delta[:, None]), 1)
-            dr = ds * (a[:, None] * scale)
-            dq = tl.dot(dr.to(k.dtype), k, input_precision=PRECISION)
+                pw = tl.where(keep, tl.exp2((r - lse[None, :]) * 1.4426950408889634), 0.0)
+                dw += tl.sum(pw * (dpc - delta[None, :]), 0)
+            dr = (ds * (a[None, :] * scale)).to(k.dtype)
+            dq = tl.dot(tl.trans(dr), k, input_precision=PRECISION)
             dq_row = prow * (n_group_kv * group) + kvl * group + hh
             dq_off = dq_row[:, None] * HEAD_DIM + offs_d[None, :]
             tl.store(DQP + dq_off, dq.to(DQP.dtype.element_ty), mask=rd_mask)
-            dk += tl.dot(tl.trans(dr.to(q.dtype)), q, input_precision=PRECISION).to(tl.float32)
-            dv += tl.dot(tl.trans((p * c[:, None]).to(do.dtype)), do, input_precision=PRECISION).to(
-                tl.float32
-            )
+            dk += tl.dot(dr, tl.trans(q_t), input_precision=PRECISION).to(tl.float32)
+            dv += tl.dot((p * c[None, :]).to(do.dtype), do, input_precision=PRECISION).to(tl.float32)
         tl.store(DWP + prow * n_group_kv + kvl, dw, mask=live)
     slot = tl.load(WORK_SLOT + work)
     if slot < 0:  # the chapter's only work item: its gradients are final
@@ -596,8 +625,26 @@ def forward(
         block_q = _pow2(Qt, hi=64)
         grid = (D, H, triton.cdiv(Qt, block_q))
         idx32 = idx.to(torch.int32).contiguous()
-        _tiles_fwd[grid](
-            q, k, v, idx32, a, b, c, out, lse, *strides, Qt, n, H // kvh, H, scale, BLOCK_Q=block_q, **meta
+        _launch(
+            _tiles_fwd,
+            grid,
+            q,
+            k,
+            v,
+            idx32,
+            a,
+            b,
+            c,
+            out,
+            lse,
+            *strides,
+            Qt,
+            n,
+            H // kvh,
+            H,
+            scale,
+            BLOCK_Q=block_q,
+            **meta,
         )
         return out, lse
     block_m, rows_per_item = fwd_blocks()
@@ -608,13 +655,15 @@ def forward(
     part_lse = _empty("forward partial log-sum-exp", (D * n * Qt * per_group,), torch.float32, q.device)
     for head0 in range(0, H, per_group):
         hg = min(per_group, H - head0)
-        _grouped_fwd[(g.work_chapter.numel(), hg)](
+        _launch(
+            _grouped_fwd, (g.work_chapter.numel(), hg),
             q, k, v, g.pairs, g.seg_start, g.work_chapter, g.work_row, a, b, c, part, part_lse,
             *strides, Qt, n, group, head0, hg, scale,
             BLOCK_M=block_m, ITEM_BLOCKS=rows_per_item // block_m, **meta,
         )  # fmt: skip
         block_r = _pow2(Qt * hg, hi=64)
-        _merge[(D, triton.cdiv(Qt * hg, block_r))](
+        _launch(
+            _merge, (D, triton.cdiv(Qt * hg, block_r)),
             part, part_lse, out, lse, out.stride(0), out.stride(1), out.stride(2),
             Qt, n, head0, hg, H, HEAD_DIM=hd, BLOCK_R=block_r, BLOCK_D=_pow2(hd), **_fixed("_merge"),
         )  # fmt: skip
@@ -665,7 +714,8 @@ def backward(
     lse = lse.contiguous()
     for kv0 in range(0, kvh, kv_per_group):
         gk = min(kv_per_group, kvh - kv0)
-        _grouped_bwd[(W, gk, n_tb)](
+        _launch(
+            _grouped_bwd, (W, gk, n_tb),
             q, k, v, do, lse, delta, g.pairs, g.seg_start, g.work_chapter, g.work_row, g.work_slot, a, b, c,
             dk, dv, dk_slots, dv_slots, dq_part, dw_part,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -674,7 +724,8 @@ def backward(
             ITEM_BLOCKS=rows_per_item // block_m, WEIGHTING=weighting, PRECISION=_precision(q.dtype),
         )  # fmt: skip
         block = 1024
-        _finish_kv[(U, triton.cdiv(T * gk * hd, block))](
+        _launch(
+            _finish_kv, (U, triton.cdiv(T * gk * hd, block)),
             dk, dv, dk_slots, dv_slots, g.work_start, g.slot_start, kv0, gk, kvh,
             T=T, HEAD_DIM=hd, BLOCK=block, **_fixed("_finish_kv"),
         )  # fmt: skip
@@ -688,7 +739,7 @@ def backward(
 def launches() -> dict[str, Callable[..., Any]]:
     """The Triton kernels by name (for moc.kernels.aot): the JIT functions under any autotuner."""
     return {
-        name: getattr(k, "fn", k)
+        name: _jit(k)
         for name, k in {
             "_grouped_fwd": _grouped_fwd,
             "_merge": _merge,
