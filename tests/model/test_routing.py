@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import moc
-from moc.model.memory import ChapterRouter, router_losses
+from moc.model.router import ChapterRouter, router_losses
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -189,6 +189,37 @@ def routed_read_backward_torch(
     return dq, dk.to(k.dtype), dv.to(v.dtype), dw.to(w.dtype)
 
 
+def gathered_read(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    weighting: str,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The read as plain differentiable ops on all tiles at once: q (D, Qt, H, hd), k/v (U, T, Hkv, hd),
+    idx/w (D, n) -> out (D, Qt, H, hd).
+
+    Autograd keeps every tile's gathered chapters and probabilities (D x n*T x (Hkv*hd*2 + H*Qt)
+    entries), which :class:`RoutedRead` never does. It exists for ``torch.compile`` on the CPU: there the
+    compiler fuses these few ops into one loop nest, several times faster than the blocked loops for the
+    small, token-routed reads of toy models. The model uses it only for reads that small.
+    """
+    D, Qt, H, hd = q.shape
+    _, T, kvh, _ = k.shape
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
+    a, b, c = chapter_coefficients(w, weighting)
+    kb, vb = _gather(k, idx), _gather(v, idx)  # (D, Hkv, n * T, hd)
+    s = torch.matmul(_heads_first(q, kvh), kb.transpose(-1, -2)).to(a.dtype) * (scale * _per_key(a, T))
+    if weighting == "logit":
+        s = s + _per_key(b, T)
+    p = s.softmax(-1)
+    if weighting != "logit":
+        p = p * _per_key(c, T)
+    return _heads_last(torch.matmul(p.to(vb.dtype), vb), Qt)
+
+
 class RoutedRead(torch.autograd.Function):
     """out = routed read of q into ``kv_fn(*kv_inputs)`` (see the module docstring); saves q, out, lse.
 

@@ -45,14 +45,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import RMSNorm, rms_normalize
+from .router import ChapterRouter, Decisions, RoutingInfo
 from .routing_layout import (
     TileLayout,
     causal_tile_sums,
@@ -132,37 +133,6 @@ def build_banks(cfg: MemoryConfig, d_model: int, n_banks: int) -> nn.ModuleList:
 
 
 @dataclass
-class RoutingInfo:
-    """What one memory layer's router decided (detached), for losses' logging and inspection.
-
-    indices/weights: (B, G, n_selected) selected chapter ids (shared first) and their weights, G the
-    decisions per row: documents (sequence), (document, chunk) tiles (causal) or positions (token);
-    valid: (B, G) decisions that serve at least one real token. ``entropy``, ``load_balance`` and
-    ``z_loss`` are Python floats read from ``stats`` on first use, so the forward pass itself never
-    waits for the device (no host sync, no graph break under torch.compile).
-    """
-
-    layer: int
-    indices: torch.Tensor
-    weights: torch.Tensor
-    valid: torch.Tensor
-    stats: torch.Tensor = field(repr=False)  # (3,): mean routing entropy, load balance, z-loss
-    chapter_counts: torch.Tensor = field(repr=False)
-
-    @property
-    def entropy(self) -> float:
-        return float(self.stats[0])
-
-    @property
-    def load_balance(self) -> float:
-        return float(self.stats[1])
-
-    @property
-    def z_loss(self) -> float:
-        return float(self.stats[2])
-
-
-@dataclass
 class MemoryState:
     """Per-layer decode state: the running sum of the last document's router inputs and the current
     decision's K/V."""
@@ -208,104 +178,6 @@ class MemoryState:
         """One decoded position: add its router input r (B, d) where valid (B,)."""
         self.prefix_sum = self.prefix_sum + r.float() * valid[:, None]
         self.prefix_count = self.prefix_count + valid.float()
-
-
-@dataclass
-class Decisions:
-    """What ``MemoryLayer.route`` returns: the decisions for the read and the record of them.
-
-    indices, weights: (B, G, n_selected), the weights still in the autograd graph (the read trains the
-    router through them); aux: the scalar router loss (load balance + z-loss, with their coefficients);
-    info: the detached record for logging and inspection.
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor
-    aux: torch.Tensor
-    info: RoutingInfo
-
-
-class ChapterRouter(nn.Module):
-    """Scores every chapter from a pooled hidden state and selects shared + top-k chapters.
-
-    The linear layer scores all C chapters (as in the paper's parameter count); the shared chapters
-    are always read, so their scores only enter the z-loss. Top-k runs over the routed chapters.
-    """
-
-    disabled: torch.Tensor
-
-    def __init__(self, d_model: int, cfg: MemoryConfig) -> None:
-        super().__init__()
-        self.proj = nn.Linear(d_model, cfg.n_chapters)
-        self.n_shared, self.top_k, self.scale = cfg.n_shared_chapters, cfg.top_k, cfg.routed_scaling_factor
-        # Chapters removed for ablation (see moc.analysis): never selected, never read.
-        self.register_buffer("disabled", torch.zeros(cfg.n_chapters, dtype=torch.bool), persistent=False)
-        self._disabled_seen: tuple = (None, -1, False)  # (buffer, its version, any disabled)
-
-    def any_disabled(self) -> bool:
-        """Whether any chapter is disabled. Re-read from the device only when the buffer was replaced or
-        modified in place (its version counter), so routing does not sync with the device every call."""
-        buf, version, flag = self._disabled_seen
-        if torch.compiler.is_compiling():
-            # A compiled graph cannot read the device without a break: it uses the flag of the last eager
-            # call and checks on the device, without a sync, that the buffer still agrees.
-            torch._assert_async(
-                self.disabled.any() == flag,
-                "chapters were disabled or re-enabled after this model was compiled: run one eager forward "
-                "(or torch.compiler.reset()) after changing router.disabled",
-            )
-            return flag
-        if buf is not self.disabled or version != self.disabled._version:
-            flag = bool(self.disabled.any())
-            self._disabled_seen = (self.disabled, self.disabled._version, flag)
-        return flag
-
-    def forward(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """summary: (..., d) -> (indices, weights, logits, probs).
-
-        indices, weights: (..., n_shared + k); logits: (..., C); probs: (..., C_routed).
-        """
-        logits = self.proj(summary).float()
-        routed = logits[..., self.n_shared :]
-        shared = torch.arange(self.n_shared, device=logits.device)
-        if self.any_disabled():
-            routed = routed.masked_fill(self.disabled[self.n_shared :], float("-inf"))
-            shared = shared[~self.disabled[: self.n_shared]]
-        probs = routed.softmax(dim=-1)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)
-        routed_w = self.scale * top_p / top_p.sum(dim=-1, keepdim=True)
-        shared_w = routed_w.new_ones(*routed_w.shape[:-1], len(shared))
-        weights = torch.cat([shared_w, routed_w], dim=-1)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        shared_i = shared.expand(*top_i.shape[:-1], len(shared))
-        return torch.cat([shared_i, top_i + self.n_shared], dim=-1), weights, logits, probs
-
-
-def router_losses(
-    logits: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor, n_shared: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Load-balance loss, z-loss and per-chapter selection counts over the valid decisions.
-
-    indices: (..., n_shared + k) with the ``n_shared`` shared-chapter columns first.
-
-    Load balance = C_routed * sum_i f_i * P_i, with f_i the fraction of all top-k picks that went to
-    chapter i and P_i its mean router probability: exactly 1 at uniform routing, whatever k is.
-    z-loss = mean over decisions of logsumexp(scores)^2.
-    """
-    n_routed = probs.shape[-1]
-    w = valid.to(probs.dtype).reshape(-1)
-    n = w.sum().clamp(min=1)
-    first_routed = logits.shape[-1] - n_routed  # routed chapter ids start after the shared ones
-    routed_idx = indices[..., n_shared:].reshape(-1, indices.shape[-1] - n_shared) - first_routed
-    picks = torch.zeros(routed_idx.shape[0], n_routed, device=probs.device, dtype=probs.dtype)
-    picks.scatter_(1, routed_idx, 1.0)
-    counts = (picks * w[:, None]).sum(0)
-    f = counts / (n * routed_idx.shape[-1])
-    p_mean = (probs.reshape(-1, n_routed) * w[:, None]).sum(0) / n
-    load_balance = n_routed * (f * p_mean).sum()
-    z = torch.logsumexp(logits.reshape(-1, logits.shape[-1]), dim=-1).square()
-    z_loss = (z * w).sum() / n
-    return load_balance, z_loss, counts.detach()
 
 
 class MemoryLayer(nn.Module):
@@ -392,13 +264,18 @@ class MemoryLayer(nn.Module):
         if tile_decision is not None:
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
+        if torch.compiler.is_compiling() and not q.is_cuda and _gathered_fits(q, rows, bank.chapter_size):
+            # Compiled on the CPU with a small read: plain gather-and-attend ops that the compiler fuses
+            # (autograd keeps the gathered chapters and the probabilities, a few MB at these sizes).
+            k, v = kv_fn(*inputs)
+            return _read_functions()[2](q, k, v, rows, weights, self.weighting)
         op = _read_op() if q.is_cuda or torch.compiler.is_compiling() else None
         if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
             k, v = kv_fn(*inputs)
             return op(q, k, v, rows, weights, self.weighting, kernel=self.cfg.kernel)
         # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
         # backward, so saved memory stays independent of how many chapters a batch reads.
-        routed_read, _ = _read_functions()
+        routed_read = _read_functions()[0]
         fwd, bwd = _read_impls(q.device, self.cfg.kernel)
         return routed_read(
             q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
@@ -413,7 +290,7 @@ class MemoryLayer(nn.Module):
         chapters, rows = self.distinct_chapters(indices, bank.n_chapters)
         kv_fn, inputs = self.kv_source(bank, chapters)
         k, v = kv_fn(*inputs)
-        _, chapter_coefficients = _read_functions()
+        chapter_coefficients = _read_functions()[1]
         a, b, c = chapter_coefficients(weights, self.weighting)
         B, n = indices.shape
         T = k.shape[1]
@@ -424,22 +301,7 @@ class MemoryLayer(nn.Module):
 
     def route(self, summary: torch.Tensor, valid: torch.Tensor) -> Decisions:
         """summary: (B, G, d) pooled router inputs; valid: (B, G) decisions serving a real token."""
-        indices, weights, logits, probs = self.router(summary)
-        n_shared = indices.shape[-1] - self.cfg.top_k
-        lb, z, counts = router_losses(logits, probs, indices, valid, n_shared)
-        aux = self.cfg.load_balance_coef * lb + self.cfg.z_loss_coef * z
-        with torch.no_grad():  # for logging only: keeps (decisions x C) tensors out of the autograd graph
-            entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
-            entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
-        info = RoutingInfo(
-            layer=self.layer_idx,
-            indices=indices.detach(),
-            weights=weights.detach(),
-            valid=valid.detach(),
-            stats=torch.stack([entropy, lb.detach(), z.detach()]).float(),
-            chapter_counts=counts,
-        )
-        return Decisions(indices, weights, aux, info)
+        return self.router.decide(summary, valid, self.layer_idx)
 
     # -- forward ------------------------------------------------------------------------------------
 
@@ -600,14 +462,26 @@ def _flat(dec: Decisions) -> tuple[torch.Tensor, torch.Tensor]:
     return dec.indices.reshape(-1, n), dec.weights.reshape(-1, n)
 
 
-def _read_functions() -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, ...]]]:
-    """(routed_read, chapter_coefficients): from moc, or the copy an exported Hugging Face folder holds
-    (imported by name: transformers copies the files a remote-code module imports that way)."""
+def _read_functions() -> tuple[Callable[..., Any], ...]:
+    """(routed_read, chapter_coefficients, gathered_read): from moc, or the copy an exported Hugging Face
+    folder holds (imported by name: transformers copies the files a remote-code module imports that way)."""
     try:
-        from moc.kernels.routed_read import chapter_coefficients, routed_read
+        from moc.kernels.routed_read import chapter_coefficients, gathered_read, routed_read
     except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
-        from .routed_read import chapter_coefficients, routed_read
-    return routed_read, chapter_coefficients
+        from .routed_read import chapter_coefficients, gathered_read, routed_read
+    return routed_read, chapter_coefficients, gathered_read
+
+
+# Reads whose gathered keys, values and scores hold at most this many entries run as plain ops when
+# compiled on the CPU (a token-routed toy model: ~10^6); larger ones keep the memory-bounded read.
+GATHERED_READ_ELEMENTS = 1 << 24
+
+
+def _gathered_fits(q: torch.Tensor, rows: torch.Tensor, chapter_size: int) -> bool:
+    """Whether the read of q (D, Qt, H, hd) over rows (D, n) is small enough to gather whole."""
+    D, Qt, H, hd = q.shape
+    keys = rows.shape[1] * chapter_size
+    return D * keys * (Qt * H + 2 * hd) <= GATHERED_READ_ELEMENTS
 
 
 def _read_op() -> Callable[..., torch.Tensor] | None:
@@ -637,3 +511,4 @@ def _read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object
                 warn_once(reason, stacklevel=3)
         return None, None
     return read_impls(device, kernel)
+
