@@ -300,12 +300,14 @@ def max_usage_entropy(model: dict) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 IFT_LABELS = {
-    "frozen": "bank frozen",
-    "low_lr": "bank at low LR",
     "full": "full fine-tune",
-    "gentle_frozen": "gentle, bank frozen",
-    "gentle_low_lr": "gentle, bank at low LR",
+    "frozen": "bank frozen",
+    "memory_frozen": "memory path frozen",
+    "low_lr": "bank at low LR",
     "gentle_full": "gentle full fine-tune",
+    "gentle_frozen": "gentle, bank frozen",
+    "gentle_memory_frozen": "gentle, memory path frozen",
+    "gentle_low_lr": "gentle, bank at low LR",
 }
 
 

@@ -61,6 +61,9 @@ class CapacityTrain:
     qa_doc_fraction: float = 0.3  # share of documents that are question documents (of qa_people)
     saturation_seeds: int = 0
     log_every: int = 25
+    # Train through torch.compile (the CPU fast path of token routing: the read's ops fused; the dense
+    # models compiled alike). Changes rounding, not the recipe: runs stay comparable within one setting.
+    compile: bool = False
 
 
 @dataclass
@@ -84,18 +87,26 @@ class CapacityIft:
 
     ``data``: the chat form of the world's questions about ``qa_people`` (``world_chat``) or the corpus's
     real chat examples (``real_chat``: loss on the assistant's answer only). MoC models run each of
-    ``variants`` (``frozen``: bank frozen; ``low_lr``: bank at ``bank_lr_scale``); dense models one full run.
+    ``variants`` (``full``: nothing frozen, one LR; ``frozen``: bank frozen; ``low_lr``: memory layers and
+    bank at ``memory_lr_scale`` / ``bank_lr_scale``; ``memory_frozen``: bank, router and memory attention
+    frozen); dense models one full run. ``lr_ratio``: each model's IFT LR is that fraction of its own
+    pretraining LR.
     ``gentle``: also a gentler IFT of every model (LR x ``gentle_lr_scale``, and ``gentle_replay`` of each
     batch replaced by pretraining documents), so retention is not only "everything is erased"."""
 
     steps: int = 0
     data: Literal["world_chat", "real_chat"] = "world_chat"
     lr: float = 1e-3
+    # When set, each model's IFT LR is this fraction of its own pretraining LR (train.lr x lr_scale)
+    # instead of ``lr`` for every model.
+    lr_ratio: float | None = None
     memory_lr_scale: float = 0.5
     bank_lr_scale: float = 0.16667
     batch_size: int = 32
     warmup_steps: int = 10
-    variants: list[Literal["frozen", "low_lr"]] = field(default_factory=lambda: ["frozen", "low_lr"])
+    variants: list[Literal["full", "frozen", "low_lr", "memory_frozen"]] = field(
+        default_factory=lambda: ["frozen", "low_lr"]
+    )
     gentle: bool = False
     gentle_lr_scale: float = 0.3
     gentle_replay: float = 0.5
@@ -126,6 +137,10 @@ class CapacityConfig:
     # Reuse runs (model, seed) already in OUT/results.json when the world, recipe and model are unchanged,
     # so more seeds or models can be added to a finished or interrupted experiment.
     resume: bool = True
+    # A folder (e.g. in the repository) that keeps every finished run as its own small JSON file, so a
+    # sweep longer than one working session continues from them on another machine or a fresh clone:
+    # `moc-lab run` reuses the records whose recipe and model match and trains only the rest.
+    records: str | None = None
 
     @property
     def run_dir(self) -> Path:

@@ -97,6 +97,7 @@ _NOT_RECIPE = (
     "threads",
     "out_dir",
     "resume",
+    "records",
 )
 _SECTIONS = {"world": WorldSettings, "train": CapacityTrain, "ift": CapacityIft, "text": CapacityText}
 
@@ -149,6 +150,72 @@ def reusable_runs(
     }
 
 
+def record_path(folder: Path, key: str, seed: int, scale: float) -> Path:
+    """Where one finished run's record lives in a records folder (``capacity.records``)."""
+    return folder / (f"{key}-seed{seed}" + ("" if scale == 1.0 else f"-x{scale:g}") + ".json")
+
+
+def save_record(cfg: CapacityConfig, job: CapacityJob, rec: dict[str, Any], corpus_stamp: str | None) -> Path:
+    """Write one finished run to the records folder (atomically), with what it depends on: the recipe,
+    the model's settings and the corpus fingerprint, so a later sweep reuses it only where they match."""
+    assert cfg.records is not None
+    path = record_path(Path(cfg.records), job.key, job.seed, job.scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        path,
+        {
+            "format": 1,
+            "kind": "capacity-run",
+            "experiment": cfg.name,
+            "key": job.key,
+            "seed": job.seed,
+            "scale": job.scale,
+            "recipe": _recipe(cfg.to_dict()),
+            "model": cfg.models[job.key],
+            "corpus_fingerprint": corpus_stamp,
+            "record": rec,
+        },
+    )
+    return path
+
+
+def saved_records(cfg: CapacityConfig, corpus_stamp: str | None = None) -> dict[tuple[str, int, float], Any]:
+    """(model key, seed, scale) -> run record from the records folder, for the files whose recipe, model
+    and corpus match this experiment (others are left alone: another recipe's runs stay on disk)."""
+    if cfg.records is None or not Path(cfg.records).is_dir():
+        return {}
+    now, recipe = cfg.to_dict(), _recipe(cfg.to_dict())
+    out = {}
+    for path in sorted(Path(cfg.records).glob("*.json")):
+        try:
+            r = json.loads(path.read_text())
+            key, seed, scale = r["key"], int(r["seed"]), float(r["scale"])
+            ok = (
+                r.get("kind") == "capacity-run"
+                and key in cfg.models
+                and seed in cfg.seed_list
+                and r["recipe"] == recipe
+                and r["model"] == now["models"][key]
+                and r.get("corpus_fingerprint") == corpus_stamp
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a run record of this kind: not ours to read
+        if ok:
+            out[(key, seed, scale)] = r["record"]
+    return out
+
+
+RunKey = tuple[str, int, float]  # (model key, seed, run-length scale)
+
+
+def finished_runs(cfg: CapacityConfig, path: Path, corpus_stamp: str | None) -> dict[RunKey, Any]:
+    """The runs this experiment need not train: matching records (``records``) and runs of an earlier
+    results.json at ``path``; none with ``resume: false``."""
+    if not cfg.resume:
+        return {}
+    return saved_records(cfg, corpus_stamp) | reusable_runs(cfg, path, corpus_stamp)
+
+
 def keep_earlier_results(path: Path, reused: dict[tuple[str, int, float], Any]) -> Path | None:
     """Move an earlier results.json aside (``results.prev-N.json``) when it holds runs this experiment will
     not carry over (other models or seeds, another recipe, or ``resume: false``), so no finished run is
@@ -181,17 +248,23 @@ def workers(cfg: CapacityConfig, n_jobs: int) -> int:
 
 def plan_jobs(cfg: CapacityConfig, data: PreparedData, models: dict[str, Any]) -> list[CapacityJob]:
     """Every (model, seed) run, plus the half-length runs of the saturation check on the first
-    ``train.saturation_seeds`` seeds; costlier runs first (scheduling only: each run is seeded alone)."""
+    ``train.saturation_seeds`` seeds. Scheduled seed by seed (costlier runs first within a seed; each run
+    is seeded alone, so the order changes no number): a sweep stopped partway holds whole seeds of every
+    model, which paired comparisons can use."""
     base = {"experiment": cfg.to_dict(), "threads": cfg.threads, "corpus": data.corpus}
     jobs = []
-    for s in cfg.seed_list:
+    top = 2 * max(m["flops_per_token"]["train"] for m in models.values())  # above any one seed's costs
+    for rank, s in enumerate(cfg.seed_list):
+        seed_first = (len(cfg.seed_list) - rank) * top
         for k in cfg.models:
             cost = models[k]["flops_per_token"]["train"]
-            jobs.append(CapacityJob(key=k, seed=s, steps=data.steps, cost=cost, **base))
+            jobs.append(CapacityJob(key=k, seed=s, steps=data.steps, cost=seed_first + cost, **base))
             if s in cfg.seed_list[: cfg.train.saturation_seeds]:
                 half = max(1, data.steps // 2)
                 jobs.append(
-                    CapacityJob(key=k, seed=s, steps=half, scale=0.5, ift=False, cost=cost / 2, **base)
+                    CapacityJob(
+                        key=k, seed=s, steps=half, scale=0.5, ift=False, cost=seed_first + cost / 2, **base
+                    )
                 )
     return jobs
 
@@ -204,7 +277,7 @@ def capacity_plan(cfg: CapacityConfig) -> str:
     L = seq_len(cfg, world)
     models = model_records(cfg, data.vocab_size, flops_len(cfg, world))
     jobs = plan_jobs(cfg, data, models)
-    reused = reusable_runs(cfg, cfg.run_dir / RESULTS_FILE, data.corpus_stamp) if cfg.resume else {}
+    reused = finished_runs(cfg, cfg.run_dir / RESULTS_FILE, data.corpus_stamp)
     tokens = steps * cfg.train.batch_size * data.doc_tokens
     seeds = ", ".join(map(str, cfg.seed_list))
     size = f"{world.n_people} people x {world.n_attributes} attributes"
@@ -269,7 +342,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
     if data.text_info is not None:
         results["text"] = data.text_info
     jobs = plan_jobs(cfg, data, models)
-    reused = reusable_runs(cfg, out / RESULTS_FILE, data.corpus_stamp) if cfg.resume else {}
+    reused = finished_runs(cfg, out / RESULTS_FILE, data.corpus_stamp)
     section = {1.0: "runs", 0.5: "saturation"}
     todo = []
     for j in jobs:
@@ -295,6 +368,8 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
     def done(job: CapacityJob, rec: dict[str, Any]) -> None:
         results[section[job.scale]][job.key].append(rec)
         write_json(out / RESULTS_FILE, results)  # partial results survive an interrupted run
+        if cfg.records is not None:  # and, in the records folder, a session's end
+            save_record(cfg, job, rec, data.corpus_stamp)
         bits = rec.get("bits", {}).get("total")
         _log(
             f"{job.name}: recall {100 * rec['recall']['bio']:.1f}%"

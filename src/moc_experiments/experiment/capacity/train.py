@@ -59,15 +59,31 @@ def fit(
     next_batch: Callable[[], Batch],
     grad_clip: float,
     log_every: int,
-) -> tuple[list[float], int, float]:
-    """AdamW over ``steps`` batches from ``next_batch()`` -> (loss curve, real tokens, seconds)."""
+    compile_model: bool = False,
+    freeze_memory: bool = False,
+) -> tuple[list[float], int, float, dict[str, Any]]:
+    """AdamW over ``steps`` batches from ``next_batch()`` -> (loss curve, real tokens, seconds, chapter use).
+
+    ``compile_model``: the forward runs through ``torch.compile`` (the model itself stays eager for the
+    measurements after). ``freeze_memory``: the whole memory path (bank, router, memory attention) gets no
+    gradient and no optimizer state. Chapter use: per memory layer, how many routing decisions picked each
+    routed chapter over the whole run (:func:`chapter_use`).
+    """
+    from moc.model.param_groups import param_category
     from moc.train.optim import apply_freezing, build_optimizer
     from moc.train.schedule import lr_multiplier
 
     apply_freezing(model, tcfg)
+    if freeze_memory:
+        for name, p in model.named_parameters():
+            if param_category(name) in ("bank", "memory"):
+                p.requires_grad_(False)
     opt = build_optimizer(model, tcfg)
     mult = lr_multiplier(tcfg)
+    forward = torch.compile(model) if compile_model else model
     curve: list[float] = []
+    picks: dict[int, torch.Tensor] = {}  # layer -> picks per routed chapter, summed over steps
+    updated: dict[int, torch.Tensor] = {}  # layer -> steps in which each routed chapter was picked
     tokens, acc, n_acc = 0, 0.0, 0
     t0 = time.perf_counter()
     model.train()
@@ -75,29 +91,62 @@ def fit(
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * mult(step)
         x, m, y, pos = next_batch()
-        out = model(x, attention_mask=m, labels=y, position_ids=pos)
+        out = forward(x, attention_mask=m, labels=y, position_ids=pos)
         loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
         opt.step()
+        for info in out.routing or ():
+            counts = info.chapter_counts.detach()
+            if info.layer not in picks:
+                picks[info.layer], updated[info.layer] = torch.zeros_like(counts), torch.zeros_like(counts)
+            picks[info.layer] += counts
+            updated[info.layer] += counts > 0
         tokens += int(m.sum())
         acc, n_acc = acc + float(out.loss.detach()), n_acc + 1
         if (step + 1) % log_every == 0 or step == steps - 1:
             curve.append(acc / n_acc)
             acc, n_acc = 0.0, 0
-    return curve, tokens, time.perf_counter() - t0
+    return curve, tokens, time.perf_counter() - t0, chapter_use(picks, updated, steps)
 
 
-def _ift_config(cfg: Any, variant: str, lr_scale: float) -> Any:
+def chapter_use(
+    picks: dict[int, torch.Tensor], updated: dict[int, torch.Tensor], steps: int
+) -> dict[str, Any]:
+    """Per memory layer, from the routed picks per chapter summed over a run and the steps in which each
+    chapter was picked: how often a chapter's rows of the bank get a gradient. Picks per chapter per step
+    (mean; 10th / 50th / 90th percentile over chapters), the share of steps in which a chapter is picked
+    (mean and the same percentiles), the share of chapters never picked, and the raw counts."""
+    out: dict[str, Any] = {}
+    probs = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    for layer, counts in sorted(picks.items()):
+        per_step = counts.double() / max(steps, 1)
+        share = updated[layer].double() / max(steps, 1)
+        out[str(layer)] = {
+            "chapters": counts.numel(),
+            "picks_per_step_mean": float(per_step.mean()),
+            "picks_per_step_p10_p50_p90": [float(v) for v in torch.quantile(per_step, probs)],
+            "steps_updated_mean": float(share.mean()),
+            "steps_updated_p10_p50_p90": [float(v) for v in torch.quantile(share, probs)],
+            "never_picked": float((counts == 0).double().mean()),
+            "counts": [int(c) for c in counts.round().long()],
+        }
+    return out
+
+
+def _ift_config(cfg: Any, variant: str, lr: float) -> Any:
+    """The IFT recipe at LR ``lr`` for one variant: ``full`` (every part at ``lr``), ``low_lr`` (memory
+    layers and bank at their ``ift`` scales), ``frozen`` (bank frozen, memory layers at their scale) or
+    ``memory_frozen`` (bank, router and memory attention frozen: set by :func:`fit`)."""
     from moc.config import TrainConfig
 
     ift, t = cfg.ift, cfg.train
-    lr = ift.lr * lr_scale
+    scaled = variant in ("low_lr", "frozen")
     return TrainConfig(
         lr=lr,
-        memory_lr=lr * ift.memory_lr_scale,
-        bank_lr=lr * ift.bank_lr_scale,
+        memory_lr=lr * (ift.memory_lr_scale if scaled else 1.0),
+        bank_lr=lr * (ift.bank_lr_scale if scaled else 1.0),
         freeze_bank=variant == "frozen",
         weight_decay=t.weight_decay,
         max_steps=ift.steps,
@@ -141,7 +190,9 @@ def train_run(job: CapacityJob) -> dict[str, Any]:
     def pretrain_batch(r: np.random.Generator = rng, pack: int = pack_len) -> Batch:
         return batch(world, r, t.batch_size, t.qa_doc_fraction, L, text, cfg.text.fraction, counts, pack)
 
-    curve, tokens, train_s = fit(model, tcfg, steps, pretrain_batch, t.grad_clip, t.log_every)
+    curve, tokens, train_s, use = fit(
+        model, tcfg, steps, pretrain_batch, t.grad_clip, t.log_every, compile_model=t.compile
+    )
     rec: dict[str, Any] = {
         "seed": seed,
         "steps": steps,
@@ -153,6 +204,8 @@ def train_run(job: CapacityJob) -> dict[str, Any]:
         "final_loss": curve[-1],
         **measure(model, world, has_memory, bits=True),
     }
+    if use:
+        rec["chapter_use"] = use
     if cfg.text.fraction > 0:  # tokens per kind
         rec["world_tokens"], rec["text_tokens"] = counts.get("world", 0), counts.get("text", 0)
     ift = cfg.ift
@@ -166,14 +219,10 @@ def train_run(job: CapacityJob) -> dict[str, Any]:
             return x, m, y, None
         return chat_batch(world, r, ift.batch_size, L)
 
-    runs: list[tuple[str, str, float, float]] = [  # (record name, bank treatment, LR scale, replay share)
-        (v, v, 1.0, 0.0) for v in (ift.variants if has_memory else ["full"])
-    ]
-    if ift.gentle:
-        runs += [
-            (f"gentle_{v}", v, ift.gentle_lr_scale, ift.gentle_replay)
-            for v in (ift.variants if has_memory else ["full"])
-        ]
+    variants = ift.variants if has_memory else ["full"]  # a dense model has nothing else to freeze
+    runs: list[tuple[str, str, float, float]] = [(v, v, 1.0, 0.0) for v in variants]
+    if ift.gentle:  # (record name, what is frozen / scaled, LR scale, replay share)
+        runs += [(f"gentle_{v}", v, ift.gentle_lr_scale, ift.gentle_replay) for v in variants]
     rec["ift"] = {}
     for name, variant, lr_scale, replay in runs:
         tuned = copy.deepcopy(model)
@@ -189,8 +238,17 @@ def train_run(job: CapacityJob) -> dict[str, Any]:
                 lambda: ift_batch(r), lambda: batch(world, p, ift.batch_size, t.qa_doc_fraction, L), share, p
             )
 
-        icurve, _, ift_s = fit(
-            tuned, _ift_config(cfg, variant, lr_scale), ift.steps, next_batch, t.grad_clip, 5
+        # The IFT LR: ift.lr for every model, or (ift.lr_ratio) the same fraction of each model's own
+        # pretraining LR, so that no family is fine-tuned relatively harder than another.
+        base_lr = ift.lr if ift.lr_ratio is None else ift.lr_ratio * lr
+        icurve, _, ift_s, _ = fit(
+            tuned,
+            _ift_config(cfg, variant, base_lr * lr_scale),
+            ift.steps,
+            next_batch,
+            t.grad_clip,
+            5,
+            freeze_memory=variant == "memory_frozen",
         )
         rec["ift"][name] = {
             "loss_curve": icurve,
