@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean corpus-deps mutate gpu-check
+.PHONY: demo test lint clean corpus-deps mutate gpu-check aot-table
 
 # moc needs Python >= 3.11. Check before pip, which on an older Python spends many minutes
 # backtracking through torch/CUDA releases without naming the cause.
@@ -59,11 +59,17 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .pytest_cache mutants
 
-# Every check that needs a GPU, in one run (bench/gpu_check.sh): on a CUDA machine with PyTorch and Triton
-# (its own Python, GPU_PYTHON; no network needed), `make gpu-check` (logs in bench/gpu_check_out, the
-# table appended to bench/RESULTS.md). `make gpu-check DRY_RUN=1` runs the same script here on the CPU
+# Every check that needs a GPU, in one run of at most 540 s (bench/gpu_check.sh): on a CUDA machine with
+# PyTorch and Triton (its own Python, GPU_PYTHON; no network needed), `make gpu-check` (logs and the
+# benchmark table in bench/gpu_check_out, ignored by git). `make gpu-check DRY_RUN=1` runs the same script here on the CPU
 # at tiny shapes under Triton's interpreter (make test runs it too: tests/test_gpu_check.py).
 GPU_PYTHON ?= python3
 DRY_RUN ?= 0
 gpu-check: $(if $(filter 1,$(DRY_RUN)),$(STAMP))
 	DRY_RUN=$(DRY_RUN) PYTHON=$(if $(filter 1,$(DRY_RUN)),$(BIN)/python,$(GPU_PYTHON)) bash bench/gpu_check.sh
+
+# The read's Triton kernels compiled ahead of time for sm_80 and sm_90a (no GPU needed: Triton's bundled
+# ptxas): every kernel x autotune config x fp16/bf16 x head size 64/128; the table goes into
+# docs/benchmarks.md. `make test` runs a fast subset (tests/kernels/test_aot.py).
+aot-table: $(STAMP)
+	TRITON_DEFAULT_FP_FUSION=1 $(BIN)/python -m moc.kernels.aot --markdown docs/benchmarks.md

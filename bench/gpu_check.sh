@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one prepared run (`make gpu-check`; planned to take under 8 minutes
-# on one H100 or H200). From the repository root on a CUDA machine with PyTorch and Triton installed
-# (no network needed: the package is installed with `pip install --no-deps --no-build-isolation -e .`):
+# Every check that needs a GPU, in one prepared run (`make gpu-check`): at most 540 s on one H100 or
+# H200, by budgets this script enforces. From the repository root on a CUDA machine with PyTorch and
+# Triton installed (no network needed: the package is installed with `pip install --no-deps
+# --no-build-isolation -e .`):
 #
-#     bash bench/gpu_check.sh [OUT_DIR]        # OUT_DIR default: $OUT, else bench/gpu_check_out
+#     bash bench/gpu_check.sh [OUT_DIR]        # OUT_DIR default: $OUT, else bench/gpu_check_out (ignored by git)
 #
-# 1. install: the package, offline (a dry run of the same pip command with DRY_RUN=1);
-# 2. tests: the CUDA-marked tests (`pytest -m cuda`: the Triton kernels against the independent float64
+# The parts, most important first (each with its own limit, and none past the overall deadline):
+# 1. counted: the read's temporaries and bytes moved at the paper's shapes against a lower bound, and
+#    the roofline PREDICTION of the training step's MFU (moc.kernels.traffic, bench/roofline.py; CPU);
+# 2. negative: the kernel check's negative control: zeroed outputs and gradients must fail it (and the
+#    kernel check below reports, for each output and gradient, that zeroing it alone would fail);
+# 3. kernel: the read at the paper's shapes for token, causal and sequence tiles against the PyTorch
+#    path in fp32: errors relative to the reference's own scale, router-like weights, every output and
+#    gradient, bit-identical backward, the K/V bytes each forward layout loads;
+# 4. tests: the CUDA-marked tests (`pytest -m cuda`: the Triton kernels against the independent float64
 #    read in fp32, bf16 and fp16, FlexAttention gradients on packed documents);
-# 3. kernel: the read at the paper's shapes for token, causal and sequence tiles, with pass/fail
-#    tolerances, bit-identical backward and the K/V bytes each forward layout loads, then the
-#    training-step benchmark through the training path (packed position ids) for MoC causal / token /
-#    sequence, the dense backbone and the iso-FLOP dense model, naming the read path each row used; the
-#    table goes to bench/RESULTS.md (date, card, versions, command);
-# 4. decode: the generation benchmark, MoC against its iso-FLOP dense model;
-# 5. determinism: two token-routed training runs through the Triton kernels give bit-identical weights.
+# 5. determinism: two token-routed training runs through the Triton kernels give bit-identical weights;
+# 6. bench: the training-step benchmark through the training path (packed position ids) for MoC causal /
+#    token / sequence, the dense backbone and the iso-FLOP dense model (table to OUT_DIR/RESULTS.md);
+# 7. decode: the generation benchmark, MoC against its iso-FLOP dense model;
+# and install (the package, offline) before them all.
 #
-# Each part logs to OUT_DIR/NAME.log; the script goes on after a failure and exits 1 naming every part
-# that failed (2 if it could not start). DRY_RUN=1 runs the same script end to end on a CPU at tiny
-# shapes under Triton's interpreter (tests/test_gpu_check.py runs it in `make test`).
+# Each part logs to OUT_DIR/NAME.log; the script goes on after a failure, always prints the summary
+# (also on an interrupt) and exits 1 naming every part that failed or was skipped for lack of time
+# (2 if it could not start). DRY_RUN=1 runs the same script end to end on a CPU at tiny shapes under
+# Triton's interpreter (tests/test_gpu_check.py runs it in `make test`).
 set -u
 out="${1:-${OUT:-bench/gpu_check_out}}"
+deadline=$((SECONDS + ${BUDGET_S:-540}))
 mkdir -p "$out"
 rm -f "$out/device.txt"
 export PYTHONUNBUFFERED=1
 py="${PYTHON:-python3}"
 dry="${DRY_RUN:-0}"
-results="${RESULTS:-bench/RESULTS.md}"
+results="${RESULTS:-$out/RESULTS.md}"
 
 if [ "$dry" = 1 ]; then
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=1
@@ -37,11 +45,10 @@ if [ "$dry" = 1 ]; then
   shape=(--batch 1 --seq-len 8 --packed 4 --steps 1 --warmup 0 --timing-repeats 0)
   decode=(--preset tiny-moc --batch 1 --prompt-len 4 --new-tokens 2 --warmup 0 --repeats 1)
   install=(--dry-run)
-  results="${RESULTS:-$out/RESULTS.md}"
 else
   device=cuda dtype=bfloat16
   model=(--preset paper-moc)
-  shape=(--batch 16 --seq-len 1024 --packed 1024 --steps 5 --warmup 2)
+  shape=(--batch 16 --seq-len 1024 --packed 1024 --steps 3 --warmup 1)
   decode=(--preset paper-moc --batch 16 --prompt-len 512 --new-tokens 128)
   install=()
   tiny=()
@@ -55,14 +62,34 @@ fi
   || { echo "gpu_check: PyTorch and Triton must both import in $py" >&2; exit 2; }
 cat "$out/device.txt"
 failed=()
+passed=()
 
-part() {  # part NAME TIMEOUT_S COMMAND...: run it, log to OUT_DIR/NAME.log, remember a failure
+summary() {
+  echo "== summary (${SECONDS} s): passed: ${passed[*]:-none}"
+  if ((${#failed[@]})); then
+    echo "gpu_check: FAILED: ${failed[*]} (logs in $out)"
+  else
+    echo "gpu_check: all parts passed (logs in $out; results in $results)"
+  fi
+}
+trap 'summary; trap - EXIT' EXIT
+trap 'failed+=("interrupted"); exit 1' INT TERM
+
+part() {  # part NAME LIMIT_S COMMAND...: run it within its limit and the deadline, log to OUT_DIR/NAME.log
   local name=$1 limit_s=$2
   shift 2
-  echo "== $name: $*"
+  local left=$((deadline - SECONDS))
+  ((left < limit_s)) && limit_s=$left
+  if ((limit_s < 10)); then
+    echo "== $name: SKIPPED (the ${BUDGET_S:-540} s budget is spent)"
+    failed+=("$name(no time)")
+    return
+  fi
+  echo "== $name (limit ${limit_s} s): $*"
   local t0=$SECONDS
   if timeout "$limit_s" "$@" >"$out/$name.log" 2>&1; then
     echo "   ok ($((SECONDS - t0)) s)"
+    passed+=("$name")
   else
     echo "   FAILED ($((SECONDS - t0)) s); the end of $out/$name.log:"
     tail -20 "$out/$name.log"
@@ -70,12 +97,21 @@ part() {  # part NAME TIMEOUT_S COMMAND...: run it, log to OUT_DIR/NAME.log, rem
   fi
 }
 
-part install 120 "$py" -m pip install -q --no-deps --no-build-isolation --no-index "${install[@]}" -e .
-part tests 150 "$py" -m pytest -m cuda -p no:cacheprovider tests
-part kernel 330 "$py" bench/train_step.py "${model[@]}" --device "$device" --dtype "$dtype" "${shape[@]}" \
-  --check-kernel --out "$results"
-part decode 120 "$py" bench/decode.py "${decode[@]}" --device "$device" --dtype "$dtype"
-part determinism 120 "$py" - "$device" "${tiny[@]}" <<'EOF'
+part install 60 "$py" -m pip install -q --no-deps --no-build-isolation --no-index "${install[@]}" -e .
+# the counted targets must hold; the roofline prints its prediction against the MFU targets
+part counted 90 "$py" bench/roofline.py --counted
+# it must fail, and for the zeroed tensors (not for a crash): each is named in the failure
+part negative 60 bash -c 'log=$("$@" --corrupt out --corrupt dq --corrupt dk --corrupt dv --corrupt dw 2>&1) \
+  && { echo "the kernel check PASSED with zeroed outputs and gradients"; exit 1; }
+  echo "$log" | tail -1
+  for x in grouped_out tiles_out dq dk dv dw; do echo "$log" | grep -q "kernel check FAILED.*token $x error" || exit 1; done
+  echo "negative control: zeroed out, dq, dk, dv, dw each fail the kernel check, as they must"' _ \
+  "$py" bench/train_step.py "${model[@]}" --device "$device" --dtype "$dtype" "${shape[@]}" \
+  --check-kernel --check-only --timing-repeats 0
+part kernel 120 "$py" bench/train_step.py "${model[@]}" --device "$device" --dtype "$dtype" "${shape[@]}" \
+  --check-kernel --check-only
+part tests 90 "$py" -m pytest -m cuda -p no:cacheprovider tests
+part determinism 60 "$py" - "$device" "${tiny[@]}" <<'EOF'
 import sys
 
 import torch
@@ -104,10 +140,9 @@ same = all(torch.equal(a, b) for a, b in zip(train(), train(), strict=True))
 print("two training runs bit-identical:", same)
 raise SystemExit(0 if same else 1)
 EOF
+part bench 120 "$py" bench/train_step.py "${model[@]}" --device "$device" --dtype "$dtype" "${shape[@]}" \
+  --out "$results"
+part decode 60 "$py" bench/decode.py "${decode[@]}" --device "$device" --dtype "$dtype"
 
-[ -f "$results" ] && [ "$results" != "$out/RESULTS.md" ] && cp "$results" "$out/RESULTS.md"
-if ((${#failed[@]})); then
-  echo "gpu_check: FAILED: ${failed[*]} (logs in $out)"
-  exit 1
-fi
-echo "gpu_check: all parts passed (logs in $out; results in $results)"
+((${#failed[@]})) && exit 1
+exit 0

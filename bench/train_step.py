@@ -205,7 +205,7 @@ def run_saved_bytes(base: moc.RunConfig, args: argparse.Namespace) -> list[dict]
     return rows
 
 
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}  # max error / max |reference|
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}  # max error / max |reference|, unclamped
 
 
 def check_kernel(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
@@ -236,7 +236,18 @@ def check_kernel(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
         return 1e3 * (time.perf_counter() - t0) / args.timing_repeats
 
     def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-        return float((got.float() - want).abs().max() / want.abs().max().clamp(min=1.0))
+        # relative to the reference's own scale (no clamp: a gradient of size 1e-5 is checked at 1e-5)
+        finite = torch.isfinite(want)
+        err = (got.float() - want.float()).abs()
+        err = torch.where(finite, err, (got.float() != want.float()).float() * float("inf"))  # -inf lse
+        scale = want.float()[finite].abs().max() if finite.any() else want.new_zeros(())
+        if float(scale) == 0.0:
+            return 0.0 if float(err.max()) == 0.0 else float("inf")
+        return float(err.max() / scale)
+
+    def corrupt(name: str, t: torch.Tensor) -> torch.Tensor:
+        # the negative control: a zeroed output or gradient must fail the check
+        return torch.zeros_like(t) if name in args.corrupt else t
 
     result: dict[str, Any] = {"tolerance": tol, "failed": []}
     tiles_per_seq = -(-args.seq_len // c)
@@ -254,15 +265,18 @@ def check_kernel(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
         idx = torch.cat([torch.zeros_like(picks[:, :1]), picks], 1).repeat_interleave(
             share, 0
         )  # shared chapter 0
-        w = torch.rand(D // share, n, device=device, generator=g).softmax(-1).repeat_interleave(share, 0)
+        # router-like weights: a peaked softmax over every chapter, the picks' weights renormalised
+        probs = (3 * torch.randn(D // share, mem.n_chapters, device=device, generator=g)).softmax(-1)
+        w = probs.gather(1, idx[::share]).div(probs.gather(1, idx[::share]).sum(-1, keepdim=True))
+        w = w.repeat_interleave(share, 0)
         kv_bytes = T * hd * 2 * k.element_size() * mem.n_heads
         r: dict[str, Any] = {"tiles": D, "queries_per_tile": Qt, "keys_per_tile": n * T}
         ref, ref_lse = routed_read_forward_torch(q.float(), k.float(), v.float(), idx, w, "kv", scale)
         errors = {}
         for layout in ("grouped", "tiles"):
             out, lse = triton_read.forward(q, k, v, idx, w, "kv", scale, layout)
-            errors[f"{layout}_out"] = rel_err(out, ref)
-            errors[f"{layout}_lse"] = rel_err(lse, ref_lse)
+            errors[f"{layout}_out"] = rel_err(corrupt("out", out), ref)
+            errors[f"{layout}_lse"] = rel_err(corrupt("lse", lse), ref_lse)
             r[f"{layout}_forward_ms"] = timed(triton_read.forward, q, k, v, idx, w, "kv", scale, layout)
             r[f"{layout}_kv_gb_loaded"] = (
                 triton_read.chapter_loads(idx, mem.n_chapters, Qt, layout) * kv_bytes / 1e9
@@ -276,11 +290,21 @@ def check_kernel(cfg: moc.RunConfig, args: argparse.Namespace) -> dict:
         again = triton_read.backward(*bwd_args)
         r["backward_bit_identical"] = all(torch.equal(a, b) for a, b in zip(got, again))
         for name, a, b in zip(("dq", "dk", "dv", "dw"), got, want, strict=True):
-            errors[name] = rel_err(a, b)
+            errors[name] = rel_err(corrupt(name, a), b)
         r["triton_backward_ms"] = timed(triton_read.backward, *bwd_args)
         r["torch_backward_ms"] = timed(routed_read_backward_torch, *bwd_args)
         r["relative_errors"] = errors
         bad = [f"{mode} {name} error {e:.2e} > {tol:g}" for name, e in errors.items() if not e <= tol]
+        # the negative control inside: each output and gradient, zeroed alone, must fail this tolerance
+        zeroed = {"out": (ref, ref), "lse": (ref_lse, ref_lse)} | dict(
+            zip(("dq", "dk", "dv", "dw"), zip(want, want))
+        )
+        r["zeroed_errors"] = {name: rel_err(torch.zeros_like(a), b) for name, (a, b) in zeroed.items()}
+        bad += [
+            f"{mode} a zeroed {name} would pass ({e:.2e})"
+            for name, e in r["zeroed_errors"].items()
+            if e <= tol
+        ]
         if not r["backward_bit_identical"]:
             bad.append(f"{mode} backward not bit-identical across two runs")
         result["failed"] += bad
@@ -366,6 +390,11 @@ def main() -> None:
     p.add_argument("--routings-saved", default=",".join(ROUTINGS), help="modes for --saved-bytes")
     p.add_argument("--check-kernel", action="store_true", help="Triton vs PyTorch memory read (CUDA)")
     p.add_argument("--timing-repeats", type=int, default=3, help="--check-kernel: timed calls (0: no timing)")
+    p.add_argument("--check-only", action="store_true", help="--check-kernel, then stop (no benchmark)")
+    p.add_argument(
+        "--corrupt", action="append", default=[], choices=["out", "lse", "dq", "dk", "dv", "dw"],
+        help="negative control: zero this Triton output or gradient before checking (the check must fail)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="append the table (markdown) to this file")
     args = p.parse_args()
@@ -379,6 +408,10 @@ def main() -> None:
             print(json.dumps(rows, indent=2))
         return
     kernel = check_kernel(cfg, args) if args.check_kernel and cfg.memory.enabled else None
+    if args.check_only:
+        if kernel and kernel["failed"]:
+            raise SystemExit("kernel check FAILED: " + "; ".join(kernel["failed"]))
+        return
     models: dict[str, moc.RunConfig] = {}
     if cfg.memory.enabled:
         for mode in [m for m in args.routings.split(",") if m]:
