@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moc.cli import main
 
 
-def test_pretrain_then_ift_then_resume(tiny_cfg, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def _chat_data(prepared_writer, out: Path) -> Path:
+    """Chat data: loss on the second half of each document (the "assistant reply")."""
+    docs = {split: prepared_writer.docs(n, seed) for split, n, seed in (("train", 250, 0), ("val", 40, 1))}
+    masks = {split: [np.arange(len(d)) >= len(d) // 2 for d in ds] for split, ds in docs.items()}
+    return prepared_writer(out, docs, masks=masks)
+
+
+def test_pretrain_then_ift_then_resume(
+    tiny_cfg, prepared_writer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     cfg = tiny_cfg("train.max_steps=2", out="pre")
     cfg.save(tmp_path / "pre.yaml")
     assert main(["pretrain", str(tmp_path / "pre.yaml"), "--set", "train.save_every=1"]) == 0
@@ -28,6 +38,8 @@ def test_pretrain_then_ift_then_resume(tiny_cfg, tmp_path: Path, capsys: pytest.
         "train.freeze_bank=true",
         "--set",
         "train.lr=0.0001",
+        "--set",
+        f"data.prepared_dir={_chat_data(prepared_writer, tmp_path / 'chat')}",  # ift needs a loss mask
     ]
     assert main(args) == 0
     assert "moc ift: done, step 2" in capsys.readouterr().out

@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.out_dir:
         overrides.append(f"train.out_dir={args.out_dir}")
     cfg = load_config(args.config, overrides)
+    if args.command == "ift":
+        _check_ift_data(cfg.data.prepared_dir, args.init_from)
     result = train(cfg, init_from=args.init_from, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
         return 0
@@ -77,3 +79,31 @@ def _run(args: argparse.Namespace) -> int:
     if result.best_checkpoint:
         print(f"  best checkpoint: {result.best_checkpoint}")
     return 0
+
+
+def _check_ift_data(prepared_dir: str | None, init_from: str) -> None:
+    """Refuse ``moc ift`` on data without a chat loss mask (``moc data prepare``, not ``prepare-chat``).
+
+    ``moc ift`` promises a loss on assistant tokens only; on unmasked data every token, prompts
+    included, would be a target and nothing would say so. Training on every token from pretrained
+    weights is legitimate, but it is what ``moc pretrain --init-from`` does (the same engine), so the
+    refusal names that command rather than adding a flag that only switches the check off.
+    A folder that cannot be read is left to the training engine, whose errors name the fix.
+    """
+    from moc.data.errors import DataError
+    from moc.data.prepared import read_meta
+
+    if not prepared_dir:
+        return
+    try:
+        meta = read_meta(prepared_dir)
+    except DataError:
+        return
+    if meta["has_loss_mask"]:
+        return
+    raise DataError(
+        f"data.prepared_dir={prepared_dir} has no chat loss mask (it was prepared with `moc data prepare`), "
+        "so `moc ift` would train on every token, prompts included; prepare chat JSONL with "
+        f"`moc data prepare-chat CHATS.jsonl --tokenizer TOK --out DIR`, or to fine-tune on every token use "
+        f"`moc pretrain CONFIG --init-from {init_from}`"
+    )

@@ -65,12 +65,34 @@ def open_split(cfg: RunConfig, split: str, required: bool) -> Any | None:
     if n < need:
         if not required:
             return None
-        raise TrainError(
-            f"the {split} split of {where} has {n} tokens, fewer than one training window "
-            f"(train.seq_len + 1 = {need}); add data or lower train.seq_len"
-        )
+        raise TrainError(_too_short(data.meta, split, where, n, need))
     check_token_ids(data.tokens, cfg.model.vocab_size, f"the {split} split of {where}")
     return data
+
+
+def open_val_split(cfg: RunConfig) -> tuple[Any | None, str | None]:
+    """The validation split, or None and why there is none (evaluation is then skipped, not refused:
+    data prepared with ``--val-fraction 0`` is legitimate). The reason names what is wrong, e.g. a split
+    that exists but is shorter than one window, with its length and what to change."""
+    try:
+        return open_split(cfg, "val", required=True), None
+    except TrainError as e:
+        return None, str(e)
+
+
+def _too_short(meta: dict[str, Any], split: str, where: str, n: int, need: int) -> str:
+    if split == "train":
+        fix = "add data or lower train.seq_len"
+    else:  # held out by document count: a bigger fraction (or more documents) gives it more tokens
+        frac = meta.get("val_fraction")
+        now = f" (it was {frac})" if isinstance(frac, int | float) else ""
+        command = "moc data prepare-chat" if meta.get("kind") == "chat" else "moc data prepare"
+        seq = f"lower train.seq_len to at most {n - 1}" if n >= 2 else "lower train.seq_len"
+        fix = f"{seq}, or run `{command}` again with a larger --val-fraction{now} or more data"
+    return (
+        f"the {split} split of {where} has {n} tokens, fewer than one window "
+        f"(train.seq_len + 1 = {need}); {fix}"
+    )
 
 
 def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:

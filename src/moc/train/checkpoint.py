@@ -63,6 +63,12 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def step_of_dir(ckpt: Path) -> int | None:
+    """The step a ``step_NNNNNN`` folder was saved at; None for any other name (a renamed copy)."""
+    m = _STEP_DIR.match(ckpt.name)
+    return int(m.group(1)) if m else None
+
+
 # --------------------------------------------------------------------------------------------------
 # Files: fsync and atomic replace
 # --------------------------------------------------------------------------------------------------
@@ -169,6 +175,95 @@ def load_torch_file(path: Path) -> Any:
         raise CheckpointError(f"{path} does not exist") from None
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
         raise CheckpointError(_damaged(path, one_line(e))) from None
+
+
+def check_trainer_state_step(ckpt: Path, saved_step: int) -> None:
+    """Refuse a ``trainer_state.pt`` whose step is not its folder's: one copied in from another
+    checkpoint would silently rewind (or skip) the schedule, the data position and the step counter,
+    and the manifest cannot catch it when the copy came with its own manifest or none."""
+    folder_step = step_of_dir(ckpt)
+    if folder_step is None or saved_step == folder_step:
+        return
+    raise CheckpointError(
+        f"{ckpt / TRAINER_STATE} holds the trainer state of step {saved_step}, but it sits in {ckpt.name} "
+        f"(step {folder_step}): it was copied from another checkpoint. Put back the {TRAINER_STATE} saved "
+        f"with {ckpt.name}, or move {ckpt.name} out of {ckpt.parent} so --resume continues from the "
+        "checkpoint before it"
+    )
+
+
+def check_optimizer_layout(path: Path, state: Any) -> None:
+    """Refuse a file that torch can read but that is no optimizer state dict (saved by something else)."""
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in state["param_groups"])):  # fmt: skip
+        raise CheckpointError(
+            f"{path} is not a moc optimizer state (no 'state' and 'param_groups'); {_optimizer_fix(path)}"
+        )
+
+
+def _optimizer_fix(path: Path) -> str:
+    return (
+        f"put back the {OPTIMIZER} saved with {path.parent.name}, or start a new out_dir "
+        f"(--init-from {path.parent} keeps the weights)"
+    )
+
+
+def check_optimizer_fits(
+    path: Path,
+    state: Any,
+    shapes: dict[str, tuple[int, ...]],
+    group_sizes: list[int],
+    updates: int,
+) -> None:
+    """Refuse an ``optimizer.pt`` that does not belong to this run, before torch fails on it mid-step.
+
+    ``state`` is what :func:`load_torch_file` read (``{"state": {name: {...}}, "param_groups": [...]}``,
+    keyed by parameter name); ``shapes`` maps this model's parameter names (aliases included) to shapes;
+    ``group_sizes`` counts the parameters of each of this run's optimizer groups; ``updates`` is the
+    number of optimizer steps the trainer state says were taken (steps minus skipped non-finite ones).
+    Checked: the file's layout, its parameter names and moment shapes (an optimizer of another model
+    loads without complaint and breaks AdamW's first update with a bare shape error), and its step
+    count (another run of the same model loads and trains on, silently mixing two runs' moments).
+    """
+    check_optimizer_layout(path, state)
+    fix = _optimizer_fix(path)
+    saved_sizes = [len(g.get("params", [])) for g in state["param_groups"]]
+    problems = []
+    unknown = sorted(n for n in state["state"] if n not in shapes)
+    if unknown:
+        problems.append(f"parameters this model does not have: {_first(unknown)}")
+    wrong = sorted(
+        f"{name}: file {tuple(t.shape)} vs model {shapes[name]}"
+        for name, entry in state["state"].items()
+        if name in shapes and isinstance(entry, dict)
+        for t in [entry.get("exp_avg")]
+        if isinstance(t, torch.Tensor) and tuple(t.shape) != shapes[name]
+    )
+    if wrong:
+        problems.append(f"shapes differ: {_first(wrong)}")
+    if not problems and saved_sizes != group_sizes:
+        problems.append(f"parameters per group: file {saved_sizes} vs this run {group_sizes}")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit this model ({'; '.join(problems)}): it comes from another run; {fix}"
+        )
+    steps = [
+        int(entry["step"])
+        for entry in state["state"].values()
+        if isinstance(entry, dict) and isinstance(entry.get("step"), torch.Tensor | int | float)
+    ]
+    # The most-updated parameter (the output layer gets a gradient every step) counts the updates taken.
+    if steps and max(steps) != updates:
+        raise CheckpointError(
+            f"{path} has taken {max(steps)} optimizer steps, but the trainer state of {path.parent.name} "
+            f"took {updates}: it was copied from another checkpoint or run; {fix}"
+        )
+
+
+def _first(items: list[str], n: int = 4) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
 
 
 def _damaged(path: Path, problem: str) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 import moc
 from moc.config import RunConfig, load_config, validate_train
+from moc.errors import one_line
 from moc.train import batches, checkpoint, parallel
 from moc.train.errors import DivergenceError, TrainError, TrainingInterrupted
 from moc.train.logger import RunLogger
@@ -124,7 +125,7 @@ class _Run:
             self.cfg = cfg = cfg.replace({"train.max_steps": steps})
             self.t = cfg.train
             validate_train(cfg)
-        val = batches.open_split(cfg, "val", required=False)
+        val, self.no_val_reason = batches.open_val_split(cfg)
         self.val_ds = batches.windows(val, self.t.seq_len, docs) if val is not None else None
         self.model = model if model is not None else moc.build_model(cfg)
         self.aliases = checkpoint.shared_aliases(self.model)  # before wrapping changes the parameters
@@ -263,8 +264,10 @@ class _Run:
         val_batches = None
         if self.val_ds is not None and t.eval_batches > 0:
             val_batches = batches.eval_batches(self.val_ds, self.cfg, self.info)
-        else:
-            self.log.message("no validation split (or train.eval_batches=0): skipping evaluation")
+        elif t.eval_batches <= 0:
+            self.log.message("train.eval_batches=0: skipping evaluation")
+        else:  # say why: "no validation split" misleads when the split exists but is too short
+            self.log.message(f"skipping evaluation: {self.no_val_reason}")
         final: dict[str, Any] = {}
         if p.loss_history:  # resuming a run that may already be finished
             final = {"step": p.step, "loss": p.loss_history[-1]}
@@ -499,24 +502,43 @@ class _Run:
         self.model.load_state_dict(state, strict=True)
 
     def _load_training_state(self, ckpt: Path) -> None:
-        osd = checkpoint.load_torch_file(ckpt / checkpoint.OPTIMIZER)
-        saved = [g.get("category") for g in osd.get("param_groups", [])]
-        ours = [g.get("category") for g in self.opt.param_groups]
+        # The trainer state first: its step is what the folder and the optimizer are checked against.
+        ts = checkpoint.load_torch_file(ckpt / checkpoint.TRAINER_STATE)
         try:
-            if saved != ours:  # the state would load by parameter name, but the schedule's groups would not
-                raise ValueError(f"its parameter groups {saved}, this run's {ours}")
+            progress = _Progress(**ts["progress"])
+        except (KeyError, TypeError) as e:
+            raise checkpoint.CheckpointError(
+                f"{ckpt / checkpoint.TRAINER_STATE} is not a moc trainer state (missing or bad {e}); "
+                "resume from another checkpoint or start a new out_dir"
+            ) from None
+        checkpoint.check_trainer_state_step(ckpt, progress.step)
+        osd = checkpoint.load_torch_file(ckpt / checkpoint.OPTIMIZER)
+        shapes = {n: tuple(q.shape) for n, q in self.model.named_parameters(remove_duplicate=False)}
+        sizes = [len(g["params"]) for g in self.opt.param_groups]
+        checkpoint.check_optimizer_layout(ckpt / checkpoint.OPTIMIZER, osd)
+        saved = [g.get("category") for g in osd["param_groups"]]
+        ours = [g.get("category") for g in self.opt.param_groups]
+        if saved != ours:  # the state would load by parameter name, but the schedule's groups would not
+            raise checkpoint.CheckpointError(
+                f"the optimizer state in {ckpt} does not fit this run (its parameter groups {saved}, this "
+                f"run's {ours}); was train.freeze_bank or the set of trainable parameters changed? Start a "
+                "new out_dir or use --init-from for weights only"
+            )
+        checkpoint.check_optimizer_fits(
+            ckpt / checkpoint.OPTIMIZER, osd, shapes, sizes, progress.step - progress.nan_skips
+        )
+        try:
             parallel.load_full_optimizer_state(self.model, self.opt, osd)
         except (KeyError, ValueError, RuntimeError) as e:
             raise checkpoint.CheckpointError(
-                f"the optimizer state in {ckpt} does not fit this run ({e}); was train.freeze_bank or the "
-                "set of trainable parameters changed? Start a new out_dir or use --init-from for weights only"
-            ) from e
-        ts = checkpoint.load_torch_file(ckpt / checkpoint.TRAINER_STATE)
+                f"the optimizer state in {ckpt} does not fit this run ({one_line(e)}); start a new out_dir "
+                "or use --init-from for weights only"
+            ) from None
         try:
             self.sched.load_state_dict(ts["scheduler"])
             self.batches.sampler.load_state_dict(ts["sampler"])
             checkpoint.restore_rng(ts["rng"])
-            self.progress = _Progress(**ts["progress"])
+            self.progress = progress
         except ValueError as e:  # the data or train.seq_len changed: the saved data position is meaningless
             raise checkpoint.CheckpointError(
                 f"cannot resume from {ckpt}: {e}; resume with the original data and train.seq_len, or start "
