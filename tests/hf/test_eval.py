@@ -171,3 +171,71 @@ def test_lm_eval_cli_runs_an_exported_model(make_checkpoint, task_dir: Path, tmp
     files = list((tmp_path / "lm_eval_out").rglob("results_*.json"))
     got = json.loads(files[0].read_text())["results"]["local_capitals"]
     assert got["acc,none"] == expected["acc,none"] and got["acc_norm,none"] == expected["acc_norm,none"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Outside a git checkout, and task files lm-eval cannot read
+# --------------------------------------------------------------------------------------------------
+
+
+def test_eval_outside_a_git_checkout_prints_no_git_error(
+    make_checkpoint, task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    ckpt, _ = make_checkpoint()
+    (tmp_path / "outside").mkdir()
+    monkeypatch.chdir(tmp_path / "outside")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git must not find a checkout above
+    args = ["eval", str(ckpt), "--tasks", "local_capitals", "--include-path", str(task_dir)]
+    assert main([*args, "--device", "cpu", "--limit", "2"]) == 0
+    assert "not a git repository" not in capfd.readouterr().err  # git's stderr is fd 2: capfd sees it
+
+
+FAKE_GIT = {  # what a `git` on PATH prints and returns -> the hash recorded, what reaches stderr
+    "outside a checkout": ("echo 'fatal: not a git repository (or any parent)' >&2; exit 128", None, ""),
+    "a real git error": ("echo 'error: object file .git/objects/ab is empty' >&2; exit 128", None,
+                         "error: object file .git/objects/ab is empty"),
+    "inside a checkout": ("echo 1a2b3c4", "1a2b3c4", ""),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [*FAKE_GIT, "git not installed"])
+def test_the_git_hash_lm_eval_records_is_quiet_only_about_no_checkout(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    from moc.hf.evaluation import _git_commit_hash
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script, recorded, stderr = FAKE_GIT.get(case, ("", None, ""))
+    if case in FAKE_GIT:
+        (bin_dir / "git").write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))  # only the fake git (or none)
+    monkeypatch.chdir(tmp_path)  # no .git folder to read a hash from either
+    assert _git_commit_hash() == recorded
+    assert capfd.readouterr().err.strip() == stderr
+
+
+def test_a_malformed_task_yaml_is_named_not_an_unknown_task(
+    make_checkpoint, task_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from fault_helpers import fails
+
+    ckpt, _ = make_checkpoint()
+    task = task_dir / "local_capitals.yaml"
+    task.write_text(task.read_text().replace("test_split: test", "test_split: [test"))
+    args = ["eval", str(ckpt), "--tasks", "local_capitals", "--include-path", str(task_dir)]
+    fails(capsys, [*args, "--device", "cpu"], f"lm-eval task file {task} is not valid YAML at line 5",
+          "did not find expected ',' or ']'")  # fmt: skip
+
+
+def test_a_task_file_lm_eval_skips_is_named_with_the_unknown_task(tmp_path: Path) -> None:
+    from moc.hf.evaluation import _unloadable_task_files
+
+    (tmp_path / "mine.yaml").write_text("include: missing_template.yaml\ntask: mine\n")
+    (tmp_path / "fine.yaml").write_text("task: fine\ndataset_path: json\n")
+    unreadable = _unloadable_task_files(str(tmp_path))
+    assert unreadable == [f"{tmp_path / 'mine.yaml'} ([Errno 2] No such file or directory: "
+                          f"'{tmp_path / 'missing_template.yaml'}')"]  # fmt: skip
+    with pytest.raises(HFError, match="unknown lm-eval task 'mine'.*lm-eval could not load .*mine.yaml"):
+        _check_tasks(SimpleNamespace(all_tasks=["fine"]), ["mine"], str(tmp_path), unreadable)

@@ -10,12 +10,19 @@ batch-mates: we warn once when such a model is evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from moc.errors import warn_once
+import yaml
+
+from moc.errors import one_line, warn_once
 from moc.hf.convert import check_tokenizer_fits, load_given_tokenizer, load_model, resolve_tokenizer
 from moc.hf.errors import HFError
 from moc.hf.modeling_moc import MoCForCausalLM
@@ -44,7 +51,9 @@ def _task_list(tasks: list[str] | str) -> list[str]:
     return names
 
 
-def _check_tasks(task_manager: Any, names: list[str], include_path: str | None) -> None:
+def _check_tasks(
+    task_manager: Any, names: list[str], include_path: str | None, unreadable: list[str] | None = None
+) -> None:
     known = set(task_manager.all_tasks)
     for name in names:
         if name not in known:
@@ -53,7 +62,36 @@ def _check_tasks(task_manager: Any, names: list[str], include_path: str | None) 
             where = (
                 f" or in {include_path}" if include_path else "; pass --include-path DIR for local task YAMLs"
             )
-            raise HFError(f"unknown lm-eval task {name!r}{hint}: not among lm-eval's tasks{where}")
+            # lm-eval skips task files it cannot load without a word: they may be where the task is
+            skipped = f"; lm-eval could not load {'; '.join(unreadable)}" if unreadable else ""
+            raise HFError(f"unknown lm-eval task {name!r}{hint}: not among lm-eval's tasks{where}{skipped}")
+
+
+def _unloadable_task_files(include_path: str) -> list[str]:
+    """Read every task YAML under ``include_path`` as lm-eval's index does, which skips a file it cannot
+    load with only a debug log, so a typo in the user's own task file would surface as "unknown task".
+    A file that is not valid YAML raises :class:`HFError` naming it and the line; any other failure
+    (an ``include:`` of a missing file, ...) is returned as ``"PATH (problem)"`` for the unknown-task
+    message. ``!function`` tags are not imported here (``resolve_func=False``, as the index reads)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    problems = []
+    for path in sorted(Path(include_path).glob("**/*.yaml")):
+        if "__pycache__" in path.parts or ".ipynb_checkpoints" in path.parts:
+            continue  # the folders lm-eval's index ignores
+        try:
+            load_yaml(path, resolve_func=False, recursive=True)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or "malformed YAML"
+            raise HFError(
+                f"lm-eval task file {path} is not valid YAML{at}: {problem}; fix it (lm-eval would skip it "
+                "and report its task as unknown)"
+            ) from None
+        except Exception as e:  # what lm-eval's index swallows: report it instead, if a task is missing
+            problems.append(f"{path} ({one_line(e)})")
+    return problems
 
 
 def _task_manager(names: list[str], include_path: str | None) -> Any:
@@ -61,13 +99,53 @@ def _task_manager(names: list[str], include_path: str | None) -> Any:
     lm-eval's ~15k built-in tasks takes tens of seconds)."""
     from lm_eval.tasks import TaskManager
 
+    unreadable = _unloadable_task_files(include_path) if include_path else []
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(name in set(local.all_tasks) for name in names):
             return local
     full = TaskManager(include_path=include_path)
-    _check_tasks(full, names, include_path)
+    _check_tasks(full, names, include_path, unreadable)
     return full
+
+
+@contextlib.contextmanager
+def _quiet_git_hash() -> Iterator[None]:
+    """Around ``simple_evaluate``: lm-eval records the commit of the working directory by running
+    ``git describe`` with git's stderr on ours, so every evaluation outside a git checkout prints
+    ``fatal: not a git repository``. Swap in :func:`_git_commit_hash`, which records the same hash
+    and drops only that message; lm-eval's other output and errors are untouched."""
+    try:
+        import lm_eval.evaluator as evaluator
+    except ImportError:
+        yield
+        return
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # a later lm-eval without the call: nothing to quiet
+        yield
+        return
+    evaluator.get_git_commit_hash = _git_commit_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
+def _git_commit_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` (``git describe --always``, else the hash read from a ``.git``
+    folder in the working directory) with git's stderr captured: "not a git repository" is the normal
+    case outside a checkout and is dropped; anything else git says is passed on to stderr."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        run = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except OSError:  # git is not installed
+        return get_commit_from_path(os.getcwd())
+    if run.returncode == 0:
+        return run.stdout.strip()
+    if "not a git repository" not in run.stderr:
+        sys.stderr.write(run.stderr)
+    return get_commit_from_path(os.getcwd())
 
 
 def evaluate(
@@ -115,15 +193,16 @@ def evaluate(
         batch_size=batch_size,
         max_length=model.config.max_position_embeddings,
     )
-    out = simple_evaluate(
-        model=lm,
-        tasks=names,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=task_manager,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=False,
-    )
+    with _quiet_git_hash():
+        out = simple_evaluate(
+            model=lm,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=task_manager,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+        )
     summary = {
         "results": out.get("results", {}),
         "groups": out.get("groups", {}),
