@@ -50,3 +50,36 @@ def test_gathered_read_uses_the_given_scale() -> None:
     a = gathered_read(q, k, v, idx, w, "kv", scale=2.0 / 8**0.5)
     b = gathered_read(2 * q, k, v, idx, w, "kv")
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
+    make_model, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """Under torch.compile on the CPU, a read within ``GATHERED_READ_ELEMENTS`` runs as plain gathered
+    ops (what the compiler fuses); a larger one keeps the memory-bounded op. Both match eager."""
+    import importlib
+
+    from moc.model import memory
+
+    # the modules (moc.kernels re-exports a function under the name routed_read)
+    rr, op_mod = (importlib.import_module(f"moc.kernels.{m}") for m in ("routed_read", "op"))
+    used: list[str] = []
+    gathered, op = rr.gathered_read, op_mod.read
+    monkeypatch.setattr(rr, "gathered_read", lambda *a: used.append("gathered") or gathered(*a))
+    monkeypatch.setattr(op_mod, "read", lambda *a, **k: used.append("op") or op(*a, **k))
+    if limit is not None:
+        monkeypatch.setattr(memory, "GATHERED_READ_ELEMENTS", limit)
+    model = make_model("memory.routing=token", live_memory=True)
+    ids = torch.randint(0, 256, (2, 12))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got, want = compiled(ids, labels=ids), model(ids, labels=ids)
+    torch.testing.assert_close(got.loss, want.loss)
+    grads = torch.autograd.grad(got.loss, list(model.parameters()), allow_unused=True)
+    ref = torch.autograd.grad(want.loss, list(model.parameters()), allow_unused=True)
+    for a, b in zip(grads, ref, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert set(used) == ({"op"} if limit == 0 else {"gathered"})
+    torch._dynamo.reset()

@@ -30,7 +30,7 @@ from moc_experiments.experiment.capacity.data import (
     world_text,
 )
 from moc_experiments.experiment.capacity.models import model_records
-from moc_experiments.experiment.capacity.train import CapacityJob, train_run
+from moc_experiments.experiment.capacity.train import CapacityJob, step_seconds, train_run
 from moc_experiments.experiment.pool import RESULTS_FILE, cores, execute, log, write_json
 
 
@@ -303,7 +303,34 @@ def capacity_plan(cfg: CapacityConfig) -> str:
             f"{rec['label'][:44]:<44} {p['total']:>9,} {p['non_embedding']:>9,} {fl['train']:>16,.0f} "
             f"{fl['inference']:>20,.0f}"
         )
+    todo = [j for j in jobs if (j.key, j.seed, j.scale) not in reused]
+    if todo:
+        lines += ["", *estimated_hours(cfg, todo, reused, workers(cfg, len(todo)))]
     return "\n".join(lines)
+
+
+def estimated_hours(
+    cfg: CapacityConfig, todo: list[CapacityJob], done: dict[RunKey, Any], n_workers: int
+) -> list[str]:
+    """Lines estimating the training time of ``todo`` on this machine: each model's seconds per step from
+    its finished runs' records where there are any (their machine), else timed here now."""
+    per_step, source = {}, {}
+    for key in dict.fromkeys(j.key for j in todo):
+        rates = [r["train_s"] / r["steps"] for (k, _, _), r in done.items() if k == key and r.get("steps")]
+        if rates:
+            per_step[key] = sorted(rates)[len(rates) // 2]
+            source[key] = f"median of {len(rates)} finished runs"
+        else:
+            per_step[key] = step_seconds(cfg.to_dict(), key, cfg.threads)
+            source[key] = "timed here now" + (" (compiled)" if cfg.train.compile else "")
+    lines = [f"{'model':<20} {'ms/step':>8}  source"]
+    lines += [f"{k:<20} {1e3 * per_step[k]:>8.1f}  {source[k]}" for k in per_step]
+    core_s = sum(j.steps * per_step[j.key] for j in todo)
+    lines.append(
+        f"estimated training time: {core_s / 3600:.2f} core-hours, ~{core_s / 3600 / n_workers:.2f} h on "
+        f"{n_workers} worker(s) (pretraining steps only; measurement and IFT add a little to each run)"
+    )
+    return lines
 
 
 def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:

@@ -156,6 +156,40 @@ def _ift_config(cfg: Any, variant: str, lr: float) -> Any:
     )
 
 
+def step_seconds(experiment: dict[str, Any], key: str, threads: int = 1, steps: int = 20) -> float:
+    """Seconds per pretraining step of model ``key`` on this machine: ``steps`` steps timed after 3
+    untimed ones (which compile, with ``train.compile``), on the experiment's own batches."""
+    from moc.config import TrainConfig
+    from moc.model import MoCModel
+    from moc.train.optim import build_optimizer
+
+    torch.set_num_threads(threads)
+    cfg = load_capacity(experiment)
+    world = make_world(cfg)
+    t = cfg.train
+    mcfg = model_config(cfg, key, len(world.vocab), seq_len(cfg, world))
+    torch.manual_seed(0)
+    model = MoCModel(mcfg)
+    rng = np.random.default_rng(0)
+    pack = t.pack_len if t.pack else 0
+    data = [batch(world, rng, t.batch_size, t.qa_doc_fraction, world.max_doc_len, None, 0.0, None, pack)]
+    tcfg = TrainConfig(lr=1e-4, max_steps=steps + 3, warmup_steps=1)
+    forward = torch.compile(model) if t.compile else model
+    opt = build_optimizer(model, tcfg)
+    model.train()
+    t0 = 0.0
+    for i in range(steps + 3):
+        if i == 3:
+            t0 = time.perf_counter()
+        x, m, y, pos = data[0]
+        out = forward(x, attention_mask=m, labels=y, position_ids=pos)
+        loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
 def train_run(job: CapacityJob) -> dict[str, Any]:
     """Train one model on one seed and measure it, then fine-tune it (each IFT variant) and measure again."""
     from moc.config import TrainConfig

@@ -1,0 +1,158 @@
+"""One CPU training step of MoC (token routing) against the dense model of equal inference FLOPs.
+
+The models run interleaved in one process on one thread (rounds of ``--steps`` steps each, the median
+kept), timed in CPU seconds of this process (``time.process_time``): on a shared machine another job's
+load barely moves them, where wall-clock times can double; interleaving keeps the rest (caches, clock
+speed) alike for every model. Each MoC model is paired with the dense model whose inference FLOPs per token are nearest
+to its own (the one named in the pair column). Eager and compiled (``torch.compile``, dense models
+alike) are both timed unless ``--compile`` picks one.
+
+    python bench/capacity_step.py                               # the bank series' models and batches
+    python bench/capacity_step.py --preset capacity-bits        # another capacity preset
+    python bench/capacity_step.py --text-demo                   # the real-text demo's model, token routing
+
+A step is forward + backward + grad clip + AdamW on the experiment's own batches (packed biographies for
+the capacity presets; random tokens of the demo's shape for ``--text-demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def capacity_models(preset: str) -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
+    """(model configs, inference FLOPs per token, 30 training batches) of a capacity preset."""
+    from moc_experiments.experiment.capacity.config import load_capacity, model_config
+    from moc_experiments.experiment.capacity.data import batch, flops_len, make_world, seq_len
+    from moc_experiments.experiment.capacity.models import flops_per_token
+
+    cfg = load_capacity(preset)
+    world = make_world(cfg)
+    t = cfg.train
+    rng = np.random.default_rng(0)
+    pack = t.pack_len if t.pack else 0
+    batches = [
+        batch(world, rng, t.batch_size, t.qa_doc_fraction, world.max_doc_len, None, 0.0, None, pack)
+        for _ in range(30)
+    ]
+    configs, flops = {}, {}
+    for key in cfg.models:
+        configs[key] = model_config(cfg, key, len(world.vocab), seq_len(cfg, world))
+        flops[key] = flops_per_token(configs[key], flops_len(cfg, world), t.batch_size)["inference"]
+    return configs, flops, batches
+
+
+def text_demo_models() -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
+    """The real-text demo's MoC with token routing, its dense backbone and the dense model deeper to its
+    inference FLOPs (the batch-aware iso-FLOP depth), on random tokens of the demo's batch shape."""
+    from moc.accounting import count_flops, isoflop_config
+    from moc.config import load_config
+    from moc_experiments.experiment.config import load_experiment
+
+    base = load_experiment("demo").moc_config
+    moc = load_config(base.to_dict(), ["memory.routing=token"])
+    L, B = moc.train.seq_len, moc.train.micro_batch_size
+    configs = {
+        "moc_token": moc,
+        "dense_backbone": load_config(moc.to_dict(), ["memory.enabled=false"]),
+        "dense_iso": isoflop_config(moc, L, B),
+    }
+    flops = {k: count_flops(c, L)["forward"] / L for k, c in configs.items()}
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(10):
+        x = torch.randint(0, moc.model.vocab_size, (B, L), generator=g)
+        batches.append((x, torch.ones_like(x), x, None))
+    return configs, flops, batches
+
+
+def make_step(model: torch.nn.Module, compiled: bool) -> Callable[[Batch], None]:
+    from moc.config import TrainConfig
+    from moc.train.optim import build_optimizer
+
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, max_steps=10**6))
+    forward = torch.compile(model) if compiled else model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(b: Batch) -> None:
+        x, m, y, pos = b
+        out = forward(x, attention_mask=m, labels=y, position_ids=pos)
+        loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    return step
+
+
+def pairs(flops: dict[str, float], configs: dict[str, Any]) -> dict[str, str]:
+    """Each MoC model -> the dense model with the nearest inference FLOPs per token."""
+    dense = [k for k, c in configs.items() if not c.memory_layers]
+    return {
+        k: min(dense, key=lambda d: abs(flops[d] / flops[k] - 1))
+        for k, c in configs.items()
+        if c.memory_layers
+    }
+
+
+def time_models(
+    configs: dict[str, Any], batches: list[Batch], compiled: bool, rounds: int, steps: int
+) -> dict[str, float]:
+    """Median CPU milliseconds per step of every model, interleaved round by round."""
+    from moc.model import MoCModel
+
+    runs = {}
+    for key, cfg in configs.items():
+        torch.manual_seed(0)
+        model = MoCModel(cfg).train()
+        runs[key] = make_step(model, compiled)
+        for b in batches[:3]:  # warm up (and compile) outside the timed rounds
+            runs[key](b)
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for r in range(rounds):
+        for key, step in runs.items():
+            t0 = time.process_time()
+            for i in range(steps):
+                step(batches[(r * steps + i) % len(batches)])
+            times[key].append((time.process_time() - t0) / steps * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="capacity-bank-series", help="a capacity preset: models and data")
+    ap.add_argument("--text-demo", action="store_true", help="the real-text demo's shapes instead")
+    ap.add_argument("--compile", choices=("both", "eager", "compiled"), default="both")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10, help="steps per model per round")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    configs, flops, batches = text_demo_models() if args.text_demo else capacity_models(args.preset)
+    matched = pairs(flops, configs)
+    modes = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compile]
+    shape = "text demo" if args.text_demo else args.preset
+    print(f"{shape}: a training step, 1 thread, {args.rounds} rounds x {args.steps} steps interleaved")
+    for compiled in modes:
+        ms = time_models(configs, batches, compiled, args.rounds, args.steps)
+        print(f"\n{'compiled' if compiled else 'eager'}:")
+        print(f"{'model':<16} {'inference FLOPs/tok':>20} {'ms/step':>9}  vs equal-FLOP dense")
+        for key in configs:
+            line = f"{key:<16} {flops[key]:>20,.0f} {ms[key]:>9.2f}"
+            if key in matched:
+                d = matched[key]
+                line += f"  {ms[key] / ms[d]:.2f}x {d} ({flops[d] / flops[key]:.2f}x its FLOPs)"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The bank-size sweep's machinery: finished runs kept as records (and reused only where recipe and model
+match), seed-major scheduling, chapter use over training, IFT at a ratio of each model's own LR with the
+whole memory path frozen, and the plan's time estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moc.model import MoCModel
+from moc.model.param_groups import param_category
+from moc_experiments.experiment.capacity import load_capacity, model_config
+from moc_experiments.experiment.capacity.models import model_records
+from moc_experiments.experiment.capacity.pipeline import (
+    CapacityJob,
+    estimated_hours,
+    plan_jobs,
+    prepare,
+    record_path,
+    save_record,
+    saved_records,
+)
+from moc_experiments.experiment.capacity.train import _ift_config, chapter_use, fit
+
+
+def _cfg(tmp_path: Path, *more: str):
+    return load_capacity("capacity-bits-smoke", [f"records={tmp_path / 'records'}", *more])
+
+
+def _job(cfg, key: str = "moc_2k", seed: int = 0, scale: float = 1.0) -> CapacityJob:
+    return CapacityJob(key=key, seed=seed, steps=3, experiment=cfg.to_dict(), scale=scale)
+
+
+def test_a_saved_record_is_reused_only_with_the_same_recipe_model_and_seeds(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    rec = {"seed": 0, "steps": 3, "train_s": 1.5, "bits": {"total": 12.0}}
+    save_record(cfg, _job(cfg), rec, None)
+    save_record(cfg, _job(cfg, "dense_backbone", 1, 0.5), rec | {"seed": 1}, None)
+    assert record_path(tmp_path / "records", "moc_2k", 0, 1.0).is_file()
+    assert set(saved_records(cfg)) == {("moc_2k", 0, 1.0), ("dense_backbone", 1, 0.5)}
+    assert saved_records(cfg)[("moc_2k", 0, 1.0)] == rec
+    # Another recipe, another model setting, a seed outside the experiment, another corpus: not reused.
+    assert saved_records(_cfg(tmp_path, "train.lr=0.01")) == {}
+    assert set(saved_records(_cfg(tmp_path, "models.moc_2k.lr_scale=0.5"))) == {("dense_backbone", 1, 0.5)}
+    assert set(saved_records(_cfg(tmp_path, "seeds=1"))) == {("moc_2k", 0, 1.0)}
+    assert saved_records(cfg, corpus_stamp="abc") == {}
+    # Settings that change no number (workers, where results go) keep the records.
+    assert len(saved_records(_cfg(tmp_path, "workers=1", f"out_dir={tmp_path / 'elsewhere'}"))) == 2
+
+
+def test_a_foreign_or_damaged_file_in_the_records_folder_is_passed_over(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    save_record(cfg, _job(cfg), {"seed": 0}, None)
+    (tmp_path / "records" / "notes.json").write_text("[1, 2]")
+    (tmp_path / "records" / "cut.json").write_text('{"kind": "capacity-run", "key"')
+    assert set(saved_records(cfg)) == {("moc_2k", 0, 1.0)}
+
+
+def test_runs_are_scheduled_seed_by_seed(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "seeds=3", "train.saturation_seeds=2")
+    data = prepare(cfg, progress=False)
+    models = model_records(cfg, data.vocab_size, 20)
+    jobs = sorted(plan_jobs(cfg, data, models), key=lambda j: -j.cost)  # the pool's order
+    seeds = [j.seed for j in jobs]
+    assert seeds == sorted(seeds)  # every run of seed 0 first, then seed 1, ...
+    first = [j for j in jobs if j.seed == 0]
+    assert len(first) == 2 * len(cfg.models)  # full and half-length runs of every model
+    costs = [j.cost for j in first]
+    assert costs == sorted(costs, reverse=True)  # costliest first within the seed
+
+
+def test_chapter_use_counts_picks_and_the_steps_each_chapter_was_picked() -> None:
+    picks = {1: torch.tensor([6.0, 0.0, 2.0, 4.0])}
+    updated = {1: torch.tensor([3.0, 0.0, 1.0, 4.0])}
+    use = chapter_use(picks, updated, steps=4)["1"]
+    assert use["chapters"] == 4
+    assert use["picks_per_step_mean"] == pytest.approx(12 / 16)
+    assert use["steps_updated_mean"] == pytest.approx((3 + 0 + 1 + 4) / 16)
+    assert use["never_picked"] == pytest.approx(0.25)
+    assert use["counts"] == [6, 0, 2, 4]
+
+
+def _tiny_moc(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    torch.manual_seed(0)
+    model = MoCModel(model_config(cfg, "moc_2k", vocab_size=40, seq_len=12))
+    g = torch.Generator().manual_seed(1)
+
+    def next_batch():
+        x = torch.randint(0, 40, (4, 12), generator=g)
+        return x, torch.ones_like(x), x, None
+
+    return cfg, model, next_batch
+
+
+def test_fit_sums_the_routers_picks_over_the_run(tmp_path: Path) -> None:
+    cfg, model, next_batch = _tiny_moc(tmp_path)
+    _, _, _, use = fit(model, _ift_config(cfg, "full", 1e-3), 3, next_batch, 1.0, 1)
+    (layer,) = use.values()
+    # token routing: every one of the 3 x 4 x 12 positions picks top_k routed chapters
+    assert sum(layer["counts"]) == 3 * 4 * 12 * model.config.memory.top_k
+    assert 0 < layer["steps_updated_mean"] <= 1
+
+
+def test_ift_with_the_memory_path_frozen_moves_only_the_backbone(tmp_path: Path) -> None:
+    cfg, model, next_batch = _tiny_moc(tmp_path)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, _ift_config(cfg, "memory_frozen", 1e-2), 3, next_batch, 1.0, 1, freeze_memory=True)
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p, before[name])
+        if param_category(name) in ("bank", "memory"):
+            assert not moved and not p.requires_grad, name
+        elif "embed" in name:
+            assert moved, name
+
+
+def test_ift_variants_set_each_part_s_learning_rate(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    ift = cfg.ift
+    full, low, frozen = (_ift_config(cfg, v, 1e-3) for v in ("full", "low_lr", "frozen"))
+    assert (full.lr, full.memory_lr, full.bank_lr, full.freeze_bank) == (1e-3, 1e-3, 1e-3, False)
+    assert low.memory_lr == pytest.approx(1e-3 * ift.memory_lr_scale)
+    assert low.bank_lr == pytest.approx(1e-3 * ift.bank_lr_scale)
+    assert frozen.freeze_bank and not low.freeze_bank
+
+
+def test_ift_lr_ratio_follows_each_model_s_own_pretraining_lr(tmp_path: Path) -> None:
+    from moc_experiments.experiment.capacity import train as capacity_train
+
+    seen = []
+
+    def spy(cfg, variant, lr):
+        seen.append(lr)
+        return _ift_config(cfg, variant, lr)
+
+    cfg = _cfg(tmp_path, "ift.lr_ratio=0.1", "ift.gentle=false", "ift.steps=2", "train.exposures=2")
+    for key in ("dense_backbone", "moc_2k"):
+        seen.clear()
+        job = CapacityJob(key=key, seed=0, steps=2, experiment=cfg.to_dict())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(capacity_train, "_ift_config", spy)
+            capacity_train.train_run(job)
+        own = cfg.train.lr * (cfg.models[key] or {}).get("lr_scale", 1.0)
+        assert seen and all(lr == pytest.approx(0.1 * own) for lr in seen), (key, seen)
+
+
+def test_the_plan_estimates_hours_from_finished_runs_or_a_timing_here(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    todo = [_job(cfg, "moc_2k", s) for s in (0, 1)] + [_job(cfg, "dense_backbone", 0)]
+    done = {("moc_2k", 5, 1.0): {"train_s": 360.0, "steps": 3600}}  # 0.1 s per step, measured
+    lines = estimated_hours(cfg, todo, done, n_workers=1)
+    text = "\n".join(lines)
+    assert "median of 1 finished runs" in text and "timed here now" in text
+    moc_line = next(line for line in lines if line.startswith("moc_2k"))
+    assert float(moc_line.split()[1]) == pytest.approx(100.0)
+
+
+def test_records_written_by_a_run_rebuild_it_without_training(tmp_path: Path) -> None:
+    from moc_experiments.cli import main
+
+    common = ["--set", "seeds=1", "--set", "train.saturation_seeds=0", "--set", "ift.steps=0"]
+    common += ["--set", f"records={tmp_path / 'records'}"]
+    assert main(["run", "capacity-bits-smoke", "--out", str(tmp_path / "a"), *common]) == 0
+    files = sorted(p.name for p in (tmp_path / "records").glob("*.json"))
+    assert files == sorted(f"{k}-seed0.json" for k in load_capacity("capacity-bits-smoke").models)
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    # A fresh folder (a new clone): everything comes from the records, nothing is trained.
+    assert main(["run", "capacity-bits-smoke", "--out", str(tmp_path / "b"), *common]) == 0
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert second["runs"] == first["runs"]
+    assert (tmp_path / "b" / "report.md").is_file()
