@@ -115,6 +115,38 @@ def test_a_checkpoints_own_files_still_resume(work: Path, capsys: pytest.Capture
 
 
 # --------------------------------------------------------------------------------------------------
+# A checkpoint's config.yaml empty or damaged: name the file, not missing layers or a dozen mismatches
+# --------------------------------------------------------------------------------------------------
+
+CONFIG_DAMAGE = {
+    "empty": (b"", "is empty"),
+    "only blank lines": (b"\n  \n", "is empty"),
+    "not YAML": (b"model:\n  n_layers: [\n", "is not valid YAML at line 3, column 1"),
+    "a list": (b"- model\n", "holds a list, not a mapping of config sections"),
+    "binary": (b"\xff\xfe\x00model", "is not UTF-8 text (bad byte at offset 0)"),
+}
+COMMANDS = {
+    "resume": RESUME,
+    "init-from": ["pretrain", "tiny-moc", *TRAIN, "--set", "train.max_steps=1", "--set", "train.out_dir=new",
+                  "--init-from", str(CKPT)],
+    "generate": ["generate", str(CKPT), "--prompt", "the cat", "--max-new-tokens", "2", "--device", "cpu"],
+    "export": ["export", str(CKPT), "exported"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("damage", list(CONFIG_DAMAGE))
+def test_a_damaged_checkpoint_config_is_named(
+    work: Path, capsys: pytest.CaptureFixture, damage: str, command: str
+) -> None:
+    text, says = CONFIG_DAMAGE[damage]
+    (CKPT / checkpoint.CONFIG).write_bytes(text)
+    checkpoint.write_manifest(CKPT)  # the damage verifies: only reading the config can catch it
+    fails(capsys, COMMANDS[command], f"{CKPT / checkpoint.CONFIG} {says}",
+          "copy the config back from run/config.yaml (the run's config)")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
 # moc ift: data without a chat loss mask, a validation split shorter than one window
 # --------------------------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ def is_hf_folder(path: str | Path) -> bool:
 
 def resolve_source(path: str | Path) -> ModelSource:
     """Classify ``path``: a Hugging Face folder, or a checkpoint (dir, run out_dir, or its checkpoints/)."""
-    from moc.train.checkpoint import CONFIG, resolve_checkpoint
+    from moc.train.checkpoint import CONFIG, read_checkpoint_config, resolve_checkpoint
     from moc.train.errors import CheckpointError
 
     p = Path(path)
@@ -84,6 +84,10 @@ def resolve_source(path: str | Path) -> ModelSource:
         )
     if not (ckpt / CONFIG).is_file():
         raise HFError(f"checkpoint {ckpt} has no {CONFIG}; the model config is needed to rebuild the network")
+    try:  # an empty or damaged config.yaml names itself, not "write the keys it sets" as a user's config
+        read_checkpoint_config(ckpt)
+    except CheckpointError as e:
+        raise HFError(str(e)) from None
     return ModelSource(ckpt, "checkpoint", load_config(ckpt / CONFIG))
 
 

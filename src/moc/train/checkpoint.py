@@ -351,17 +351,59 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     return out
 
 
-def check_config_compatible(ckpt_dir: Path, current: dict[str, Any]) -> None:
-    """Raise if the checkpoint's config.yaml describes a different network than ``current``."""
+def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``config.yaml`` as a mapping, None if it has none (a bare weights folder).
+
+    An empty, unreadable or malformed file raises :class:`CheckpointError` naming it: read as "no
+    keys", an empty file would stand for the 148M-parameter defaults, and every later message would
+    blame the weights (missing layers, a dozen mismatched keys) instead of the file."""
+    from moc.configio import safe_load_bounded
+
     path = ckpt_dir / CONFIG
     if not path.exists():
-        return  # a bare weights file: the state-dict check still catches shape mismatches
+        return None
     try:
-        saved = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(_damaged(path, one_line(e))) from None
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise CheckpointError(_bad_config(path, f"cannot be read ({os_error_message(e)})")) from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            _bad_config(path, f"is not UTF-8 text (bad byte at offset {e.start})")
+        ) from None
+    if not text.strip():
+        raise CheckpointError(_bad_config(path, "is empty"))
+    try:
+        saved = safe_load_bounded(text, str(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise CheckpointError(_bad_config(path, f"is not valid YAML{at} ({problem})")) from None
+    except ValueError as e:  # ConfigError: nested too deep or too big to be a config
+        raise CheckpointError(_bad_config(path, f"is not a config ({one_line(e)})")) from None
     if not isinstance(saved, dict):
-        raise CheckpointError(_damaged(path, "not a mapping of config sections"))
+        raise CheckpointError(
+            _bad_config(path, f"holds a {type(saved).__name__}, not a mapping of config sections")
+        )
+    return saved
+
+
+def _bad_config(path: Path, problem: str) -> str:
+    """``path`` (a checkpoint's config.yaml) ``problem``, so the network cannot be rebuilt; and the fix:
+    the run folder's own config.yaml (written by the same run) when it is there."""
+    run_config = path.parent.parent.parent / CONFIG  # OUT_DIR/checkpoints/step_N/config.yaml -> OUT_DIR/
+    in_run = path.parent.parent.name == "checkpoints" and run_config.is_file()
+    source = f"{run_config} (the run's config)" if in_run else "another checkpoint of the same run"
+    return (
+        f"{path} {problem}, so the model it was trained with is unknown; copy the config back from {source}"
+    )
+
+
+def check_config_compatible(ckpt_dir: Path, current: dict[str, Any]) -> None:
+    """Raise if the checkpoint's config.yaml describes a different network than ``current``."""
+    saved = read_checkpoint_config(ckpt_dir)
+    if saved is None:
+        return  # a bare weights file: the state-dict check still catches shape mismatches
     bad = config_mismatches(saved, current)
     if bad:
         raise CheckpointError(
