@@ -221,13 +221,48 @@ def retention_findings(results: dict, meas: Measure) -> list[str]:
                 "low bank LR; frozen − low LR after IFT: "
                 f"{_claim(meas, v, 'the frozen bank keeps more', 'the low-LR bank keeps more')}."
             )
-        for base in ("frozen", "low_lr", "full"):
+        if "full" in vs and is_moc(m):
+            for frozen in ("frozen", "memory_frozen"):
+                if frozen in vs:
+                    v = compare(after[frozen], after["full"])
+                    out.append(
+                        f"{m['label']}, after IFT, {IFT_LABELS[frozen]} − nothing frozen: "
+                        f"{_claim(meas, v, f'the {IFT_LABELS[frozen]} keeps more', 'freezing keeps less')}."
+                    )
+        for base in ("frozen", "low_lr", "full", "memory_frozen"):
             if base in vs and f"gentle_{base}" in vs:
                 v = compare(after[f"gentle_{base}"], after[base])
                 out.append(
                     f"{m['label']}, after IFT, gentle − plain ({IFT_LABELS[base]}): "
                     f"{_claim(meas, v, 'the gentle IFT keeps more', 'the gentle IFT keeps less')}."
                 )
+    return out
+
+
+def forgetting_findings(results: dict, meas: Measure) -> list[str]:
+    """The paper's Table 2 question: does MoC forget less through IFT than the dense model it is compared
+    with? For each ``compare`` pair [MoC, dense], the change through IFT (after − before, per seed) of each
+    MoC variant against the dense model's full (or gentle full) fine-tune, paired by seed."""
+    out = []
+    models = done(results)
+    for a, b in results["config"].get("compare") or []:
+        if a not in models or b not in models or not is_moc(models[a]) or is_moc(models[b]):
+            continue
+        change = {
+            (k, v): {s: x - meas.of(results, k).get(s, x) for s, x in meas.of(results, k, ift=v).items()}
+            for k in (a, b)
+            for v in ift_variants(results, k)
+        }
+        for (k, v), moc_change in change.items():
+            dense_v = "gentle_full" if v.startswith("gentle_") else "full"
+            if k != a or (b, dense_v) not in change:
+                continue
+            d = compare(moc_change, change[(b, dense_v)])
+            out.append(
+                f"Forgetting through IFT, {models[a]['label']} ({IFT_LABELS[v]}) − {models[b]['label']} "
+                f"({IFT_LABELS[dense_v]}), change of {meas.name}: "
+                f"{_claim(meas, d, 'MoC forgets less', 'MoC forgets more')}."
+            )
     return out
 
 
@@ -244,4 +279,5 @@ def findings(results: dict) -> list[str]:
         + ablation_findings(results, meas)
         + (saturation_findings(results) if meas is BITS else [])
         + retention_findings(results, BITS if ift_has_bits(results) else RECALL)
+        + forgetting_findings(results, BITS if ift_has_bits(results) else RECALL)
     )

@@ -4,6 +4,8 @@ retention through instruction fine-tuning (in bits when the IFT runs measured th
 
 from __future__ import annotations
 
+import statistics
+
 from moc_experiments.experiment.capacity.analysis import (
     BITS,
     IFT_LABELS,
@@ -198,6 +200,42 @@ def ablation_table(results: dict) -> list[str]:
         "chapter-use entropy, bits | maximum entropy, bits | busiest chapter, % of prompts | routing "
         "consistency % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def chapter_use_table(results: dict) -> list[str]:
+    """Per MoC model: how often the router picked each chapter during pretraining (so how often its rows
+    of the bank got a gradient), next to the bits the bank holds: a larger bank at the same read spreads
+    the same picks over more chapters."""
+    rows = []
+    for key, m in done(results).items():
+        runs = [r for r in results["runs"].get(key) or [] if r.get("chapter_use")]
+        if not is_moc(m) or not runs:
+            continue
+        layer = lambda r: next(iter(r["chapter_use"].values()))  # noqa: E731 - the first memory layer
+        picks = [layer(r)["picks_per_step_mean"] for r in runs]
+        share = [layer(r)["steps_updated_mean"] for r in runs]
+        low, mid, high = (100 * statistics.median(layer(r)["steps_updated_p10_p50_p90"][i] for r in runs)
+                          for i in range(3))  # fmt: skip
+        never = [layer(r)["never_picked"] for r in runs]
+        held = compare(BITS.of(results, key), BITS.of(results, key, "_shuffled"))
+        rows.append(
+            f"| {m['label']} | {layer(runs[0])['chapters']} | {pm(picks, 1, 2)} | {pm(share)} | "
+            f"{low:.1f} / {mid:.1f} / {high:.1f} | {pm(never)} | {BITS.diff(held)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Chapter use during pretraining (first memory layer, mean ± sd over seeds): routed picks per "
+        "chapter per step, and the share of steps in which a chapter was picked at least once, i.e. in "
+        "which its rows of the bank got a gradient (10th / 50th / 90th percentile over chapters, median "
+        "over seeds).",
+        "",
+        "| model | routed chapters | picks per chapter per step | steps a chapter is updated % | "
+        "p10 / p50 / p90 % | never picked % | bits held in the bank |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
 
@@ -415,7 +453,8 @@ def tables(results: dict) -> str:
     lines: list[str] = []
     if has_bits(results):
         lines += ["### Knowledge in bits", "", *bits_table(results), *saturation_table(results)]
-        lines += [*marginal_table(results), *ablation_table(results), *bits_compare_table(results)]
+        lines += [*marginal_table(results), *ablation_table(results), *chapter_use_table(results)]
+        lines += bits_compare_table(results)
         lines += ["", "### Recall", ""]
     lines += recall_tables(results)
     lines += bits_retention_table(results) if ift_has_bits(results) else retention_table(results)
