@@ -447,3 +447,61 @@ def test_ablation_table_shows_the_routing_spread(results: dict) -> None:
     del results["models"]["moc_big"]["memory"]["n_chapters"]  # no chapter count: no maximum either
     assert "\n".join(rep.ablation_table(results)).endswith("| – | – | – | – | – |")
     assert analysis.max_usage_entropy(results["models"]["dense_big"]) is None
+
+
+def _with_chapter_use_and_full_ift(moc_keep: float) -> dict:
+    """The synthetic results plus chapter use and the IFT variants of the bank-size series: MoC fine-tuned
+    with nothing frozen keeps ``moc_keep`` of its bits, the dense backbone 0.3."""
+    results = make_results()
+    for key, runs in results["runs"].items():
+        moc = "memory" in results["models"][key]
+        for r in runs:
+            if moc:
+                chapters = results["models"][key]["memory"]["n_chapters"] - 1
+                r["chapter_use"] = {
+                    "1": {
+                        "chapters": chapters,
+                        "picks_per_step_mean": 64 / chapters,
+                        "picks_per_step_p10_p50_p90": [0.1, 0.5, 0.9],
+                        "steps_updated_mean": min(1.0, 20 / chapters),
+                        "steps_updated_p10_p50_p90": [0.05, 0.25, 0.5],
+                        "never_picked": 0.0,
+                        "counts": [1] * chapters,
+                    }
+                }
+            keep = moc_keep if moc else IFT_KEEP["full"]
+            bits = r["bits"]["total"] * keep + NOISE[r["seed"]] / 10
+            r["ift"]["full"] = {"loss_curve": [1.0], **_measures(bits, moc, r["seed"])}
+            if moc:
+                frozen = r["bits"]["total"] * (keep + 0.2) + NOISE[r["seed"]] / 10
+                r["ift"]["memory_frozen"] = {"loss_curve": [1.0], **_measures(frozen, moc, r["seed"])}
+    return results
+
+
+def test_the_chapter_use_table_shows_each_bank_s_update_share() -> None:
+    from moc_experiments.experiment.capacity.tables import chapter_use_table
+
+    text = "\n".join(chapter_use_table(_with_chapter_use_and_full_ift(0.5)))
+    small = next(line for line in text.splitlines() if line.startswith("| moc small"))
+    big = next(line for line in text.splitlines() if line.startswith("| moc big"))
+    assert "| 63 |" in small and "| 255 |" in big  # routed chapters (one shared)
+    assert "31.7 ± 0.0" in small  # 20 / 63 of the steps
+    assert "7.8 ± 0.0" in big  # 20 / 255
+    assert chapter_use_table(make_results()) == []  # older results without chapter use: no table
+
+
+@pytest.mark.parametrize(("keep", "verdict"), [(0.6, "MoC forgets less"), (0.1, "MoC forgets more")])
+def test_forgetting_findings_follow_the_numbers(keep: float, verdict: str) -> None:
+    from moc_experiments.experiment.capacity.findings import forgetting_findings
+
+    lines = forgetting_findings(_with_chapter_use_and_full_ift(keep), analysis.BITS)
+    full = next(s for s in lines if "moc small (full fine-tune) − dense backbone (full fine-tune)" in s)
+    assert verdict in full
+
+
+def test_freezing_the_memory_path_is_compared_with_nothing_frozen() -> None:
+    from moc_experiments.experiment.capacity.findings import retention_findings
+
+    lines = retention_findings(_with_chapter_use_and_full_ift(0.3), analysis.BITS)
+    line = next(s for s in lines if s.startswith("moc small, after IFT, memory path frozen − nothing frozen"))
+    assert "the memory path frozen keeps more" in line
