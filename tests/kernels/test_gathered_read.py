@@ -60,7 +60,7 @@ def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
     ops (what the compiler fuses); a larger one keeps the memory-bounded op. Both match eager."""
     import importlib
 
-    from moc.model import memory
+    from moc.model import read_backend
 
     # the modules (moc.kernels re-exports a function under the name routed_read)
     rr, op_mod = (importlib.import_module(f"moc.kernels.{m}") for m in ("routed_read", "op"))
@@ -69,7 +69,7 @@ def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
     monkeypatch.setattr(rr, "gathered_read", lambda *a: used.append("gathered") or gathered(*a))
     monkeypatch.setattr(op_mod, "read", lambda *a, **k: used.append("op") or op(*a, **k))
     if limit is not None:
-        monkeypatch.setattr(memory, "GATHERED_READ_ELEMENTS", limit)
+        monkeypatch.setattr(read_backend, "GATHERED_READ_ELEMENTS", limit)
     model = make_model("memory.routing=token", live_memory=True)
     ids = torch.randint(0, 256, (2, 12))
     torch._dynamo.reset()

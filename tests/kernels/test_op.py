@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from moc.kernels.op import read, routed_read_op
+from moc.model.routing_layout import RoutingContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 from naive_read import naive_grads  # noqa: E402
@@ -71,7 +72,10 @@ def test_a_memory_block_compiles_whole(make_model, routing: str) -> None:
     B, L = 2, 12
     h = torch.randn(B, L, model.embed_tokens.weight.shape[1])
     pos = torch.arange(L).expand(B, L)
-    args = (h, model.rotary(pos), None, pos, torch.ones(B, L, dtype=torch.bool), bank, None, None, True)
+    routing = RoutingContext.build(
+        model.config.memory, pos, torch.ones(B, L, dtype=torch.bool), one_document=True
+    )
+    args = (h, model.rotary(pos), None, routing, bank, None)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(block)(*args)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

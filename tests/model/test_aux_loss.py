@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import moc
+from moc.model.routing_layout import RoutingContext
 
 LB_COEF, Z_COEF = 0.3, 0.05  # far apart, so swapping them cannot go unnoticed
 
@@ -48,7 +49,7 @@ def test_aux_loss_value_from_hand_computed_router_scores() -> None:
     valid = torch.ones(2, 10, dtype=torch.bool)
     valid[1, 7:] = False  # padding must change nothing
     pos = torch.arange(10).expand(2, 10)
-    _, aux, info = layer(h, model.banks[0], pos, valid)
+    _, aux, info = layer(h, model.banks[0], RoutingContext.build(layer.cfg, pos, valid))
     assert info.load_balance == pytest.approx(lb, rel=1e-5)
     assert info.z_loss == pytest.approx(z, rel=1e-5)
     assert aux.item() == pytest.approx(LB_COEF * lb + Z_COEF * z, rel=1e-5)
@@ -61,7 +62,7 @@ def test_aux_loss_at_uniform_routing() -> None:
         layer.router.proj.weight.zero_()
     h = torch.randn(3, 9, 64)
     valid = torch.ones(3, 9, dtype=torch.bool)
-    _, aux, _ = layer(h, model.banks[0], torch.arange(9).expand(3, 9), valid)
+    _, aux, _ = layer(h, model.banks[0], RoutingContext.build(layer.cfg, torch.arange(9).expand(3, 9), valid))
     assert aux.item() == pytest.approx(LB_COEF * 1.0 + Z_COEF * math.log(16) ** 2, rel=1e-5)
 
 

@@ -7,6 +7,7 @@ import torch
 
 import moc
 from memory_helpers import make_memory_matter
+from moc.model.routing_layout import RoutingContext
 
 
 def test_only_selected_chapters_get_gradient(make_model) -> None:
@@ -174,7 +175,7 @@ def test_many_short_packed_documents_match_the_reference(mode: str) -> None:
     valid = torch.ones_like(pos, dtype=torch.bool)
     valid[1, -3:] = False
     h = torch.randn(2, 14, 64, requires_grad=True)
-    update, aux, info = layer(h, bank, pos, valid)
+    update, aux, info = layer(h, bank, RoutingContext.build(layer.cfg, pos, valid))
     ref, ref_aux = reference_memory_layer(layer, bank, h, pos, valid)
     torch.testing.assert_close(update[valid], ref[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(aux, ref_aux, atol=1e-6, rtol=1e-5)
@@ -201,15 +202,15 @@ def test_cuda_without_the_kernels_says_once_why_it_falls_back(monkeypatch: pytes
     import sys
     import warnings
 
-    from moc.model import memory
+    from moc.model import read_backend
 
     monkeypatch.setitem(sys.modules, "moc.kernels.dispatch", None)  # importing it now fails
     monkeypatch.setattr("moc.errors._WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert memory._read_impls(torch.device("cuda"), "auto") == (None, None)
-        assert memory._read_impls(torch.device("cuda"), "auto") == (None, None)
-        assert memory._read_impls(torch.device("cpu"), "auto") == (None, None)
+        assert read_backend.read_impls(torch.device("cuda"), "auto") == (None, None)
+        assert read_backend.read_impls(torch.device("cuda"), "auto") == (None, None)
+        assert read_backend.read_impls(torch.device("cpu"), "auto") == (None, None)
     assert len(caught) == 1 and "using the PyTorch path" in str(caught[0].message)
 
 

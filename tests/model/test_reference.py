@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import moc
 from memory_helpers import make_memory_matter
 from moc.config import MemoryConfig
+from moc.model.routing_layout import RoutingContext
 
 from .reference import documents, reference_forward, reference_memory_layer
 
@@ -160,7 +161,7 @@ def test_memory_layer_matches_reference(
     h = torch.randn(3, L, 64, requires_grad=True)
     probe = torch.randn(3, L, 64)
 
-    update, aux, _ = layer(h, bank, pos, mask)
+    update, aux, _ = layer(h, bank, RoutingContext.build(layer.cfg, pos, mask))
     ((update * probe)[mask].sum() + aux).backward()
     got = _grads(model) | {"h": h.grad.clone()}
     h.grad = None

@@ -25,7 +25,9 @@ from torch import nn
 
 from moc.config import ConfigError, MemoryConfig, ModelConfig, RunConfig
 from moc.configio import build
-from moc.model.memory import MemoryLayer, MemoryState, bank_owners, build_banks
+from moc.model.bank import bank_owners, build_banks
+from moc.model.memory import MemoryLayer, MemoryState
+from moc.model.routing_layout import RoutingContext
 
 ADAPTER_CONFIG = "moc_adapter.json"
 ADAPTER_WEIGHTS = "moc_adapter.safetensors"
@@ -103,13 +105,10 @@ class MemoryAdapter(nn.Module):
             mask = torch.ones(B, past + L, dtype=torch.long, device=device)
         full = mask.bool()
         valid, positions = full[:, -L:], (full.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
-        first = next(iter(self.memory.values()))  # the query tiles every memory layer reads
-        self._call = {
-            "valid": valid,
-            "positions": positions,
-            "decoding": past > 0,
-            "plan": first.plan(positions, valid, one_document=False) if past == 0 else None,
-        }
+        # The documents and query tiles every memory layer of this forward reads, laid out once;
+        # decoding (past > 0) routes from each layer's cached state and reads no tiles.
+        routing = RoutingContext.build(self.config, positions, valid, tiles=past == 0)
+        self._call = {"routing": routing, "decoding": past > 0}
         if past == 0:
             self._states = {}
         self.aux_loss = torch.zeros((), device=device)
@@ -123,9 +122,7 @@ class MemoryAdapter(nn.Module):
                 raise RuntimeError("memory adapter hook ran without its decoder pre-hook; call attach(model)")
             state = self._states.setdefault(i, MemoryState()) if not self.training else None
             bank = self.banks[self.bank_of_layer[i]]
-            update, aux, info = self.memory[str(i)](
-                h, bank, call["positions"], call["valid"], state, plan=call["plan"]
-            )
+            update, aux, info = self.memory[str(i)](h, bank, call["routing"], state)
             self.aux_loss = self.aux_loss + aux
             if info is not None:
                 self.routing.append(info)

@@ -2,8 +2,9 @@
 
 The folder holds ``config.json`` (with ``auto_map``), ``model.safetensors``, ``generation_config.json``,
 the tokenizer files, and the model code (``configuration_moc.py``, ``modeling_moc.py`` and moc's core
-``transformer.py``, ``memory.py``, ``routing_layout.py``, ``layers.py``, ``param_groups.py``, and the
-memory read's kernel ``routed_read.py`` from ``moc/kernels``), so that anyone can run::
+``transformer.py``, ``memory.py``, ``bank.py``, ``router.py``, ``routing_layout.py``, ``read_backend.py``,
+``layers.py``, ``loss.py``, ``param_groups.py``, and the memory read's kernel ``routed_read.py`` from
+``moc/kernels``: whatever ``transformer.py`` imports relatively), so that anyone can run::
 
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
@@ -36,7 +37,7 @@ from moc.hf.modeling_moc import MoCForCausalLM
 
 HF_DIR = Path(__file__).parent
 MODEL_DIR = HF_DIR.parent / "model"
-KERNEL_DIR = HF_DIR.parent / "kernels"  # the memory read's PyTorch kernel, imported by memory.py
+KERNEL_DIR = HF_DIR.parent / "kernels"  # the memory read's PyTorch kernel, imported by read_backend.py
 AUTO_MAP = {
     "AutoConfig": "configuration_moc.MoCConfig",
     "AutoModelForCausalLM": "modeling_moc.MoCForCausalLM",
@@ -49,7 +50,7 @@ _RUN_MARKERS = ("config.yaml", "metrics.jsonl", "trainer_state.pt", "optimizer.p
 
 def core_model_files(entry: str = "transformer.py") -> list[Path]:
     """``moc/model`` files the network needs: ``entry`` and what it imports relatively, recursively
-    (a name missing from ``moc/model`` comes from ``moc/kernels``: memory.py's fallback import)."""
+    (a name missing from ``moc/model`` comes from ``moc/kernels``: read_backend.py's fallback import)."""
     seen: list[Path] = []
     todo = [MODEL_DIR / entry]
     while todo:

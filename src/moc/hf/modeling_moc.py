@@ -24,8 +24,10 @@ from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..model.bank import MemoryBank
 from ..model.layers import RotaryEmbedding
-from ..model.memory import ChapterRouter, MemoryBank, MemoryState
+from ..model.memory import MemoryState
+from ..model.router import ChapterRouter
 from ..model.transformer import MoCModel
 from .configuration_moc import MoCConfig
 

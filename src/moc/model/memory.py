@@ -1,67 +1,55 @@
-"""Mixture of Chapters: a learnable memory bank, cut into chapters, read through a router.
+"""Mixture of Chapters: a memory layer reads a few routed chapters of a learnable bank.
 
-The bank ``M`` holds ``N_m = C * T`` latent tokens (C chapters of T tokens). A memory layer reads it:
+The bank M (``bank.py``) holds N_m = C * T latent tokens: C chapters of T tokens. For hidden states H
+(B, L, d), each routing *decision* picks chapters S from a pooled summary r_bar of the router input
+r (RMSNorm(H), or the block's input with ``router_input: block_input``; ``router.py``):
 
-    S        = shared chapters  +  router top-k of the routed chapters
-    M_S      = RMSNorm(M[S]) * chapter weight              (no learned scale)
-    H'       = H + W_O softmax(Q K^T / sqrt(d_h)) V        Q = RMSNorm(H) W_Q, K = M_S W_K, V = M_S W_V
+    l        = W_r r_bar + b_r                                 scores of all C chapters
+    S        = shared chapters  +  top-k of softmax(l[routed])
+    w_c      = renormalise([1] * n_shared + s * p_top-k / sum p_top-k)        chapter weights
+    M_S      = RMSNorm(M[S])                                   (no learned scale)
+    Q        = RMSNorm(H) W_Q,   K = (w * M_S) W_K,   V = (w * M_S) W_V       ("kv" weighting)
+    H'       = H + W_O softmax(Q K^T / sqrt(d_h)) V            (W_O starts at zero)
+    aux      = coef_lb * C_routed * sum_i f_i P_i  +  coef_z * mean logsumexp(l)^2
 
-Each routing *decision* picks S for a group of positions:
+``chapter_weighting`` "v" scales only V; "logit" adds log(w_c) to chapter c's attention logits.
+Which positions a decision pools and serves (``memory.routing``):
 
-    sequence  one decision per document from the mean of all its (valid) positions — the paper's mode.
-              NOT causal: the chapters read at position t depend on tokens after t.
-    causal    positions [g*c, (g+1)*c) of a document (c = causal_chunk_size) share one decision made from
-              the mean of the document's positions < g*c. Strictly causal. Chunk 0 of every document
-              has seen no content yet: with ``causal_first_chunk: bias`` its summary is zero, so the
-              router bias alone picks its chapters (the same for every document's first c tokens); with
-              ``per_token`` each of its positions t is a decision of its own, from the mean of positions < t.
-    token     every position decides from its own hidden state. Causal.
+    sequence  one per document, r_bar = mean of all its positions — the paper's; NOT causal
+    causal    one per chunk [g*c, (g+1)*c) of a document, r_bar = mean of its positions < g*c (chunk 0:
+              zero, the bias decides; or per position with ``causal_first_chunk: per_token``)
+    token     one per position, r_bar = r_t
 
-Documents: a row may pack several; a new one starts at a valid position whose id is 0 or not greater
-than the previous valid position's (Hugging Face's packed convention). Routing never pools across
-documents, and chunks are counted in *positions* from the document's start, so left padding does not
-move them. With positions from an attention mask every row is one document. The bookkeeping (documents,
-chunks, query tiles, pooling) lives in ``routing_layout``.
-
-The router pools RMSNorm(h) (``router_input: memory_norm``) or the block's input residual stream
-(``block_input``, the paper's code). ``chapter_weighting`` says how a chapter's weight enters the read:
-"kv" (the paper) scales the memory vectors before W_K and W_V; "v" only the values; "logit" adds
-log(weight) to that chapter's attention logits.
-
-The read (``moc.kernels.routed_read``): keys and values are projected once per distinct selected chapter
-in the batch (W_K, W_V have no bias, so K(w * m) = w * K(m): the weights are applied inside the read);
-each query tile (a causal chunk, a piece of a document, or a token) attends to its own decision's
-chapters by index. Nothing per decision is materialised or saved for backward: backward recomputes the
-scores from the indices, the weights, q, the output and the log-sum-exp, and (eagerly on the CPU) the
-chapters' K/V too; on CUDA and under torch.compile the read is a registered op that keeps the distinct
-chapters' K/V instead (``moc.kernels.op``). On CUDA Triton kernels do the forward and backward
-(``memory.kernel``: auto, triton or torch; see ``moc.kernels.dispatch``). The bank is indexed directly —
-never expanded per batch element — so its gradient is one N_m x d tensor, non-zero only on the selected
-chapters.
+Documents, chunks and query tiles (``routing_layout``) are laid out once per forward in a
+:class:`RoutingContext` that every memory layer reads. The read (``moc.kernels.routed_read``, run by
+``read_backend``) projects K/V once per distinct chapter of the batch (W_K, W_V have no bias, so
+K(w m) = w K(m) and the weights enter inside the read) and each query tile attends to its decision's
+chapters by index: nothing per decision is materialised or saved for backward.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bank import MemoryBank
 from .layers import RMSNorm, rms_normalize
+from .read_backend import read_functions, run_read
 from .router import ChapterRouter, Decisions, RoutingInfo
 from .routing_layout import (
+    RoutingContext,
     TileLayout,
     causal_tile_sums,
     chunk_group,
     document_sums,
     from_tiles,
     prefix_sums,
-    routing_plan,
+    splits_first_chunk,
     to_tiles,
 )
 
@@ -71,65 +59,6 @@ if TYPE_CHECKING:
         from moc.config import MemoryConfig
     except ImportError:
         pass
-
-
-class MemoryBank(nn.Module):
-    """``n_tokens`` latent memory tokens viewed as ``n_chapters`` chapters of equal size.
-
-    kind "full":        weight (N_m, dim)
-    kind "factorized":  A (N_m, rank) @ B^T with B (dim, rank) — a low-rank bank
-    kind "reduced":     weight (N_m, dim) with dim = bank_dim < d_model; attention runs in that dim
-    """
-
-    def __init__(self, n_tokens: int, n_chapters: int, dim: int, kind: str, rank: int, init_std: float):
-        super().__init__()
-        self.n_chapters, self.chapter_size, self.dim, self.kind = (
-            n_chapters,
-            n_tokens // n_chapters,
-            dim,
-            kind,
-        )
-        if kind == "factorized":
-            # Entries of A @ B^T then have std ~= init_std.
-            factor_std = math.sqrt(init_std / math.sqrt(rank))
-            self.A = nn.Parameter(torch.randn(n_tokens, rank) * factor_std)
-            self.B = nn.Parameter(torch.randn(dim, rank) * factor_std)
-        else:
-            self.weight = nn.Parameter(torch.randn(n_tokens, dim) * init_std)
-
-    @property
-    def params(self) -> tuple[torch.Tensor, ...]:
-        """The tensors the bank is made of: (A, B) for a factorized bank, else (weight,)."""
-        return (self.A, self.B) if self.kind == "factorized" else (self.weight,)
-
-    def chapters(self, idx: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        """idx: (U,) chapter ids -> (U, T, dim). Indexes the bank directly (no batch expansion).
-
-        ``params`` (default: :attr:`params`) lets a read that recomputes in backward pass them in.
-        """
-        params = params or self.params
-        if self.kind == "factorized":
-            a, b = params
-            return a.view(self.n_chapters, self.chapter_size, -1)[idx] @ b.t()
-        return params[0].view(self.n_chapters, self.chapter_size, -1)[idx]
-
-
-def bank_owners(cfg: MemoryConfig, n_memory_layers: int) -> list[int]:
-    """Which bank each memory layer reads (in layer order): one shared, one each, or one per group."""
-    if cfg.bank_sharing == "shared":
-        return [0] * n_memory_layers
-    if cfg.bank_sharing == "per_layer":
-        return list(range(n_memory_layers))
-    return [j // cfg.bank_group_size for j in range(n_memory_layers)]
-
-
-def build_banks(cfg: MemoryConfig, d_model: int, n_banks: int) -> nn.ModuleList:
-    """``n_banks`` memory banks as the config describes (a reduced bank lives in ``bank_dim`` dims)."""
-    dim = cfg.bank_dim if cfg.bank_type == "reduced" else d_model
-    return nn.ModuleList(
-        MemoryBank(cfg.n_tokens, cfg.n_chapters, dim, cfg.bank_type, cfg.bank_rank, cfg.bank_init_std)
-        for _ in range(n_banks)
-    )
 
 
 @dataclass
@@ -203,12 +132,7 @@ class MemoryLayer(nn.Module):
     @property
     def split_first_chunk(self) -> bool:
         """Causal routing decides each position of a document's first chunk on its own."""
-        return self.cfg.routing == "causal" and self.cfg.causal_first_chunk == "per_token"
-
-    def plan(self, position_ids: torch.Tensor, valid: torch.Tensor, one_document: bool) -> TileLayout | None:
-        """The query tiles of this layer's routing mode for (B, L) positions (``routing_plan``)."""
-        chunk, split = self.cfg.causal_chunk_size, self.split_first_chunk
-        return routing_plan(self.cfg.routing, position_ids, valid, chunk, split, one_document)
+        return splits_first_chunk(self.cfg)
 
     # -- the read -----------------------------------------------------------------------------------
 
@@ -264,22 +188,7 @@ class MemoryLayer(nn.Module):
         if tile_decision is not None:
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
-        if torch.compiler.is_compiling() and not q.is_cuda and _gathered_fits(q, rows, bank.chapter_size):
-            # Compiled on the CPU with a small read: plain gather-and-attend ops that the compiler fuses
-            # (autograd keeps the gathered chapters and the probabilities, a few MB at these sizes).
-            k, v = kv_fn(*inputs)
-            return _read_functions()[2](q, k, v, rows, weights, self.weighting)
-        op = _read_op() if q.is_cuda or torch.compiler.is_compiling() else None
-        if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
-            k, v = kv_fn(*inputs)
-            return op(q, k, v, rows, weights, self.weighting, kernel=self.cfg.kernel)
-        # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
-        # backward, so saved memory stays independent of how many chapters a batch reads.
-        routed_read = _read_functions()[0]
-        fwd, bwd = _read_impls(q.device, self.cfg.kernel)
-        return routed_read(
-            q, rows, weights, kv_fn, inputs, self.weighting, forward_impl=fwd, backward_impl=bwd
-        )
+        return run_read(q, rows, weights, kv_fn, inputs, self.weighting, self.cfg.kernel, bank.chapter_size)
 
     def dense_kv(
         self, bank: MemoryBank, indices: torch.Tensor, weights: torch.Tensor
@@ -290,8 +199,7 @@ class MemoryLayer(nn.Module):
         chapters, rows = self.distinct_chapters(indices, bank.n_chapters)
         kv_fn, inputs = self.kv_source(bank, chapters)
         k, v = kv_fn(*inputs)
-        chapter_coefficients = _read_functions()[1]
-        a, b, c = chapter_coefficients(weights, self.weighting)
+        a, b, c = read_functions()[1](weights, self.weighting)  # chapter_coefficients
         B, n = indices.shape
         T = k.shape[1]
         k = (k[rows] * a.to(k.dtype)[..., None, None, None]).reshape(B, n * T, *k.shape[2:]).transpose(1, 2)
@@ -309,24 +217,17 @@ class MemoryLayer(nn.Module):
         self,
         h: torch.Tensor,
         bank: MemoryBank,
-        position_ids: torch.Tensor,
-        valid: torch.Tensor,
+        routing: RoutingContext,
         state: MemoryState | None = None,
-        sequence_route_len: int | torch.Tensor | None = None,
         route_input: torch.Tensor | None = None,
-        one_document: bool = False,
-        plan: TileLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
-        """h: (B, L, d); position_ids, valid: (B, L) -> (memory update (B, L, d), aux loss, routing info).
+        """h: (B, L, d) -> (memory update (B, L, d), aux loss, routing info).
 
+        ``routing``: the forward's positions, padding and query tiles (:class:`RoutingContext`, built
+        once per forward; a direct caller builds one with ``RoutingContext.build(layer.cfg, ...)``).
         With ``state`` (incremental decoding) the routing decisions and their K/V are kept in it.
-        ``sequence_route_len`` (sequence routing only) pools just the positions below it, e.g. the prompt.
         ``route_input`` (B, L, d): what the router pools instead of RMSNorm(h) (``router_input:
-        block_input`` passes the block's input residual stream). ``one_document``: the caller knows every
-        row is one document with positions 0, 1, ... (positions from an attention mask), so the tiles
-        per row have a bound known from L (``routing_layout.max_tiles``) and the read needs no host sync
-        (checked on the device). ``plan``: the forward's tiles (:meth:`plan`), shared by every memory
-        layer; built here when not given.
+        block_input`` passes the block's input residual stream).
         """
         x = self.norm(h)
         r = x if route_input is None else route_input
@@ -334,14 +235,12 @@ class MemoryLayer(nn.Module):
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
         decoding = state is not None and state.prefix_count is not None
         if decoding:
-            out = self._decode(r, q, bank, position_ids, valid, state)
+            out = self._decode(r, q, bank, routing, state)
             return self.o_proj(out.reshape(B, L, -1)), x.new_zeros((), dtype=torch.float32), None
         if self.cfg.routing == "token":
-            out, aux, info = self._read_token(r, q, bank, valid, state)
+            out, aux, info = self._read_token(r, q, bank, routing.valid, state)
         else:
-            out, aux, info = self._read_tiled(
-                r, q, bank, position_ids, valid, state, sequence_route_len, one_document, plan
-            )
+            out, aux, info = self._read_tiled(r, q, bank, routing, state)
         return self.o_proj(out.reshape(B, L, -1)), aux, info
 
     def _read_token(
@@ -365,31 +264,28 @@ class MemoryLayer(nn.Module):
         r: torch.Tensor,
         q: torch.Tensor,
         bank: MemoryBank,
-        position_ids: torch.Tensor,
-        valid: torch.Tensor,
+        routing: RoutingContext,
         state: MemoryState | None,
-        sequence_route_len: int | torch.Tensor | None,
-        one_document: bool,
-        plan: TileLayout | None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo]:
         """Causal and sequence routing: the positions of one document in one chunk form a query tile
         (see ``routing_layout``). Causal: one decision per tile, from the mean of the document's earlier
         tokens. Sequence: one decision per document, from the mean of all of it (or of its positions
         below ``sequence_route_len``), read by each of its tiles. r: (B, L, d); q: (B, L, H, hd).
         """
-        chunk = self.cfg.causal_chunk_size
-        lay = plan if plan is not None else self.plan(position_ids, valid, one_document)
+        lay, valid = routing.plan, routing.valid
+        if lay is None:  # the context's owner decides whether tiles are laid out, never a layer
+            raise ValueError("a causal or sequence memory read needs a RoutingContext with its tiles")
         prefix = prefix_sums(r, valid) if self.cfg.routing == "causal" or state is not None else None
         if self.cfg.routing == "causal":
             sums, counts = causal_tile_sums(*prefix, lay)
             dec_valid, tile_decision = lay.tile_valid, None  # tile = decision
         else:
-            pool = valid if sequence_route_len is None else valid & (position_ids < sequence_route_len)
-            sums, counts = document_sums(r, valid, pool, lay)
+            sums, counts = document_sums(r, valid, routing.sequence_pool(), lay)
             dec_valid, tile_decision = lay.doc_valid, lay.tile_document_decision()
         summary = (sums / counts.clamp(min=1)[..., None]).to(r.dtype)  # (B, G, d); 0 where nothing pooled
         dec = self.route(summary, dec_valid)  # (B, G, n_sel)
-        out = from_tiles(self.read(to_tiles(q, lay, chunk), bank, *_flat(dec), tile_decision), lay)
+        tiles = to_tiles(q, lay, self.cfg.causal_chunk_size)
+        out = from_tiles(self.read(tiles, bank, *_flat(dec), tile_decision), lay)
         if state is not None:
             self._prefill(state, lay, dec, bank, prefix)
         return out, dec.aux, dec.info
@@ -424,13 +320,12 @@ class MemoryLayer(nn.Module):
         r: torch.Tensor,
         q: torch.Tensor,
         bank: MemoryBank,
-        position_ids: torch.Tensor,
-        valid: torch.Tensor,
+        routing: RoutingContext,
         state: MemoryState,
     ) -> torch.Tensor:
         """Incremental decoding: one position at a time, reusing the cached decision where it holds.
         r: (B, L, d); q: (B, L, H, hd) -> (B, L, H, hd)."""
-        outs = []
+        outs, position_ids, valid = [], routing.position_ids, routing.valid
         for t in range(r.shape[1]):
             rt, qt, vt = r[:, t], q[:, t], valid[:, t]  # (B, d), (B, H, hd), (B,)
             mode = self.cfg.routing
@@ -460,55 +355,3 @@ def _flat(dec: Decisions) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, weights) of the decisions as (N, n_sel) rows, the read's layout."""
     n = dec.indices.shape[-1]
     return dec.indices.reshape(-1, n), dec.weights.reshape(-1, n)
-
-
-def _read_functions() -> tuple[Callable[..., Any], ...]:
-    """(routed_read, chapter_coefficients, gathered_read): from moc, or the copy an exported Hugging Face
-    folder holds (imported by name: transformers copies the files a remote-code module imports that way)."""
-    try:
-        from moc.kernels.routed_read import chapter_coefficients, gathered_read, routed_read
-    except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
-        from .routed_read import chapter_coefficients, gathered_read, routed_read
-    return routed_read, chapter_coefficients, gathered_read
-
-
-# Reads whose gathered keys, values and scores hold at most this many entries run as plain ops when
-# compiled on the CPU (a token-routed toy model: ~10^6); larger ones keep the memory-bounded read.
-GATHERED_READ_ELEMENTS = 1 << 24
-
-
-def _gathered_fits(q: torch.Tensor, rows: torch.Tensor, chapter_size: int) -> bool:
-    """Whether the read of q (D, Qt, H, hd) over rows (D, n) is small enough to gather whole."""
-    D, Qt, H, hd = q.shape
-    keys = rows.shape[1] * chapter_size
-    return D * keys * (Qt * H + 2 * hd) <= GATHERED_READ_ELEMENTS
-
-
-def _read_op() -> Callable[..., torch.Tensor] | None:
-    """``moc.kernels.op.read`` (the read as a registered op, traceable by torch.compile), or None in an
-    exported folder without ``moc``."""
-    try:
-        from moc.kernels.op import read
-    except ImportError:
-        return None
-    return read
-
-
-def _read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object] | None, ...]:
-    """The routed read's (forward, backward) implementations for ``memory.kernel`` on ``device``
-    (``moc.kernels.dispatch``), or (None, None): the blocked PyTorch loops. An exported folder without
-    ``moc`` has no Triton path: on CUDA it says so once."""
-    try:
-        from moc.kernels.dispatch import read_impls
-    except ImportError as e:
-        if device.type == "cuda" and kernel != "torch":
-            reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
-            try:
-                from moc.errors import warn_once
-            except ImportError:  # no moc at all: Python's default filter says it once per place
-                warnings.warn(reason, stacklevel=3)
-            else:
-                warn_once(reason, stacklevel=3)
-        return None, None
-    return read_impls(device, kernel)
-

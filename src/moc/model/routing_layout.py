@@ -7,15 +7,24 @@ first chunk); a query's *slot* in its tile is its position mod ``chunk`` (positi
 document, so no two tokens share a slot). Causal routing makes one decision per
 tile, sequence routing one per document; the memory read runs over tiles (see ``moc.model.memory``).
 
-This module only does the bookkeeping: the layout, pooling router inputs per tile or per document, and
-moving queries into tiles and back. It imports nothing from ``moc`` (it is exported with the model code).
+This module only does the bookkeeping: the layout, one forward's :class:`RoutingContext` (built once,
+read by every memory layer), pooling router inputs per tile or per document, and moving queries into
+tiles and back. It imports nothing from ``moc`` (it is exported with the model code).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
+    try:  # noqa: SIM105 - the import check skips try blocks, not contextlib.suppress
+        from moc.config import MemoryConfig
+    except ImportError:
+        pass
 
 
 @dataclass
@@ -130,14 +139,64 @@ def routing_plan(
     split_first: bool,
     one_document: bool,
 ) -> TileLayout | None:
-    """The tiles every memory layer of one forward reads: built once per forward, next to the attention
-    mask (None for token routing, whose tiles are its positions). ``one_document``: every row is one
-    document with positions 0, 1, ... (from an attention mask), so the tile count has a bound known from
-    L and needs no host sync."""
+    """The tiles every memory layer of one forward reads (None for token routing, whose tiles are its
+    positions). ``one_document``: every row is one document with positions 0, 1, ... (from an attention
+    mask), so the tile count has a bound known from L and needs no host sync."""
     if routing == "token":
         return None
     bound = max_tiles(valid.shape[1], chunk, split_first) if one_document else None
     return tile_layout(position_ids, valid, chunk, bound, split_first)
+
+
+def splits_first_chunk(cfg: MemoryConfig) -> bool:
+    """Whether causal routing decides each position of a document's first chunk on its own
+    (``causal_first_chunk: per_token``)."""
+    return cfg.routing == "causal" and cfg.causal_first_chunk == "per_token"
+
+
+@dataclass
+class RoutingContext:
+    """Where one forward's routing decisions fall, shared by every memory layer of it: built once per
+    forward next to the attention mask (:meth:`build`), so no layer derives it again.
+
+    All (B, L) tensors are the forward's new positions (not a cache's past ones)."""
+
+    position_ids: torch.Tensor  # (B, L) position within the row's document; chunks count these
+    valid: torch.Tensor  # (B, L) a real token (False: padding, which no decision pools or serves)
+    plan: TileLayout | None  # documents and query tiles; None for token routing and while decoding
+    one_document: bool = False  # every row is one document at positions 0, 1, ... (the plan's bound)
+    sequence_route_len: int | torch.Tensor | None = None  # sequence routing pools positions below it
+
+    @classmethod
+    def build(
+        cls,
+        cfg: MemoryConfig,
+        position_ids: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        one_document: bool = False,
+        sequence_route_len: int | torch.Tensor | None = None,
+        tiles: bool = True,
+    ) -> RoutingContext:
+        """The context for positions and validity (B, L) under the MemoryConfig ``cfg``.
+
+        ``one_document``: the caller knows every row is one document with positions 0, 1, ...
+        (positions from an attention mask), so the tiles per row have a bound known from L
+        (:func:`max_tiles`) and no host sync counts them (checked on the device). ``sequence_route_len``
+        (sequence routing only): pool just the positions below it, e.g. the prompt; an int or (B, 1).
+        ``tiles=False``: no layer will read tiles (decoding after a prompt, a model without memory).
+        """
+        plan = None
+        if tiles:
+            chunk, split = cfg.causal_chunk_size, splits_first_chunk(cfg)
+            plan = routing_plan(cfg.routing, position_ids, valid, chunk, split, one_document)
+        return cls(position_ids, valid, plan, one_document, sequence_route_len)
+
+    def sequence_pool(self) -> torch.Tensor:
+        """(B, L) the positions sequence routing pools: the valid ones, below ``sequence_route_len``."""
+        if self.sequence_route_len is None:
+            return self.valid
+        return self.valid & (self.position_ids < self.sequence_route_len)
 
 
 # -- pooling the router input -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .bank import MemoryBank, bank_owners, build_banks
 from .layers import (
     RMSNorm,
     RotaryEmbedding,
@@ -26,9 +27,10 @@ from .layers import (
     flex_document_mask,
 )
 from .loss import chunked_linear_cross_entropy
-from .memory import MemoryBank, MemoryLayer, MemoryState, RoutingInfo, bank_owners, build_banks
+from .memory import MemoryLayer, MemoryState
 from .param_groups import param_category
-from .routing_layout import TileLayout
+from .router import RoutingInfo
+from .routing_layout import RoutingContext
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
@@ -93,17 +95,13 @@ class Block(nn.Module):
         h: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None,
-        position_ids: torch.Tensor,
-        valid: torch.Tensor,
+        routing: RoutingContext,
         bank: MemoryBank | None,
         cache: Any = None,
-        sequence_route_len: int | torch.Tensor | None = None,
-        one_document: bool = False,
-        plan: TileLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RoutingInfo | None]:
-        """h: (B, L, d) -> (h, aux loss, routing info). ``one_document``: every row is one document with
-        positions 0, 1, ... (from the attention mask): the memory read then needs no host sync.
-        ``plan``: the forward's query tiles, built once for every memory layer."""
+        """h: (B, L, d) -> (h, aux loss, routing info). ``rope``: cos, sin (B, L, head_dim) of the
+        positions; ``attn_mask``: self-attention's mask (``MoCModel._attention_mask``); ``routing``: the
+        forward's routing context, built once for every memory layer next to that mask."""
         block_input = h  # what the router pools with memory.router_input = block_input (the paper's code)
         h = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, self.layer_idx)
         aux, info = h.new_zeros((), dtype=torch.float32), None
@@ -116,9 +114,7 @@ class Block(nn.Module):
         route = block_input if from_block else None
         if self.variant == "B":  # variant B: the MLP first, then the memory read and its own MLP
             h = h + self.mlp(self.post_attention_layernorm(h))
-        update, aux, info = self.memory(
-            h, bank, position_ids, valid, state, sequence_route_len, route, one_document, plan
-        )
+        update, aux, info = self.memory(h, bank, routing, state, route)
         h = h + update
         if self.variant == "B":
             return h + self.mem_mlp(self.mem_mlp_norm(h)), aux, info
@@ -221,17 +217,23 @@ class MoCModel(nn.Module):
         attn_mask = self._attention_mask(
             input_ids, attention_mask, full_mask, position_ids, valid, past, packed, cache
         )
-        memory = next((b.memory for b in self.layers if b.memory is not None), None)
-        plan = memory.plan(position_ids, valid, not packed) if memory is not None and past == 0 else None
+        # Every memory layer reads the same documents and query tiles: laid out once, here. While
+        # decoding (past > 0) the layers route from their cached state and read no tiles.
+        context = RoutingContext.build(
+            self.config.memory,
+            position_ids,
+            valid,
+            one_document=not packed,
+            sequence_route_len=sequence_route_len,
+            tiles=bool(self.memory_layers) and past == 0,
+        )
         h = self.embed_tokens(input_ids)
         rope = self.rotary(position_ids)
         aux = h.new_zeros((), dtype=torch.float32)
         routing: list[RoutingInfo] = []
         for block in self.layers:
             bank = self.banks[self.bank_of_layer[block.layer_idx]] if block.memory is not None else None
-            args = (
-                h, rope, attn_mask, position_ids, valid, bank, cache, sequence_route_len, not packed, plan
-            )  # fmt: skip
+            args = (h, rope, attn_mask, context, bank, cache)
             if self.gradient_checkpointing and self.training and cache is None:
                 h, layer_aux, info = checkpoint(block, *args, use_reentrant=False)
             else:

@@ -1,0 +1,100 @@
+"""Which implementation runs a memory layer's routed read, and where it is imported from.
+
+The read's maths lives in ``moc.kernels.routed_read``; this module only chooses how to run it:
+
+    compiled on the CPU, small read    plain gather-and-attend ops the compiler fuses (``gathered_read``)
+    on CUDA or under torch.compile     the registered op ``moc.kernels.op.read`` (K/V of the distinct
+                                       chapters kept for backward; Triton kernels on CUDA)
+    eager on the CPU                   the autograd Function ``routed_read`` (K/V recomputed in backward)
+
+An exported Hugging Face folder has no ``moc``: it holds a copy of ``routed_read.py`` beside this file
+(imported by name below, which is how ``moc.hf.export`` finds it) and reads with the PyTorch loops.
+Every ``moc`` import here sits in a try block, so the exported copy never needs ``moc``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# Reads whose gathered keys, values and scores hold at most this many entries run as plain ops when
+# compiled on the CPU (a token-routed toy model: ~10^6); larger ones keep the memory-bounded read.
+GATHERED_READ_ELEMENTS = 1 << 24
+
+
+def read_functions() -> tuple[Callable[..., Any], ...]:
+    """(routed_read, chapter_coefficients, gathered_read): from moc, or the copy an exported Hugging Face
+    folder holds (imported by name: transformers copies the files a remote-code module imports that way)."""
+    try:
+        from moc.kernels.routed_read import chapter_coefficients, gathered_read, routed_read
+    except ImportError:  # an exported folder: moc.hf.export copies routed_read.py beside this file
+        from .routed_read import chapter_coefficients, gathered_read, routed_read
+    return routed_read, chapter_coefficients, gathered_read
+
+
+def run_read(
+    q: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    kv_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    inputs: tuple[torch.Tensor, ...],
+    weighting: str,
+    kernel: str,
+    chapter_size: int,
+) -> torch.Tensor:
+    """The routed read of query tiles q (D, Qt, H, hd) over ``rows`` (D, n) of the distinct chapters
+    whose K, V (U, T, kv_heads, hd) ``kv_fn(*inputs)`` projects, with chapter ``weights`` (D, n)
+    -> (D, Qt, H, hd), run by the implementation that suits the device and compilation."""
+    if torch.compiler.is_compiling() and not q.is_cuda and gathered_fits(q, rows, chapter_size):
+        # Compiled on the CPU with a small read: plain gather-and-attend ops that the compiler fuses
+        # (autograd keeps the gathered chapters and the probabilities, a few MB at these sizes).
+        k, v = kv_fn(*inputs)
+        return read_functions()[2](q, k, v, rows, weights, weighting)
+    op = read_op() if q.is_cuda or torch.compiler.is_compiling() else None
+    if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
+        k, v = kv_fn(*inputs)
+        return op(q, k, v, rows, weights, weighting, kernel=kernel)
+    # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
+    # backward, so saved memory stays independent of how many chapters a batch reads.
+    routed_read = read_functions()[0]
+    fwd, bwd = read_impls(q.device, kernel)
+    return routed_read(q, rows, weights, kv_fn, inputs, weighting, forward_impl=fwd, backward_impl=bwd)
+
+
+def gathered_fits(q: torch.Tensor, rows: torch.Tensor, chapter_size: int) -> bool:
+    """Whether the read of q (D, Qt, H, hd) over rows (D, n) is small enough to gather whole."""
+    D, Qt, H, hd = q.shape
+    keys = rows.shape[1] * chapter_size
+    return D * keys * (Qt * H + 2 * hd) <= GATHERED_READ_ELEMENTS
+
+
+def read_op() -> Callable[..., torch.Tensor] | None:
+    """``moc.kernels.op.read`` (the read as a registered op, traceable by torch.compile), or None in an
+    exported folder without ``moc``."""
+    try:
+        from moc.kernels.op import read
+    except ImportError:
+        return None
+    return read
+
+
+def read_impls(device: torch.device, kernel: str) -> tuple[Callable[..., object] | None, ...]:
+    """The routed read's (forward, backward) implementations for ``memory.kernel`` on ``device``
+    (``moc.kernels.dispatch``), or (None, None): the blocked PyTorch loops. An exported folder without
+    ``moc`` has no Triton path: on CUDA it says so once."""
+    try:
+        from moc.kernels.dispatch import read_impls as kernel_impls
+    except ImportError as e:
+        if device.type == "cuda" and kernel != "torch":
+            reason = f"memory read: Triton fast path unavailable on CUDA ({e}); using the PyTorch path"
+            try:
+                from moc.errors import warn_once
+            except ImportError:  # no moc at all: Python's default filter says it once per place
+                warnings.warn(reason, stacklevel=3)
+            else:
+                warn_once(reason, stacklevel=3)
+        return None, None
+    return kernel_impls(device, kernel)
