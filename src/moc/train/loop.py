@@ -4,12 +4,15 @@ One optimizer step = ``grad_accum_steps`` micro-batches per process. The LM loss
 token-weighted over the whole global batch (sum of token losses / number of target tokens, across
 micro-batches and processes), so the step's gradient does not depend on how the batch is split; the
 router aux loss (``out.aux_loss``) is averaged over micro-batches and added.
+
+The loop hands the rest to its neighbours: starting from and saving a checkpoint to
+:mod:`moc.train.resume` (on top of :mod:`moc.train.checkpoint`), the metrics row and MFU to
+:mod:`moc.train.metrics` (written by :mod:`moc.train.logger`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
@@ -17,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +30,12 @@ from torch import nn
 
 import moc
 from moc.config import RunConfig, load_config, validate_train
-from moc.errors import one_line
 from moc.train import batches, checkpoint, parallel
 from moc.train.errors import DivergenceError, TrainError, TrainingInterrupted
 from moc.train.logger import RunLogger
+from moc.train.metrics import StepMetrics, distinct_chapters
 from moc.train.optim import apply_freezing, build_optimizer, group_lrs, optimizer_state_bytes
+from moc.train.resume import Progress, TrainingState, load_start
 from moc.train.schedule import lr_multiplier
 
 
@@ -85,19 +89,6 @@ def train(
         parallel.shutdown(info)
 
 
-@dataclass
-class _Progress:
-    """Counters and histories that a checkpoint carries across resumes."""
-
-    step: int = 0
-    loss_history: list[float] = field(default_factory=list)
-    aux_history: list[float] = field(default_factory=list)
-    val_history: list[dict[str, float]] = field(default_factory=list)
-    nan_skips: int = 0
-    tokens_seen: int = 0
-    elapsed_s: float = 0.0
-
-
 class _Run:
     """One training job: setup (data, model, resume/init, wrapping, optimizer), the loop, the result."""
 
@@ -130,14 +121,14 @@ class _Run:
         self.model = model if model is not None else moc.build_model(cfg)
         self.aliases = checkpoint.shared_aliases(self.model)  # before wrapping changes the parameters
         self.autocast_dtype = _autocast_dtype(self.t.dtype, info.device)
-        self.mfu_per_token_s = _mfu_per_token_per_s(cfg, info.device)
-        self.progress = _Progress()
+        self.metrics = StepMetrics(cfg, info.device, info.world_size)
+        self.progress = Progress()
         self.distinct_chapters = 0.0  # measured in each step (see _distinct_chapters)
 
     # --- setup ------------------------------------------------------------------------------------
 
     def execute(self, init_from: str | Path | None, resume: bool) -> TrainResult:
-        ckpt, initialized_from = self._load_start(init_from, resume)
+        ckpt, initialized_from = load_start(self.cfg, self.manager, self.info, self.model, init_from, resume)
         frozen = self._build_training(ckpt)
         self.log = RunLogger(self.cfg, self.out_dir, self.info.is_main, self.progress.step)
         try:
@@ -173,31 +164,6 @@ class _Run:
             checkpoint=str(ckpt),
         )
 
-    def _load_start(self, init_from: str | Path | None, resume: bool) -> tuple[Path | None, str | None]:
-        """Load the weights to start from: (the checkpoint resumed, or None; the --init-from source, or
-        None). A fresh run in an out_dir with checkpoints is refused unless train.overwrite."""
-        ckpt = self._find_resume_checkpoint() if resume else None
-        stale = [d for _, d in self.manager.complete_steps()] if ckpt is None else []
-        if stale and not self.t.overwrite:
-            raise TrainError(
-                f"{self.manager.root} already holds checkpoints (newest: {stale[-1].name}) from an earlier "
-                "run; pass --resume to continue it, choose another train.out_dir, or set "
-                "train.overwrite=true to delete them and start over"
-            )
-        initialized_from = None
-        if ckpt is not None:
-            checkpoint.check_config_compatible(ckpt, self.cfg.to_dict())
-            self._load_weights(ckpt / checkpoint.WEIGHTS, str(ckpt))
-        elif init_from is not None:
-            src = checkpoint.resolve_checkpoint(init_from)
-            checkpoint.check_config_compatible(src.parent if src.is_file() else src, self.cfg.to_dict())
-            self._load_weights(src if src.is_file() else src / checkpoint.WEIGHTS, str(src))
-            initialized_from = str(src)
-        if stale and self.info.is_main:  # after loading --init-from, which may point into this out_dir
-            self.manager.remove_all()
-        parallel.barrier(self.info)
-        return ckpt, initialized_from
-
     def _build_training(self, ckpt: Path | None) -> list[str]:
         """Freeze, checkpoint, move, compile and wrap the model; build optimizer, schedule and batches;
         restore their state from ``ckpt``. Returns the frozen bank tensors' names."""
@@ -215,8 +181,11 @@ class _Run:
         self.opt = build_optimizer(model, t)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_multiplier(t))
         self.batches = batches.TrainBatches(self.train_ds, self.cfg, info)
+        self.state = TrainingState(
+            self.cfg, info, model, self.opt, self.sched, self.batches, self.manager, self.aliases
+        )
         if ckpt is not None:
-            self._load_training_state(ckpt)
+            self.progress = self.state.load(ckpt)
         return frozen
 
     def _param_counts(self) -> tuple[int, int]:
@@ -291,7 +260,9 @@ class _Run:
             p.aux_history.append(aux)
 
             window_tokens, window_time = window_tokens + tokens_per_step, window_time + dt
-            row = self._train_row(step, loss, aux, gnorm, lrs, window_tokens / max(window_time, 1e-9))
+            tok_s, chapters = window_tokens / max(window_time, 1e-9), self.distinct_chapters
+            row, postfix = self.metrics.row(step, loss, aux, gnorm, lrs, tok_s, p.tokens_seen, chapters)
+            self.log.progress(step, postfix)
             final.update({k: v for k, v in row.items() if k != "kind"})
             if step % max(t.log_every, 1) == 0 or step in (1, t.max_steps):
                 self.log.log(row)
@@ -309,7 +280,7 @@ class _Run:
                 metrics = {"step": step, "loss": loss, "aux_loss": aux}
                 if evaluated:
                     metrics.update(p.val_history[-1])
-                self._save(step, metrics)
+                self.state.save(step, p, metrics)
             if not last and self._stop_agreed():
                 self._stop_after(step, {"step": step, "loss": loss, "aux_loss": aux})
         return final
@@ -357,7 +328,7 @@ class _Run:
     def _stop_after(self, step: int, metrics: dict[str, Any]) -> None:
         t = self.t
         if not (t.save_every > 0 and step % t.save_every == 0):  # not saved at this step yet
-            self._save(step, metrics)
+            self.state.save(step, self.progress, metrics)
         ckpt = self.manager.root / checkpoint.step_dir_name(step)
         own = getattr(self, "_stop_signal", None)
         name = signal.Signals(own).name if own else "a signal to another process"
@@ -367,28 +338,6 @@ class _Run:
             step=step,
             checkpoint=str(ckpt),
         )
-
-    def _train_row(
-        self, step: int, loss: float, aux: float, gnorm: float, lrs: dict[str, float], tok_s: float
-    ) -> dict[str, Any]:
-        row = {"kind": "train", "step": step, "loss": loss, "aux_loss": aux, "grad_norm": gnorm}
-        row.update({f"lr_{k}": v for k, v in lrs.items()})
-        row.update(tokens_per_s=tok_s, tokens_seen=self.progress.tokens_seen)
-        postfix = {"loss": f"{loss:.4f}", "lr": f"{next(iter(lrs.values())):.2e}", "tok/s": f"{tok_s:,.0f}"}
-        chapters = self.distinct_chapters
-        if chapters > 0:  # measured: distinct chapters one micro-batch projected (mean over memory layers)
-            row["distinct_chapters"] = chapters
-        if self.mfu_per_token_s is not None:  # MFU per device against the peak in train.mfu_peak_flops
-            # "mfu": the batch-aware count (expected distinct chapters under uniform routing);
-            # "mfu_measured": the same count with the distinct chapters this step actually projected.
-            row["mfu"] = tok_s / self.info.world_size * self.mfu_per_token_s
-            postfix["mfu"] = f"{100 * row['mfu']:.1f}%"
-            if chapters > 0:
-                per_token_s = _mfu_per_token_per_s(self.cfg, self.info.device, chapters)
-                if per_token_s is not None:
-                    row["mfu_measured"] = tok_s / self.info.world_size * per_token_s
-        self.log.progress(step, postfix)
-        return row
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -412,7 +361,7 @@ class _Run:
                     ce = out.loss
                 aux = out.aux_loss if out.aux_loss is not None else ce.new_zeros(())
                 (ce * scale + aux / accum).backward()
-            chapters = _distinct_chapters(out.routing, self.cfg.memory.n_chapters, sums)
+            chapters = distinct_chapters(out.routing, self.cfg.memory.n_chapters, sums)
             sums += torch.stack([ce.detach().double(), aux.detach().double(), chapters])
         parallel.all_reduce_sum(sums, info)
         params = [q for q in model.parameters() if q.grad is not None]
@@ -472,123 +421,6 @@ class _Run:
         self.log.message(f"step {step}: val_loss {val_loss:.4f}, val_ppl {ev['val_ppl']:.2f}")
         return {"val_loss": val_loss, "val_ppl": ev["val_ppl"], "val_tokens": n_tok}
 
-    # --- checkpoints ------------------------------------------------------------------------------
-
-    def _find_resume_checkpoint(self) -> Path | None:
-        found, problem = None, None
-        if self.info.is_main:
-            self.manager.clean_temp()  # leftovers of a save that was killed
-            # The newest checkpoint that matches the sizes/hashes recorded when it was saved; each damaged
-            # newer one is named on stderr and skipped.
-            latest = self.manager.latest_verified(warn=lambda m: print(f"moc train: {m}", file=sys.stderr))
-            found = str(latest) if latest else None
-            if latest is None and self.manager.latest() is not None:
-                problem = (
-                    f"no checkpoint in {self.manager.root} verifies (see above); restore the damaged files, "
-                    "or start over with train.overwrite=true or another train.out_dir"
-                )
-        found, problem = parallel.broadcast_object((found, problem), self.info)  # every rank raises together
-        if problem:
-            raise checkpoint.CheckpointError(problem)
-        if found is None and self.info.is_main:
-            print(f"moc train: --resume found no complete checkpoint in {self.manager.root}; starting fresh")
-        return Path(found) if found else None
-
-    def _load_weights(self, path: Path, source: str) -> None:
-        if not path.is_file():
-            raise checkpoint.CheckpointError(f"{path} does not exist")
-        state = checkpoint.load_weights(path)
-        checkpoint.check_state_fits(self.model.state_dict(), state, source)
-        self.model.load_state_dict(state, strict=True)
-
-    def _load_training_state(self, ckpt: Path) -> None:
-        # The trainer state first: its step is what the folder and the optimizer are checked against.
-        ts = checkpoint.load_torch_file(ckpt / checkpoint.TRAINER_STATE)
-        try:
-            progress = _Progress(**ts["progress"])
-        except (KeyError, TypeError) as e:
-            raise checkpoint.CheckpointError(
-                f"{ckpt / checkpoint.TRAINER_STATE} is not a moc trainer state (missing or bad {e}); "
-                "resume from another checkpoint or start a new out_dir"
-            ) from None
-        checkpoint.check_trainer_state_step(ckpt, progress.step)
-        osd = checkpoint.load_torch_file(ckpt / checkpoint.OPTIMIZER)
-        shapes = {n: tuple(q.shape) for n, q in self.model.named_parameters(remove_duplicate=False)}
-        sizes = [len(g["params"]) for g in self.opt.param_groups]
-        checkpoint.check_optimizer_layout(ckpt / checkpoint.OPTIMIZER, osd)
-        saved = [g.get("category") for g in osd["param_groups"]]
-        ours = [g.get("category") for g in self.opt.param_groups]
-        if saved != ours:  # the state would load by parameter name, but the schedule's groups would not
-            raise checkpoint.CheckpointError(
-                f"the optimizer state in {ckpt} does not fit this run (its parameter groups {saved}, this "
-                f"run's {ours}); was train.freeze_bank or the set of trainable parameters changed? Start a "
-                "new out_dir or use --init-from for weights only"
-            )
-        checkpoint.check_optimizer_fits(
-            ckpt / checkpoint.OPTIMIZER, osd, shapes, sizes, progress.step - progress.nan_skips
-        )
-        try:
-            parallel.load_full_optimizer_state(self.model, self.opt, osd)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise checkpoint.CheckpointError(
-                f"the optimizer state in {ckpt} does not fit this run ({one_line(e)}); start a new out_dir "
-                "or use --init-from for weights only"
-            ) from None
-        try:
-            self.sched.load_state_dict(ts["scheduler"])
-            self.batches.sampler.load_state_dict(ts["sampler"])
-            checkpoint.restore_rng(ts["rng"])
-            self.progress = progress
-        except ValueError as e:  # the data or train.seq_len changed: the saved data position is meaningless
-            raise checkpoint.CheckpointError(
-                f"cannot resume from {ckpt}: {e}; resume with the original data and train.seq_len, or start "
-                "a new out_dir (--init-from CHECKPOINT keeps the weights)"
-            ) from None
-        except (KeyError, TypeError) as e:
-            raise checkpoint.CheckpointError(
-                f"{ckpt / checkpoint.TRAINER_STATE} is not a moc trainer state (missing or bad {e}); "
-                "resume from another checkpoint or start a new out_dir"
-            ) from None
-        threads = ts.get("cpu_threads")
-        cpu = self.info.device.type == "cpu"
-        if cpu and threads and threads != torch.get_num_threads() and self.info.is_main:
-            print(
-                f"moc train: the checkpoint was written with {threads} CPU threads, this run uses "
-                f"{torch.get_num_threads()}; losses will differ from an uninterrupted run in the last digits "
-                f"(set OMP_NUM_THREADS={threads} for a bit-identical resume)",
-                file=sys.stderr,
-            )
-        if ts.get("global_batch") != self.batches.global_batch and self.info.is_main:
-            print(
-                f"moc train: the checkpoint used a global batch of {ts.get('global_batch')} windows, this "
-                f"run uses {self.batches.global_batch}; continuing from the same data position"
-            )
-
-    def _save(self, step: int, metrics: dict[str, Any]) -> None:
-        msd = parallel.full_model_state(self.model)  # collectives under FSDP: every rank must call these
-        osd = parallel.full_optimizer_state(self.model, self.opt)
-        if self.info.is_main:
-            ts = {
-                "progress": asdict(self.progress),
-                "scheduler": self.sched.state_dict(),
-                "sampler": self.batches.sampler.state_dict(),
-                "rng": checkpoint.capture_rng(),
-                "world_size": self.info.world_size,
-                "global_batch": self.batches.global_batch,
-                "cpu_threads": torch.get_num_threads(),  # CPU losses repeat exactly only at the same count
-            }
-
-            def write(d: Path) -> None:
-                checkpoint.save_weights(msd, d / checkpoint.WEIGHTS, self.aliases)
-                torch.save(osd, d / checkpoint.OPTIMIZER)
-                torch.save(ts, d / checkpoint.TRAINER_STATE)
-                (d / checkpoint.CONFIG).write_text(self.cfg.to_yaml())
-                (d / checkpoint.METRICS).write_text(json.dumps(metrics, default=str))
-                checkpoint.copy_tokenizer(self.cfg, d)  # generate/export then work from any directory
-
-            self.manager.save(step, write)
-        parallel.barrier(self.info)
-
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -613,35 +445,3 @@ def _loss_kwargs(b: batches.Batch) -> dict[str, Any]:
         "shift_labels": False,
         "loss_reduction": "sum",
     }
-
-
-def _distinct_chapters(routing: list[Any], n_chapters: int, like: torch.Tensor) -> torch.Tensor:
-    """Distinct chapters a forward projected, mean over memory layers (0 for a dense model); no sync.
-
-    The memory layer projects the union of ``info.indices`` over the micro-batch once, so this is the
-    measured counterpart of :func:`moc.accounting.expected_distinct_chapters`.
-    """
-    if not routing:
-        return like.new_zeros(())
-    total = like.new_zeros(())
-    for info in routing:
-        hit = torch.zeros(n_chapters, dtype=torch.bool, device=info.indices.device)
-        total = total + hit.index_fill_(0, info.indices.flatten(), True).sum().to(like)
-    return total / len(routing)
-
-
-def _mfu_per_token_per_s(
-    cfg: RunConfig, device: torch.device, projected_chapters: float | None = None
-) -> float | None:
-    """MFU of one device at 1 token/s (MFU is linear in throughput) at the run's micro-batch; None
-    off-GPU or when the accounting does not cover the config. ``projected_chapters``: measured distinct
-    chapters per micro-batch."""
-    if device.type != "cuda":
-        return None
-    try:
-        from moc.accounting import mfu
-
-        t = cfg.train
-        return float(mfu(1.0, cfg, t.seq_len, t.mfu_peak_flops, t.micro_batch_size, projected_chapters))
-    except Exception:  # accounting may not cover every config; never fail a run over a metric
-        return None
