@@ -38,7 +38,7 @@ def presets() -> dict[str, object]:
         for b in (1, 4):
             out[f"flops:{name}:b{b}"] = count_flops(cfg, cfg.model.max_seq_len, b)
     from moc_experiments.experiment.capacity import capacity_presets, load_capacity
-    from moc_experiments.experiment.config import experiment_presets, load_experiment
+    from moc_experiments.experiment.protocol.config import experiment_presets, load_experiment
 
     for name in experiment_presets():
         out[f"exp:{name}"] = _hash(load_experiment(name).to_dict())

@@ -56,7 +56,7 @@ def text_demo_models() -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
     inference FLOPs (the batch-aware iso-FLOP depth), on random tokens of the demo's batch shape."""
     from moc.accounting import count_flops, isoflop_config
     from moc.config import load_config
-    from moc_experiments.experiment.config import load_experiment
+    from moc_experiments.experiment.protocol.config import load_experiment
 
     base = load_experiment("demo").moc_config
     moc = load_config(base.to_dict(), ["memory.routing=token"])

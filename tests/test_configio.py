@@ -13,7 +13,7 @@ import pytest
 from moc.config import ConfigError, RunConfig, load_config
 from moc.configio import apply_overrides, build, describe, field_paths, read_spec, resolve_base
 from moc_experiments.experiment.capacity import CapacityConfig
-from moc_experiments.experiment.config import ExperimentConfig, load_experiment
+from moc_experiments.experiment.protocol.config import ExperimentConfig, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

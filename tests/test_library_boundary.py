@@ -38,7 +38,7 @@ import contextlib, io, sys
 from moc_experiments.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["config", "show", "smoke"]) == 0
-print("moc_experiments.experiment.config" in sys.modules)
+print("moc_experiments.experiment.protocol.config" in sys.modules)
 """
 
 

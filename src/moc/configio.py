@@ -2,7 +2,7 @@
 
 Both config families use this one loader: the run config (:mod:`moc.config`: ``model``, ``memory``,
 ``train``, ``data``) and the experiment config of the demo application
-(:mod:`moc_experiments.experiment.config`). A config is a tree of dataclasses; a nested dict (from
+(:mod:`moc_experiments.experiment.protocol.config`). A config is a tree of dataclasses; a nested dict (from
 YAML) becomes one with :func:`build`, which checks every key and type and suggests the closest name
 for a typo ("did you mean"). Overrides are ``a.b.c=value`` at any depth (values parsed as YAML)::
 

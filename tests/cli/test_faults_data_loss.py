@@ -74,8 +74,8 @@ FOREIGN = {
 def test_a_protocol_run_keeps_earlier_results_aside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
 ) -> None:
-    from moc_experiments.experiment import runner
-    from moc_experiments.experiment.config import load_experiment
+    from moc_experiments.experiment.protocol import runner
+    from moc_experiments.experiment.protocol.config import load_experiment
 
     out = tmp_path / "other"
     out.mkdir()

@@ -13,7 +13,7 @@ import yaml
 from moc.configio import field_paths
 from moc_experiments.cli import main
 from moc_experiments.experiment.capacity import CapacityConfig, load_capacity
-from moc_experiments.experiment.config import ExperimentConfig, load_experiment
+from moc_experiments.experiment.protocol.config import ExperimentConfig, load_experiment
 
 
 def test_show_resolves_an_experiment_preset_and_its_model(

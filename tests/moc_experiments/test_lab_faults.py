@@ -12,7 +12,8 @@ import pytest
 from fault_helpers import fails
 from moc.train.errors import TrainingInterrupted
 from moc_experiments.cli import main as lab_main
-from moc_experiments.experiment import capacity, pool, runner
+from moc_experiments.experiment import capacity, pool
+from moc_experiments.experiment.protocol import runner
 
 HF_CONFIG = {"architectures": ["MoCForCausalLM"], "model_type": "moc", "hidden_size": 64}
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moc_experiments.corpus.world import ATTRIBUTES, BOS, CHAT, PAD, QUESTION, FactWorld, _words
+from moc_experiments.corpus.world import ATTRIBUTES, BOS, CHAT, PAD, QUESTION, FactWorld, pronounceable_words
 from moc_experiments.errors import CorpusError
 
 DOC_FORMS = ("compact", "sentence")
@@ -68,9 +68,9 @@ class CompositionalWorld(FactWorld):
             )
         rng = np.random.default_rng(self.seed)
         taken: set[str] = set()
-        first_words = _words(F, rng, taken, 2)
-        last_words = _words(Lp, rng, taken, 3)
-        self.values = [_words(self.n_values, rng, taken, 2) for _ in range(self.n_attributes)]
+        first_words = pronounceable_words(F, rng, taken, 2)
+        last_words = pronounceable_words(Lp, rng, taken, 3)
+        self.values = [pronounceable_words(self.n_values, rng, taken, 2) for _ in range(self.n_attributes)]
         # Person i = (first i mod F, last (i mod F + i div F) mod Lp): distinct pairs while N <= F * Lp,
         # each first name used floor/ceil(N / F) times, last names spread along the diagonals.
         i = np.arange(self.n_people)

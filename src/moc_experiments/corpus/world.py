@@ -44,7 +44,7 @@ _SYLLABLES = (
 )  # fmt: skip
 
 
-def _words(n: int, rng: np.random.Generator, taken: set[str], syllables: int) -> list[str]:
+def pronounceable_words(n: int, rng: np.random.Generator, taken: set[str], syllables: int) -> list[str]:
     """``n`` distinct pseudo-words of ``syllables`` syllables not in ``taken`` (then added to it)."""
     out: list[str] = []
     while len(out) < n:
@@ -142,8 +142,8 @@ class KnowledgeWorld(FactWorld):
         rng = np.random.default_rng(self.seed)
         taken: set[str] = set()
         self.attributes = ATTRIBUTES[: self.n_attributes]
-        self.names = _words(self.n_people, rng, taken, 3)
-        self.values = [_words(self.n_values, rng, taken, 2) for _ in self.attributes]
+        self.names = pronounceable_words(self.n_people, rng, taken, 3)
+        self.values = [pronounceable_words(self.n_values, rng, taken, 2) for _ in self.attributes]
         # facts[p, a]: index into values[a]
         self.facts = rng.integers(0, self.n_values, size=(self.n_people, self.n_attributes))
         order = rng.permutation(self.n_people)

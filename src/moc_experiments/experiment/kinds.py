@@ -23,10 +23,11 @@ from typing import Any
 
 from moc.configio import ConfigError, suggest
 from moc_experiments.errors import ExperimentError
-from moc_experiments.experiment import capacity, plan, report, runner
-from moc_experiments.experiment import config as protocol_config
+from moc_experiments.experiment import capacity
 from moc_experiments.experiment.capacity import report as capacity_report
 from moc_experiments.experiment.pool import RESULTS_FILE, is_results_of, keep_results_aside, results_path
+from moc_experiments.experiment.protocol import config as protocol_config
+from moc_experiments.experiment.protocol import plan, report, runner
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,11 @@ def sd(xs: Sequence[float]) -> float | None:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (standard table values); between listed
-# entries the next smaller df is used, which widens the interval (conservative).
-_T975 = {
-    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101,
-    19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
-}  # fmt: skip
+def t_quantile(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (t_0.975, df)."""
+    from scipy.stats import t  # the report extra; imported here so that planning a run does not need it
+
+    return float(t.ppf(0.975, df))
 
 
 def t_interval(xs: Sequence[float]) -> tuple[float, float] | None:
@@ -62,9 +60,7 @@ def t_interval(xs: Sequence[float]) -> tuple[float, float] | None:
     s = sd(xs)
     if s is None:
         return None
-    df = len(xs) - 1
-    t = _T975[max(k for k in _T975 if k <= df)]
-    half = t * s / math.sqrt(len(xs))
+    half = t_quantile(len(xs) - 1) * s / math.sqrt(len(xs))
     return mean(xs) - half, mean(xs) + half
 
 

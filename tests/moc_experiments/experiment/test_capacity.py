@@ -221,7 +221,7 @@ def test_demo_runs_the_knowledge_world_and_the_text_on_request(
     """`moc-lab demo` = capacity-bits-demo into OUT/knowledge (--set applies to it); with --text then the
     `demo` experiment into OUT (--set applies to that one)."""
     import moc_experiments.experiment.capacity as cap
-    import moc_experiments.experiment.runner as runner
+    import moc_experiments.experiment.protocol.runner as runner
 
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(cap, "run_capacity", lambda cfg, progress: calls.append(("knowledge", cfg)) or {})
@@ -277,7 +277,7 @@ def test_resume_trains_only_missing_runs(
 
 def test_real_text_report_colours_are_per_run() -> None:
     """The real-text report: one colour per model in every plot; a dense model's IFT run keeps its colour."""
-    from moc_experiments.experiment.plots import run_colors
+    from moc_experiments.experiment.protocol.plots import run_colors
 
     results = {
         "models": {"moc": {}, "dense_backbone": {}, "dense_isoflop": {}, "moc_sequence": {}},

@@ -9,8 +9,8 @@ import pytest
 from moc.configio import ConfigError
 from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment.capacity import CapacityConfig
-from moc_experiments.experiment.config import ExperimentConfig
 from moc_experiments.experiment.kinds import CAPACITY, KINDS, PROTOCOL, kind_of_results, kind_of_spec
+from moc_experiments.experiment.protocol.config import ExperimentConfig
 
 
 def test_kind_of_a_preset_or_file(tmp_path: Path) -> None:

@@ -12,18 +12,30 @@ from moc_experiments.experiment.stats import (
     paired_verdict,
     sd,
     t_interval,
+    t_quantile,
     verdict,
 )
+
+# t_0.975 with 2 degrees of freedom: 4.303 in printed tables; to full precision, as scipy gives it
+T2 = 4.302652729749462
+
+
+def test_t_quantile_against_table_values() -> None:
+    # standard table values (3 decimals), including degrees of freedom a short table leaves out (21, 22)
+    table = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 21: 2.080, 22: 2.074, 30: 2.042, 120: 1.980}
+    for df, t in table.items():
+        assert t_quantile(df) == pytest.approx(t, abs=5e-4)
+    assert t_quantile(2) == pytest.approx(T2, rel=1e-12)
 
 
 def test_t_interval_by_hand() -> None:
     # [1, 2, 3]: mean 2, sd 1, n 3 -> 2 ± t(0.975, df 2) / sqrt(3) = 2 ± 4.303 / 1.7321
     lo, hi = t_interval([1.0, 2.0, 3.0])
-    assert lo == pytest.approx(2 - 4.303 / math.sqrt(3)) and hi == pytest.approx(2 + 4.303 / math.sqrt(3))
-    # df 22 is not in the table: the next smaller listed df (20, t = 2.086) widens the interval
+    assert lo == pytest.approx(2 - T2 / math.sqrt(3)) and hi == pytest.approx(2 + T2 / math.sqrt(3))
+    # df 22: the exact quantile (2.074), not the next smaller tabled one
     xs = [float(i % 2) for i in range(23)]
     lo, hi = t_interval(xs)
-    assert hi - lo == pytest.approx(2 * 2.086 * sd(xs) / math.sqrt(23))
+    assert hi - lo == pytest.approx(2 * 2.0738730679040254 * sd(xs) / math.sqrt(23))
     assert t_interval([5.0]) is None
 
 
@@ -33,7 +45,7 @@ def test_binomial_se() -> None:
 
 def test_verdict_claims_only_when_the_interval_excludes_zero() -> None:
     # [2, 3, 4]: mean 3, sd 1 -> 3 ± 4.303 / sqrt(3) = [0.516, 5.484]: above zero, so "higher"
-    half = 4.303 / math.sqrt(3)
+    half = T2 / math.sqrt(3)
     v = verdict([2.0, 3.0, 4.0])
     assert v.mean == pytest.approx(3.0) and v.n == 3 and v.ci == pytest.approx((3 - half, 3 + half))
     assert v.sign == 1 and v.word() == "higher"
@@ -56,7 +68,7 @@ def test_paired_verdict_and_scaling() -> None:
     with pytest.raises(ValueError):
         paired_verdict([1.0], [1.0, 2.0])
     v = verdict([2.0, 3.0, 4.0]).scaled(-2.0)  # a negative factor flips the interval
-    half = 4.303 / math.sqrt(3)
+    half = T2 / math.sqrt(3)
     assert v.mean == pytest.approx(-6.0) and v.ci == pytest.approx((-2 * (3 + half), -2 * (3 - half)))
     assert v.sign == -1
 

@@ -47,7 +47,7 @@ def text_corpus(cfg: CapacityConfig, roots: Any = None, progress: bool = False, 
     ``text.max_text_mb``; ``roots``/``corpus`` override the source locations and builder settings (tests
     build a tiny corpus from fake sources)."""
     from moc_experiments.corpus import build_corpus
-    from moc_experiments.experiment.config import CorpusSettings
+    from moc_experiments.experiment.protocol.config import CorpusSettings
 
     settings = dataclasses.asdict(CorpusSettings(max_text_mb=cfg.text.max_text_mb)) | corpus
     return build_corpus(cfg.corpus_dir, roots=roots, verbose=progress, **settings)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from moc_experiments.experiment import summary
-from moc_experiments.experiment.report import tables, write_report
-from moc_experiments.experiment.verdict import findings
+from moc_experiments.experiment.protocol import summary
+from moc_experiments.experiment.protocol.report import tables, write_report
+from moc_experiments.experiment.protocol.verdict import findings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results.json"
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from moc.config import ConfigError
-from moc_experiments.experiment.config import ExperimentConfig, check_data_given
+from moc_experiments.experiment.protocol.config import ExperimentConfig, check_data_given
 
 _TOKENIZER_STAMP = ".moc-experiment-tokenizer.json"
 

@@ -9,7 +9,7 @@ Otherwise the text says the models are indistinguishable at this scale.
 
 from __future__ import annotations
 
-from moc_experiments.experiment import summary
+from moc_experiments.experiment.protocol import summary
 from moc_experiments.experiment.stats import Estimate, Verdict, normal_verdict, verdict
 
 

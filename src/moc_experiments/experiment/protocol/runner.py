@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
-from moc_experiments.experiment.config import ExperimentConfig, check_data_given
-from moc_experiments.experiment.data import ExperimentData, prepare_experiment_data
-from moc_experiments.experiment.jobs import Job, ProbeJob, run_job
-from moc_experiments.experiment.models import (
+from moc_experiments.experiment.pool import RESULTS_FILE, execute, keep_results_aside, log, write_json
+from moc_experiments.experiment.pool import cores as pool_cores
+from moc_experiments.experiment.protocol.config import ExperimentConfig, check_data_given
+from moc_experiments.experiment.protocol.data import ExperimentData, prepare_experiment_data
+from moc_experiments.experiment.protocol.jobs import Job, ProbeJob, run_job
+from moc_experiments.experiment.protocol.models import (
     ModelSpec,
     ift_label,
     ift_runs,
@@ -31,9 +33,8 @@ from moc_experiments.experiment.models import (
     phase_micro_batch,
     phase_seq_len,
 )
-from moc_experiments.experiment.pool import RESULTS_FILE, execute, keep_results_aside, log, write_json
-from moc_experiments.experiment.pool import cores as pool_cores
-from moc_experiments.experiment.report import tables, write_report
+from moc_experiments.experiment.protocol.plan import model_record, phase_record
+from moc_experiments.experiment.protocol.report import tables, write_report
 
 RESULTS_FORMAT = 1
 
@@ -55,30 +56,6 @@ def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------------------
-
-
-def _model_record(spec: ModelSpec, seq_len: int, batch_size: int = 1) -> dict[str, Any]:
-    from moc.accounting import count_flops, count_params
-
-    fl = count_flops(spec.cfg, seq_len, batch_size)  # per sequence at the pretraining micro-batch
-    rec: dict[str, Any] = {
-        "label": spec.label,
-        "role": spec.role,
-        "n_layers": spec.cfg.model.n_layers,
-        "d_model": spec.cfg.model.d_model,
-        "params": count_params(spec.cfg),
-        "seq_len": seq_len,
-        "micro_batch_size": batch_size,
-        "forward_flops_per_seq": fl["forward"],
-        "train_flops_per_seq": fl["total"],
-        "architecture": {"model": spec.cfg.to_dict()["model"], "memory": spec.cfg.to_dict()["memory"]},
-    }
-    if spec.has_memory:
-        rec["routing"] = spec.cfg.memory.routing
-        rec["memory_layers"] = spec.cfg.memory_layers
-    if spec.isoflop_mismatch is not None:
-        rec["isoflop_mismatch"] = spec.isoflop_mismatch
-    return rec
 
 
 def plan_jobs(
@@ -181,35 +158,8 @@ def _cost(cfg: Any, spec: ModelSpec) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Execution
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------------
-
-
-def _phase_record(exp: ExperimentConfig, phase: str, specs: dict[str, ModelSpec]) -> dict[str, Any]:
-    cfg = phase_config(specs["moc"], exp, phase, seed=0, out_dir=Path("."), prepared_dir=Path("."))
-    t = cfg.train
-    batch = t.micro_batch_size * t.grad_accum_steps
-    rec = {
-        "steps": t.max_steps,
-        "batch": batch,
-        "seq_len": t.seq_len,
-        "tokens": t.max_steps * batch * t.seq_len,
-        "lr": t.lr,
-        "memory_lr": t.memory_lr,
-        "bank_lr": t.bank_lr,
-        "schedule": t.schedule,
-        "warmup_steps": t.warmup_steps,
-        "weight_decay": t.weight_decay,
-        "grad_clip": t.grad_clip,
-    }
-    if phase == "ift":
-        rec["variants"] = list(exp.ift.variants)
-    return rec
 
 
 def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
@@ -252,17 +202,17 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
         },
         "data": data.summary,
         "probe_tasks": data.probe_info,
-        "models": {k: _model_record(s, pre_len, pre_micro) for k, s in specs.items()},
+        "models": {k: model_record(s, pre_len, pre_micro) for k, s in specs.items()},
         "ift_runs": {
             k: {"base": base, "variant": variant, "label": ift_label(specs, base, variant)}
             for k, (base, variant) in ift_runs(exp, specs).items()
         },
-        "phases": {"pretrain": _phase_record(exp, "pretrain", specs)},
+        "phases": {"pretrain": phase_record(exp, "pretrain", specs)},
         "runs": [{"seed": s, "pretrain": {}, "ift": {}} for s in exp.seed_list],
         "notes": _notes(exp, data),
     }
     if exp.ift.steps > 0:
-        results["phases"]["ift"] = _phase_record(exp, "ift", specs)
+        results["phases"]["ift"] = phase_record(exp, "ift", specs)
     by_seed = {r["seed"]: r for r in results["runs"]}
     _log(
         f"{len(jobs)} training runs on {workers} worker(s) x {threads} thread(s); logs in {out / 'logs'}",

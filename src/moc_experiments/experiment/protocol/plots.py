@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moc_experiments.experiment import summary
+from moc_experiments.experiment.protocol import summary
 
 
 def _pyplot():

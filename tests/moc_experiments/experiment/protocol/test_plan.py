@@ -7,7 +7,7 @@ import pytest
 from moc.accounting import isoflop
 from moc_experiments.cli import main
 from moc_experiments.experiment import load_experiment
-from moc_experiments.experiment.plan import experiment_plan
+from moc_experiments.experiment.protocol.plan import experiment_plan
 
 
 def test_paper_plan_uses_the_pretraining_micro_batch() -> None:
@@ -31,7 +31,7 @@ def test_plan_cli_prints_models_and_trains_nothing(capsys: pytest.CaptureFixture
 
 
 def test_report_shows_measured_chapters_and_both_mfus() -> None:
-    from moc_experiments.experiment.report import compute_table
+    from moc_experiments.experiment.protocol.report import compute_table
 
     model = {"label": "MoC", "n_layers": 2, "params": {}, "forward_flops_per_seq": 1e9}
     run = {"train_flops": 3e12, "distinct_chapters": 123.5, "mfu": 0.40, "mfu_measured": 0.31}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moc_experiments.experiment import data
+from moc_experiments.experiment.protocol import data
 
 
 class CharTokenizer:

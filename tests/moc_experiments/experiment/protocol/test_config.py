@@ -8,8 +8,8 @@ import pytest
 
 from moc.accounting import isoflop
 from moc.config import ConfigError
-from moc_experiments.experiment.config import check_data_given, experiment_presets, load_experiment
-from moc_experiments.experiment.models import ift_runs, model_specs, phase_config
+from moc_experiments.experiment.protocol.config import check_data_given, experiment_presets, load_experiment
+from moc_experiments.experiment.protocol.models import ift_runs, model_specs, phase_config
 
 
 def test_presets_load_and_differ() -> None:

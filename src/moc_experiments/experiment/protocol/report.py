@@ -1,6 +1,6 @@
 """``results.json`` -> ``report.md`` + PNG plots. Everything in the report is computed from the file.
 
-    from moc_experiments.experiment.report import write_report, tables
+    from moc_experiments.experiment.protocol.report import write_report, tables
     write_report("runs/demo/results.json")       # writes runs/demo/report.md and runs/demo/*.png
     print(tables(results))                       # the tables alone (what `moc-lab demo` prints at the end)
 
@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moc_experiments.experiment import summary
-from moc_experiments.experiment.plots import make_plots
 from moc_experiments.experiment.pool import results_path
+from moc_experiments.experiment.protocol import summary
+from moc_experiments.experiment.protocol.plots import make_plots
+from moc_experiments.experiment.protocol.verdict import findings
 from moc_experiments.experiment.stats import Estimate
-from moc_experiments.experiment.verdict import findings
 
 REPORT_FILE = "report.md"
 

@@ -124,7 +124,7 @@ def test_report_matches_results_json(smoke_run: tuple[Path, dict, str]) -> None:
 
 def test_report_check_catches_a_wrong_number(tmp_path: Path) -> None:
     """The check above on the report tests' fixture: it passes, and fails once one number is off."""
-    from moc_experiments.experiment.report import write_report
+    from moc_experiments.experiment.protocol.report import write_report
 
     results = json.loads((Path(__file__).parent / "fixtures" / "results.json").read_text())
     report = write_report(results, tmp_path).read_text()
@@ -189,7 +189,7 @@ def test_deterministic(smoke_run: tuple[Path, dict, str], tmp_path: Path) -> Non
 
 def test_user_files_data(smoke_run: tuple[Path, dict, str], tmp_path: Path) -> None:
     """data.source=files: the user's text, chat and lm-eval task folder (here: the smoke corpus files)."""
-    from moc_experiments.experiment.data import prepare_experiment_data
+    from moc_experiments.experiment.protocol.data import prepare_experiment_data
 
     corpus = smoke_run[0].parent / "data" / "corpus"
     exp = load_experiment(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moc.config import RunConfig
-from moc_experiments.experiment.config import ExperimentConfig, PhaseSettings
+from moc_experiments.experiment.protocol.config import ExperimentConfig, PhaseSettings
 
 
 @dataclass(frozen=True)

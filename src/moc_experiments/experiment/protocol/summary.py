@@ -4,7 +4,7 @@
 ``{"seed", "pretrain": {model_key: RUN}, "ift": {run_key: RUN}}``.
 A RUN has ``val`` (loss on the pretraining validation windows, with ``window_losses``), ``probes``
 (``{"tasks": {task: {"acc", "n"}}}``), ``router``, curves and costs; see
-:mod:`moc_experiments.experiment.runner`.
+:mod:`moc_experiments.experiment.protocol.runner`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from moc_experiments.experiment.stats import Estimate, binomial_se, combine, mean, paired_se, sd, window_se
 
 POOLED = "all"  # pseudo-task: every probe question pooled
-# Knowledge-free probe baselines (see moc_experiments.experiment.data.knowledge_free_baselines) and their
-# names.
+# Knowledge-free probe baselines (see moc_experiments.experiment.protocol.data.knowledge_free_baselines)
+# and their names.
 BASELINES = {
     "chance": "chance",
     "majority": "majority answer",

@@ -1,6 +1,7 @@
 """Typed experiment configuration: data, the MoC model, the two training phases, evaluation, seeds.
 
-An experiment YAML (or preset: ``demo``, ``smoke``, ``paper``; files ``moc/experiment/presets/NAME.yaml``)::
+An experiment YAML (or preset: ``demo``, ``smoke``, ``paper``; files ``presets/NAME.yaml`` beside this
+module)::
 
     name: demo
     moc: {base: tiny-moc, model: {...}, memory: {...}, train: {...}}   # the MoC model + shared recipe
