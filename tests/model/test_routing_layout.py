@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import moc
 from moc.model.routing_layout import (
+    RoutingContext,
     causal_tile_sums,
     document_sums,
     from_tiles,
@@ -59,3 +62,26 @@ def test_pooling_per_tile_is_the_documents_earlier_positions_and_per_document_al
                 assert counts[b, g] == len(before)
                 assert torch.allclose(sums[b, g].float(), r[b, before].sum(0) if before else torch.zeros(4))
                 g += 1
+
+
+def test_the_routing_context_lays_out_tiles_by_mode_and_pools_below_the_route_length() -> None:
+    cfg = moc.load_config("tiny-moc", ["memory.routing=causal", f"memory.causal_chunk_size={CHUNK}"]).memory
+    ctx = RoutingContext.build(cfg, POS, VALID)
+    want = tile_layout(POS, VALID, CHUNK)
+    assert ctx.plan is not None and ctx.plan.G == want.G and torch.equal(ctx.plan.slot, want.slot)
+    token = moc.load_config("tiny-moc", ["memory.routing=token"]).memory
+    assert RoutingContext.build(token, POS, VALID).plan is None  # token routing: its tiles are positions
+    assert RoutingContext.build(cfg, POS, VALID, tiles=False).plan is None  # decoding reads no tiles
+    assert torch.equal(ctx.sequence_pool(), VALID)
+    short = RoutingContext.build(cfg, POS, VALID, sequence_route_len=2)
+    assert torch.equal(short.sequence_pool(), VALID & (POS < 2))
+
+
+def test_a_memory_layer_reads_no_tiles_it_was_not_given() -> None:
+    """The context's owner lays out the tiles; a layer never builds its own."""
+    model = moc.build_model(moc.load_config("tiny-moc", ["memory.routing=causal"]))
+    layer = next(b.memory for b in model.layers if b.memory is not None)
+    h = torch.randn(2, 9, model.config.model.d_model)
+    ctx = RoutingContext.build(layer.cfg, POS, VALID, tiles=False)
+    with pytest.raises(ValueError, match="needs a RoutingContext with its tiles"):
+        layer(h, model.banks[0], ctx)
