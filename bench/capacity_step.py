@@ -3,9 +3,9 @@
 The models run interleaved in one process on one thread (rounds of ``--steps`` steps each, the median
 kept), timed in CPU seconds of this process (``time.process_time``): on a shared machine another job's
 load barely moves them, where wall-clock times can double; interleaving keeps the rest (caches, clock
-speed) alike for every model. Each MoC model is paired with the dense model whose inference FLOPs per token are nearest
-to its own (the one named in the pair column). Eager and compiled (``torch.compile``, dense models
-alike) are both timed unless ``--compile`` picks one.
+speed) alike for every model. Each MoC model is paired with the dense model whose inference FLOPs per
+token are nearest to its own (the one named in the pair column). Eager and compiled (``torch.compile``,
+dense models alike) are both timed unless ``--compile`` picks one.
 
     python bench/capacity_step.py                               # the bank series' models and batches
     python bench/capacity_step.py --preset capacity-bits        # another capacity preset

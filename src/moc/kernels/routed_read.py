@@ -201,23 +201,33 @@ def gathered_read(
     """The read as plain differentiable ops on all tiles at once: q (D, Qt, H, hd), k/v (U, T, Hkv, hd),
     idx/w (D, n) -> out (D, Qt, H, hd).
 
-    Autograd keeps every tile's gathered chapters and probabilities (D x n*T x (Hkv*hd*2 + H*Qt)
-    entries), which :class:`RoutedRead` never does. It exists for ``torch.compile`` on the CPU: there the
-    compiler fuses these few ops into one loop nest, several times faster than the blocked loops for the
-    small, token-routed reads of toy models. The model uses it only for reads that small.
+    It exists for ``torch.compile`` on the CPU: the compiler turns these broadcast products and sums into
+    a few fused loops that read the chapters by index, several times faster than the blocked loops (or a
+    batched matmul of tiny matrices) for the small, token-routed reads of toy models. Autograd keeps the
+    gathered chapters and the probabilities (D x n*T x (Hkv*hd*2 + H*Qt) entries), which
+    :class:`RoutedRead` never does, so the model uses it only for reads that small. Run eagerly it is
+    correct but slow: the products are materialised.
     """
     D, Qt, H, hd = q.shape
     _, T, kvh, _ = k.shape
     scale = 1.0 / math.sqrt(hd) if scale is None else scale
     a, b, c = chapter_coefficients(w, weighting)
-    kb, vb = _gather(k, idx), _gather(v, idx)  # (D, Hkv, n * T, hd)
-    s = torch.matmul(_heads_first(q, kvh), kb.transpose(-1, -2)).to(a.dtype) * (scale * _per_key(a, T))
+    # (D, 1, Hkv, 1, n*T, hd): each tile's chapters, key-major, under its KV head
+    kb = k[idx].reshape(D, -1, kvh, hd).transpose(1, 2)[:, None, :, None]
+    vb = v[idx].reshape(D, -1, kvh, hd).transpose(1, 2)[:, None, :, None]
+    qh = q.view(D, Qt, kvh, H // kvh, 1, hd)  # query heads grouped under their KV head
+
+    def per_key(x: torch.Tensor) -> torch.Tensor:  # (D, n) -> (D, 1, 1, 1, n*T)
+        return x.repeat_interleave(T, dim=1)[:, None, None, None, :]
+
+    s = (qh * kb).sum(-1).to(a.dtype) * (scale * per_key(a))  # (D, Qt, Hkv, g, n*T)
     if weighting == "logit":
-        s = s + _per_key(b, T)
+        s = s + per_key(b)
     p = s.softmax(-1)
     if weighting != "logit":
-        p = p * _per_key(c, T)
-    return _heads_last(torch.matmul(p.to(vb.dtype), vb), Qt)
+        p = p * per_key(c)
+    out = (p.to(vb.dtype)[..., None] * vb).sum(-2)  # (D, Qt, Hkv, g, hd)
+    return out.reshape(D, Qt, H, hd)
 
 
 class RoutedRead(torch.autograd.Function):
