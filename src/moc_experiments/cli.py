@@ -3,6 +3,7 @@
     moc-lab demo [--text]                     # the offline CPU demo (`make demo`)
     moc-lab run EXPERIMENT [--plan]           # an experiment preset or YAML file, end to end
     moc-lab report RUN                        # rebuild report.md and the plots from RUN/results.json
+    moc-lab report capacity-bank-series       # a sweep's report from the records it keeps in the repository
     moc-lab config show EXPERIMENT            # an experiment config resolved, as YAML
     moc-lab config keys [protocol|capacity]   # every key of one kind of experiment config
 
@@ -114,6 +115,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from moc_experiments.experiment.capacity import is_capacity
+
+    if is_capacity(args.run) and not Path(args.run).is_dir():  # a preset or YAML file, not a run folder
+        return _report_from_records(args)
     path, results = load_results(args.run)
     kind = kind_of_results(results)
     try:
@@ -128,6 +133,22 @@ def cmd_report(args: argparse.Namespace) -> int:
             "pass the results.json that `moc-lab run` wrote (or rerun the experiment)"
         ) from None
     print(f"\nreport: {report}")
+    return 0
+
+
+def _report_from_records(args: argparse.Namespace) -> int:
+    """``moc-lab report PRESET``: a capacity sweep's report rebuilt from its records, training nothing."""
+    from moc_experiments.experiment.capacity import load_capacity, run_capacity
+    from moc_experiments.experiment.capacity.tables import tables
+
+    over = [f"out_dir={args.out}"] if args.out else []
+    cfg = load_capacity(args.run, over)
+    if cfg.records is None:
+        raise ExperimentError(
+            f"{args.run} keeps no records (no `records:` folder); pass a run folder or results.json instead"
+        )
+    results = run_capacity(cfg, progress=True, train=False)
+    print(tables(results))
     return 0
 
 
@@ -184,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="regenerate report.md and plots from a run's results.json",
         description="Rebuild report.md, its tables and plots from RUN/results.json (or a results file, "
-        "e.g. an earlier results.prev-N.json with --out DIR), without training anything.",
+        "e.g. an earlier results.prev-N.json with --out DIR), without training anything. A capacity "
+        "preset that keeps records (e.g. capacity-bank-series) is rebuilt from its records folder into "
+        "runs/NAME (or --out), also without training: the finished runs only.",
     )
-    rep.add_argument("run", help="run folder (runs/NAME) or its results.json")
+    rep.add_argument("run", help="run folder (runs/NAME), its results.json, or a preset keeping records")
     rep.add_argument("--out", default=None, help="write the report here (default: next to results.json)")
     rep.set_defaults(func=cmd_report)
 

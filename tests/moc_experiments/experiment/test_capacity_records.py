@@ -172,3 +172,24 @@ def test_records_written_by_a_run_rebuild_it_without_training(tmp_path: Path) ->
     second = json.loads((tmp_path / "b" / "results.json").read_text())
     assert second["runs"] == first["runs"]
     assert (tmp_path / "b" / "report.md").is_file()
+    # `moc-lab report EXPERIMENT` rebuilds the report from the records alone (a preset or YAML file).
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        "kind: capacity\nextends: capacity-bits-smoke\nseeds: 1\ntrain: {saturation_seeds: 0}\n"
+        f"ift: {{steps: 0}}\nrecords: {tmp_path / 'records'}\n"
+    )
+    assert main(["report", str(spec), "--out", str(tmp_path / "c")]) == 0
+    third = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert third["runs"] == first["runs"] and (tmp_path / "c" / "report.md").is_file()
+
+
+def test_a_report_from_records_needs_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from moc_experiments.cli import main
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"kind: capacity\nextends: capacity-bits-smoke\nrecords: {tmp_path / 'none'}\n")
+    assert main(["report", str(spec), "--out", str(tmp_path / "c")]) == 2
+    assert "no finished run to report" in capsys.readouterr().err
+    spec.write_text("kind: capacity\nextends: capacity-bits-smoke\n")
+    assert main(["report", str(spec)]) == 2
+    assert "keeps no records" in capsys.readouterr().err

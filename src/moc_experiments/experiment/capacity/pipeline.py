@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment.capacity.config import (
     CapacityConfig,
     CapacityIft,
@@ -333,8 +334,11 @@ def estimated_hours(
     return lines
 
 
-def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
-    """Train every model on every seed, measure recall and bits, write results.json, report.md and plots."""
+def run_capacity(cfg: CapacityConfig, progress: bool = True, train: bool = True) -> dict[str, Any]:
+    """Train every model on every seed, measure recall and bits, write results.json, report.md and plots.
+
+    ``train=False``: train nothing; results.json and the report hold the finished runs (its records and an
+    earlier results.json), e.g. to rebuild a sweep's report in a fresh clone from its records."""
     from moc_experiments.experiment.capacity.report import write_report
 
     t_start = time.perf_counter()
@@ -411,7 +415,15 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True) -> dict[str, Any]:
             progress,
         )
 
-    execute(todo, n_workers, done, train_run)
+    if train:
+        execute(todo, n_workers, done, train_run)
+    elif todo:
+        _log(f"{len(todo)} run(s) not trained (reporting the finished ones only)", progress)
+        if len(todo) == len(jobs):
+            raise ExperimentError(
+                f"{cfg.name}: no finished run to report (records: {cfg.records or 'none set'}, "
+                f"results: {out / RESULTS_FILE}); run `moc-lab run {cfg.name}` first"
+            )
     for name in ("runs", "saturation"):
         for k in results.get(name, {}):
             results[name][k].sort(key=lambda r: r["seed"])

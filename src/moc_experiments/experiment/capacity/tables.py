@@ -359,10 +359,16 @@ def retention_caption(results: dict) -> str:
     """What the IFT data was (the world's chat form or real chat data) and whether pretraining mixed real
     text; the original wording for the world alone with its chat form."""
     ift = results["config"]["ift"]
-    lrs = (
-        f"LR {ift['lr']}; bank LR x{ift['bank_lr_scale']:g} or frozen, memory layers "
-        f"x{ift['memory_lr_scale']:g}"
+    lr = (
+        f"LR {ift['lr_ratio']:g}x each model's own pretraining LR"
+        if ift.get("lr_ratio") is not None
+        else f"LR {ift['lr']}"
     )
+    variants = set(ift.get("variants") or ["frozen", "low_lr"])
+    if variants & {"frozen", "low_lr"} and not variants & {"full", "memory_frozen"}:
+        lrs = f"{lr}; bank LR x{ift['bank_lr_scale']:g} or frozen, memory layers x{ift['memory_lr_scale']:g}"
+    else:  # the variants say what each MoC run froze; the table names them
+        lrs = f"{lr}; MoC fine-tuned with each variant in the table"
     mix = _pretraining_mix(results)
     if _real_chat(results):
         n = (results.get("text") or {}).get("chat_examples_usable")
