@@ -193,3 +193,33 @@ def test_a_report_from_records_needs_records(tmp_path: Path, capsys: pytest.Capt
     spec.write_text("kind: capacity\nextends: capacity-bits-smoke\n")
     assert main(["report", str(spec)]) == 2
     assert "keeps no records" in capsys.readouterr().err
+
+
+def test_fit_through_torch_compile_trains_like_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.compile``: the same run through the compiler (the CPU's gathered read) as eagerly, to
+    rounding. The traced graph runs as aot_eager here (seconds, no C compiler); the sweep and
+    bench/capacity_step.py run it through inductor."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    curves = []
+    for compiled in (False, True):
+        cfg, model, next_batch = _tiny_moc(tmp_path)
+        torch._dynamo.reset()
+        curve, *_ = fit(model, _ift_config(cfg, "full", 1e-3), 3, next_batch, 1.0, 1, compile_model=compiled)
+        curves.append(curve)
+    torch._dynamo.reset()
+    assert curves[0] == pytest.approx(curves[1], rel=1e-4)
+
+
+def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model() -> None:
+    import subprocess
+    import sys
+
+    bench = Path(__file__).parents[3] / "bench" / "capacity_step.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--preset", "capacity-bits-smoke", "--rounds", "1", "--steps", "1",
+         "--compile", "eager"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    assert "moc_2k" in out and "x dense_" in out  # a ratio against the nearest-FLOP dense model
