@@ -54,8 +54,9 @@ def capacity_models(preset: str) -> tuple[dict[str, Any], dict[str, float], list
 def text_demo_models() -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
     """The real-text demo's MoC with token routing, its dense backbone and the dense model deeper to its
     inference FLOPs (the batch-aware iso-FLOP depth), on random tokens of the demo's batch shape."""
-    from moc.accounting import count_flops, isoflop_config
+    from moc.accounting import isoflop_config
     from moc.config import load_config
+    from moc_experiments.experiment.capacity.models import flops_per_token
     from moc_experiments.experiment.protocol.config import load_experiment
 
     base = load_experiment("demo").moc_config
@@ -66,7 +67,7 @@ def text_demo_models() -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
         "dense_backbone": load_config(moc.to_dict(), ["memory.enabled=false"]),
         "dense_iso": isoflop_config(moc, L, B),
     }
-    flops = {k: count_flops(c, L)["forward"] / L for k, c in configs.items()}
+    flops = {k: flops_per_token(c, L, B)["inference"] for k, c in configs.items()}
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(10):
