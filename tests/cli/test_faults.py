@@ -10,18 +10,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from fault_helpers import fails
 from moc.cli import main
 from moc.train import checkpoint
 from moc_experiments.cli import main as lab_main
@@ -59,33 +58,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of ``base``, made the working directory."""
-    dst = tmp_path / "w"
-    shutil.copytree(base, dst)
-    monkeypatch.chdir(dst)
-    return dst
-
-
-def fails(
-    capsys: pytest.CaptureFixture,
-    argv: list[str],
-    *needles: str,
-    code: int = 2,
-    command: Callable[[list[str]], int] = main,
-) -> str:
-    """Run ``moc ARGV`` (or another ``command``'s main) in-process: it must exit ``code`` with one
-    stderr line containing ``needles``."""
-    capsys.readouterr()
-    assert command(argv) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def ckpt(step: int) -> Path:

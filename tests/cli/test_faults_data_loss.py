@@ -21,13 +21,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    dst = tmp_path / "w"
-    shutil.copytree(base, dst)
-    monkeypatch.chdir(dst)
-    return dst
-
 
 # (source, out, what the one line says): every out holds something an export must never replace
 REFUSED = [

@@ -44,13 +44,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    dst = tmp_path / "w"
-    shutil.copytree(base, dst)
-    monkeypatch.chdir(dst)
-    return dst
-
 
 def _copy_in(src: str, name: str) -> Callable[[], None]:
     def copy() -> None:

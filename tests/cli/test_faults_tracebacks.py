@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,13 +36,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(dense) == 0
     return root
 
-
-@pytest.fixture
-def work(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    dst = tmp_path / "w"
-    shutil.copytree(base, dst)
-    monkeypatch.chdir(dst)
-    return dst
 
 
 ROUTER = ["router", "run", "--data", "data"]
