@@ -20,42 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_helpers import fails
+from fault_helpers import TRAIN, build_run, fails
 from moc.cli import main
 from moc.train import checkpoint
 from moc_experiments.cli import main as lab_main
-
-TEXT = "the cat sat on a mat and then it ran to the red house where many birds sang songs"
-# tiny-moc with a vocabulary that fits the 300-token BPE, short windows, a checkpoint every step
-TRAIN = [
-    "--set", "model.vocab_size=320", "--set", "data.prepared_dir=data", "--set", "train.seq_len=32",
-    "--set", "train.micro_batch_size=2", "--set", "train.save_every=1", "--set", "train.keep_last=5",
-    "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.log_every=1",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with corpus/, tok/, data/ and run/ (checkpoints step 1..3), all made by the CLI with
     relative paths (so checkpoints record data.prepared_dir=data, relative to this folder)."""
-    root = tmp_path_factory.mktemp("faults")
-    (root / "corpus").mkdir()
-    vocab = TEXT.split()
-    for i in range(12):
-        words = [vocab[(i * 7 + j * j) % len(vocab)] for j in range(400)]
-        (root / "corpus" / f"d{i}.txt").write_text(" ".join(words))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        assert (
-            main(["tokenizer", "train", "--vocab-size", "300", "corpus", "--out", "tok", "--no-progress"])
-            == 0
-        )
-        assert (
-            main(["data", "prepare", "corpus", "--tokenizer", "tok", "--out", "data", "--no-progress"]) == 0
-        )
-        args = ["pretrain", "tiny-moc", *TRAIN, "--set", "train.max_steps=3", "--set", "train.out_dir=run"]
-        assert main(args) == 0
-    return root
+    return build_run(tmp_path_factory.mktemp("faults"), steps=3)
 
 
 
