@@ -4,6 +4,7 @@
     moc-lab run EXPERIMENT [--plan]           # an experiment preset or YAML file, end to end
     moc-lab report RUN                        # rebuild report.md and the plots from RUN/results.json
     moc-lab report capacity-bank-series       # a sweep's report from the records it keeps in the repository
+    moc-lab report table1                     # the real-text sweep's report from its records
     moc-lab config show EXPERIMENT            # an experiment config resolved, as YAML
     moc-lab config keys [protocol|capacity]   # every key of one kind of experiment config
 
@@ -35,6 +36,7 @@ from moc_experiments.experiment.kinds import (
     load_results,
 )
 from moc_experiments.experiment.pool import RESULTS_FILE
+from moc_experiments.experiment.protocol.config import experiment_presets
 
 # The knowledge experiment `moc-lab demo` runs (`make demo`); with --text the real-text protocol too.
 DEMO_PRESET = "capacity-bits-demo"
@@ -119,6 +121,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if is_capacity(args.run) and not Path(args.run).is_dir():  # a preset or YAML file, not a run folder
         return _report_from_records(args)
+    if args.run in experiment_presets() and not Path(args.run).exists():  # a protocol preset by name
+        return _protocol_report_from_records(args)
     path, results = load_results(args.run)
     kind = kind_of_results(results)
     try:
@@ -148,6 +152,24 @@ def _report_from_records(args: argparse.Namespace) -> int:
             f"{args.run} keeps no records (no `records:` folder); pass a run folder or results.json instead"
         )
     results = run_capacity(cfg, progress=True, train=False)
+    print(tables(results))
+    return 0
+
+
+def _protocol_report_from_records(args: argparse.Namespace) -> int:
+    """``moc-lab report table1``: a real-text sweep's report rebuilt from its records, training nothing
+    (the corpus and tokenizer are rebuilt or reused to check the records' corpus fingerprint)."""
+    from moc_experiments.experiment.protocol.config import load_experiment
+    from moc_experiments.experiment.protocol.report import tables
+    from moc_experiments.experiment.protocol.runner import run_experiment
+
+    over = [f"out_dir={args.out}"] if args.out else []
+    exp = load_experiment(args.run, over)
+    if exp.records is None:
+        raise ExperimentError(
+            f"{args.run} keeps no records (no `records:` folder); pass a run folder or results.json instead"
+        )
+    results = run_experiment(exp, progress=True, train=False)
     print(tables(results))
     return 0
 

@@ -56,7 +56,7 @@ PROTOCOL = ExperimentKind(
     config_class=protocol_config.ExperimentConfig,
     presets=protocol_config.experiment_presets,
     load=lambda spec, overrides: protocol_config.load_experiment(spec, list(overrides)),
-    plan=lambda exp: plan.format_plan(plan.experiment_plan(exp)),
+    plan=plan.plan_text,
     run=lambda exp, progress: runner.run_experiment(exp, progress=progress),
     tables=report.tables,
     write_report=lambda path, out: report.write_report(path, out),

@@ -114,6 +114,10 @@ class EvalSettings:
     probes: bool = True
     probe_limit: int | None = None  # questions per probe task (None: all)
     batch_size: int = 64
+    # Validation loss on the held-out fact documents and on the held-out prose apart (corpus data only).
+    split_val: bool = False
+    # MoC only: validation loss with the memory output zeroed and with the routed chapters shuffled.
+    ablations: bool = False
 
 
 @dataclass
@@ -125,10 +129,21 @@ class ExperimentConfig:
     data: DataSettings = field(default_factory=DataSettings)
     pretrain: PhaseSettings = field(default_factory=PhaseSettings)
     ift: IftSettings = field(default_factory=IftSettings)
-    baselines: list[Literal["dense_backbone", "dense_isoflop"]] = field(
+    baselines: list[Literal["dense_backbone", "dense_isoflop", "dense_wide"]] = field(
         default_factory=lambda: list(BASELINES)
     )
     leak_ablation: bool = True
+    # More MoC models that differ from ``moc`` only in memory.routing (key ``moc_ROUTING``), trained and
+    # compared like it (not a leak ablation): e.g. [causal] beside a token-routed ``moc``.
+    also_routings: list[Literal["token", "causal", "sequence"]] = field(default_factory=list)
+    # Pretraining backbone LR per model key (a model not listed uses pretrain.lr); the memory and bank
+    # LRs stay pretrain.memory_lr_scale / bank_lr_scale times it. Each model at its own best LR.
+    lrs: dict[str, float] = field(default_factory=dict)
+    # A folder keeping one JSON per finished pretraining run (model, seed), reused by any later run
+    # of the same recipe and model, in any session (None: no records).
+    records: str | None = None
+    # `--plan` times this many training steps of each model here to estimate the hours (0: no estimate).
+    plan_steps: int = 0
     eval: EvalSettings = field(default_factory=EvalSettings)
     seed: int = 0
     seeds: int = 1
@@ -205,6 +220,12 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"baselines lists a model twice: {cfg.baselines}")
     if cfg.seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {cfg.seeds}")
+    _validate_models(cfg, mcfg.memory.routing)
+    if cfg.plan_steps < 0:
+        raise ConfigError(f"plan_steps must be >= 0, got {cfg.plan_steps}")
+    if cfg.records is not None and cfg.ift.steps > 0:
+        # A record keeps a run's numbers, not its checkpoint, so an IFT run could not start from it.
+        raise ConfigError("records keeps pretraining runs only; set ift.steps=0 (or records=null)")
     if cfg.workers < 0 or cfg.threads < 0:
         raise ConfigError(
             f"workers and threads must be >= 0 (0: automatic), got {cfg.workers}, {cfg.threads}"
@@ -230,6 +251,27 @@ def validate(cfg: ExperimentConfig) -> None:
             f"data.probes_dir={d.probes_dir} is set but data.probe_tasks is empty; list the lm-eval task "
             "names to run, e.g. --set 'data.probe_tasks=[my_task]'"
         )
+
+
+def _validate_models(cfg: ExperimentConfig, routing: str) -> None:
+    """also_routings must add new models, and lrs may name only models the experiment trains."""
+    if len(set(cfg.also_routings)) != len(cfg.also_routings) or routing in cfg.also_routings:
+        raise ConfigError(
+            f"also_routings={cfg.also_routings} repeats a routing or the main model's ({routing})"
+        )
+    if cfg.leak_ablation and ("sequence" if routing != "sequence" else "causal") in cfg.also_routings:
+        raise ConfigError("also_routings lists the leak ablation's routing; set leak_ablation: false")
+    keys = {"moc", *cfg.baselines, *(f"moc_{r}" for r in cfg.also_routings)}
+    if cfg.leak_ablation:
+        keys.add("moc_sequence" if routing != "sequence" else "moc_causal")
+    unknown = sorted(set(cfg.lrs) - keys)
+    if unknown:
+        raise ConfigError(
+            f"lrs names {unknown}, which this experiment does not train; models: {sorted(keys)}"
+        )
+    bad = {k: v for k, v in cfg.lrs.items() if not v > 0}
+    if bad:
+        raise ConfigError(f"lrs must be positive, got {bad}")
 
 
 def check_data_given(cfg: ExperimentConfig) -> None:

@@ -35,6 +35,8 @@ class ExperimentData:
     probe_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> n, chance, majority, ...
     summary: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    # The corpus's pretraining text (its held-out documents are scored by kind); None for user data.
+    pretrain_text: Path | None = None
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -184,6 +186,11 @@ def prepare_experiment_data(exp: ExperimentConfig, cache_dir: Path, progress: bo
         probes_dir, probe_tasks = paths.probes_dir, list(paths.probe_tasks)
         text_field, txt_mode = "text", "file"
         manifest = json.loads(paths.manifest.read_text())
+        corpus_text: Path | None = paths.pretrain_text
+        # The text's own hash, not the build cache's fingerprint (which names local paths and mtimes):
+        # the same sources and settings give the same text in any clone, so records carry over.
+        fingerprint = hashlib.sha256(paths.pretrain_text.read_bytes()).hexdigest()
+        sources_used = [r["name"] for r in manifest.get("text_sources", []) if r.get("used")]
         description = (
             f"the offline demo corpus ({manifest['pretrain']['text_bytes'] / 1e6:.1f} MB of real text + "
             f"{manifest['pretrain']['fact_bytes'] / 1e6:.2f} MB of fact sentences, "
@@ -195,6 +202,7 @@ def prepare_experiment_data(exp: ExperimentConfig, cache_dir: Path, progress: bo
         probe_tasks = list(d.probe_tasks)
         text_field, txt_mode = d.text_field, d.txt_mode
         description = f"user data ({', '.join(pretrain_sources)})"
+        corpus_text, fingerprint, sources_used = None, None, None
     timing["corpus_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -248,7 +256,10 @@ def prepare_experiment_data(exp: ExperimentConfig, cache_dir: Path, progress: bo
         "pretrain_val_tokens": pre_tokens.get("val"),
         "ift_train_tokens": _count_tokens(ift_dir).get("train") if ift_dir else None,
         "probes_dir": str(probes_dir) if probes_dir else None,
+        # Records of finished runs are reused only on the same corpus (sources installed, settings).
+        "corpus_fingerprint": fingerprint,
+        "text_sources": sources_used,
     }
     return ExperimentData(
-        pretrain_dir, ift_dir, tok_dir, vocab, probes_dir, probe_tasks, info, summary, timing
+        pretrain_dir, ift_dir, tok_dir, vocab, probes_dir, probe_tasks, info, summary, timing, corpus_text
     )

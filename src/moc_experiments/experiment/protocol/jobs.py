@@ -47,6 +47,8 @@ class Job:
     log_path: str
     cost: float = 1.0  # relative cost, for scheduling only
     depends_on: str | None = None  # name of the job whose checkpoint this one starts from
+    heldout: str | None = None  # heldout.npz: also score the held-out facts and prose apart
+    ablations: bool = False  # MoC: also score with the memory off and with the chapters shuffled
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +191,31 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _split_losses(model: torch.nn.Module, job: Job) -> dict[str, Any]:
+    from moc_experiments.experiment.protocol.heldout import KINDS, heldout_loss
+
+    assert job.heldout is not None
+    return {k: heldout_loss(model, job.heldout, k, job.val_seq_len, job.eval_batch_size) for k in KINDS}
+
+
+def _ablations(model: torch.nn.Module, job: Job, seed: int) -> dict[str, Any]:
+    """Validation loss (and held-out facts' loss) of the trained MoC with its memory output zeroed
+    (does the model use what it reads?) and with its routed chapters' contents permuted (same router
+    choices, other content: a loss that rises here was held in the bank). The capacity experiment's
+    own ablations, so both experiments ablate alike."""
+    from moc_experiments.experiment.capacity.metrics import chapters_shuffled, memory_off
+
+    out = {}
+    for name, ablated in (("memory_off", memory_off(model)), ("shuffled", chapters_shuffled(model, seed))):
+        val, _ = pretrain_val(
+            ablated, job.pretrain_dir, job.val_seq_len, job.val_windows, job.eval_batch_size
+        )
+        out[name] = {"val": val["loss"], "window_losses": val["window_losses"]}
+        if job.heldout is not None:
+            out[name]["val_split"] = _split_losses(ablated, job)
+    return out
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Train, then measure; returns the RUN record stored in results.json."""
     Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +281,10 @@ def _run_job(job: Job) -> dict[str, Any]:
         record["val_causal"], _ = pretrain_val(
             causal, job.pretrain_dir, job.val_seq_len, job.val_windows, job.eval_batch_size
         )
+    if job.heldout is not None:
+        record["val_split"] = _split_losses(model, job)
+    if job.ablations and cfg.memory.enabled:
+        record["ablations"] = _ablations(model, job, cfg.train.seed)
     if job.probes is not None:
         record["probes"] = run_probes(model, job.probes)
     record["eval_s"] = time.perf_counter() - t0

@@ -4,11 +4,15 @@
 - ``dense_backbone``: the same backbone with the memory removed.
 - ``dense_isoflop``: a dense model of the same width whose depth (an integer) best matches MoC's
   forward FLOPs (:func:`moc.accounting.isoflop_config`); its FLOP mismatch is reported.
+- ``dense_wide`` (opt-in): a dense model of the backbone's depth, wider, whose inference FLOPs per
+  token (the bank's K/V cached, as a deployed MoC computes them once) best match MoC's.
+- ``moc_ROUTING`` for each of ``also_routings``: the same MoC with another routing mode, compared like it.
 - ``moc_sequence`` (or ``moc_causal`` when the main model uses the paper's sequence routing): the leak
   ablation, the same MoC with the other routing mode; pretrained only.
 
 Every model trains with one recipe: the MoC config's ``train`` section plus the phase settings. Only the
-memory-specific learning rates differ, as the paper prescribes (they have no effect on dense models).
+memory-specific learning rates differ, as the paper prescribes (they have no effect on dense models),
+and the pretraining LR where ``lrs`` gives a model its own.
 """
 
 from __future__ import annotations
@@ -81,6 +85,22 @@ def model_specs(exp: ExperimentConfig, vocab_size: int | None = None) -> dict[st
             cfg,
             isoflop_mismatch=float(iso["mismatch"]),
         )
+    if "dense_wide" in exp.baselines:
+        cfg, mismatch = wide_dense(
+            base, phase_seq_len(exp, exp.pretrain), phase_micro_batch(exp, exp.pretrain)
+        )
+        specs["dense_wide"] = ModelSpec(
+            "dense_wide",
+            f"Dense wide (d={cfg.model.d_model}, {100 * mismatch:+.1f}% inference FLOPs)",
+            "baseline",
+            cfg.replace({"name": "dense_wide"}),
+            isoflop_mismatch=mismatch,
+        )
+    for other in exp.also_routings:
+        key = f"moc_{other}"
+        specs[key] = ModelSpec(
+            key, f"MoC ({_routing_label(other)})", "moc", base.replace({"memory.routing": other, "name": key})
+        )
     if exp.leak_ablation:
         other = "sequence" if routing != "sequence" else "causal"
         key = f"moc_{other}"
@@ -91,6 +111,39 @@ def model_specs(exp: ExperimentConfig, vocab_size: int | None = None) -> dict[st
             base.replace({"memory.routing": other, "name": key}),
         )
     return specs
+
+
+def inference_flops(cfg: RunConfig, seq_len: int, micro_batch: int) -> float:
+    """Forward FLOPs per token with the bank's K/V cached (the capacity experiment's count)."""
+    from moc_experiments.experiment.capacity.models import flops_per_token
+
+    return flops_per_token(cfg, seq_len, micro_batch)["inference"]
+
+
+def wide_dense(moc: RunConfig, seq_len: int, micro_batch: int) -> tuple[RunConfig, float]:
+    """The dense model of ``moc``'s depth whose inference FLOPs per token best match ``moc``'s, and its
+    mismatch ``(dense - moc) / moc``. Width grows in steps of 2 x n_heads (heads keep an even size, as
+    RoPE needs) with d_ff in the backbone's ratio rounded to a multiple of 8; ties go to the narrower."""
+    m = moc.model
+    target = inference_flops(moc, seq_len, micro_batch)
+    dense = moc.replace({"memory.enabled": False, "memory.layers": []})
+    step = 2 * m.n_heads
+    best: tuple[float, RunConfig] | None = None
+    for d in range(m.d_model, 8 * m.d_model + 1, step):
+        d_ff = max(8, round(m.d_ff * d / m.d_model / 8) * 8)
+        cfg = dense.replace({"model.d_model": d, "model.d_ff": d_ff})
+        gap = inference_flops(cfg, seq_len, micro_batch) / target - 1
+        if best is None or abs(gap) < abs(best[0]):
+            best = (gap, cfg)
+        if gap > 0:  # FLOPs grow with width: nothing wider comes closer
+            break
+    assert best is not None
+    return best[1], float(best[0])
+
+
+def pretrain_lr(exp: ExperimentConfig, key: str) -> float:
+    """A model's pretraining backbone LR: its own (``lrs``) or the shared ``pretrain.lr``."""
+    return exp.lrs.get(key, exp.pretrain.lr)
 
 
 def ift_runs(exp: ExperimentConfig, specs: dict[str, ModelSpec]) -> dict[str, tuple[str, str | None]]:
@@ -127,15 +180,16 @@ def phase_config(
     ``ift.bank_lr_scale * lr``. Memory layers train at ``memory_lr_scale * lr`` in both.
     """
     ph: PhaseSettings = exp.pretrain if phase == "pretrain" else exp.ift
+    lr = pretrain_lr(exp, spec.key) if phase == "pretrain" else ph.lr
     t = spec.cfg.train
     o: dict = {
         "train.seed": seed,
         "train.out_dir": str(out_dir),
         "train.max_steps": ph.steps,
         "train.epochs": ph.epochs,
-        "train.lr": ph.lr,
-        "train.memory_lr": ph.lr * ph.memory_lr_scale,
-        "train.bank_lr": ph.lr * ph.bank_lr_scale,
+        "train.lr": lr,
+        "train.memory_lr": lr * ph.memory_lr_scale,
+        "train.bank_lr": lr * ph.bank_lr_scale,
         "train.freeze_bank": variant == "frozen",
         "train.schedule": ph.schedule,
         "train.warmup_steps": ph.warmup_steps,

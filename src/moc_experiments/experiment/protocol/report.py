@@ -16,6 +16,7 @@ from typing import Any
 from moc_experiments.experiment.pool import results_path
 from moc_experiments.experiment.protocol import summary
 from moc_experiments.experiment.protocol.plots import make_plots
+from moc_experiments.experiment.protocol.table1 import table1
 from moc_experiments.experiment.protocol.verdict import findings
 from moc_experiments.experiment.stats import Estimate
 
@@ -379,6 +380,7 @@ def render_markdown(results: dict, plots: dict[str, Path]) -> str:
     parts = [f"# Experiment `{results['name']}`", results.get("description", ""), "## Setup", _setup(results)]
     parts += ["## Findings", "\n".join(f"- {f}" for f in findings(results)) or "- (nothing to compare)"]
     parts += ["## Validation loss (pretraining distribution)", val_loss_table(results)]
+    parts += _section("## Paired verdicts over seeds (Table 1 at this scale)", table1(results))
     p = probe_table(results)
     if p:
         parts += [

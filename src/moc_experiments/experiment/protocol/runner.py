@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from moc_experiments.errors import ExperimentError
 from moc_experiments.experiment.pool import RESULTS_FILE, execute, keep_results_aside, log, write_json
 from moc_experiments.experiment.pool import cores as pool_cores
 from moc_experiments.experiment.protocol.config import ExperimentConfig, check_data_given
@@ -34,6 +35,7 @@ from moc_experiments.experiment.protocol.models import (
     phase_seq_len,
 )
 from moc_experiments.experiment.protocol.plan import model_record, phase_record
+from moc_experiments.experiment.protocol.records import save_record, saved_records
 from moc_experiments.experiment.protocol.report import tables, write_report
 
 RESULTS_FORMAT = 1
@@ -59,9 +61,16 @@ def workers_and_threads(exp: ExperimentConfig) -> tuple[int, int]:
 
 
 def plan_jobs(
-    exp: ExperimentConfig, specs: dict[str, ModelSpec], data: ExperimentData, out: Path, threads: int
+    exp: ExperimentConfig,
+    specs: dict[str, ModelSpec],
+    data: ExperimentData,
+    out: Path,
+    threads: int,
+    heldout: Path | None = None,
 ) -> list[Job]:
-    """Every training run of every seed, pretraining before the IFT runs that start from it."""
+    """Every training run of every seed, pretraining before the IFT runs that start from it, scheduled
+    seed by seed (each run is seeded alone, so the order changes no number): a sweep stopped partway
+    holds whole seeds of every model, which the paired comparisons can use."""
     ift = ift_runs(exp, specs)
     probes = None
     if data.probe_tasks:
@@ -75,8 +84,9 @@ def plan_jobs(
     val_len = phase_seq_len(exp, exp.pretrain)
     val_batch = min(exp.eval.batch_size, 16)  # logits of 16 x seq_len x vocab stay small
     jobs: list[Job] = []
-    for seed in exp.seed_list:
+    for rank, seed in enumerate(exp.seed_list):
         runs = out / "runs" / f"seed{seed}"
+        first = len(jobs)
         for key, spec in specs.items():
             # Sequence routing sees the future: its probe scores would be invalid (so none are taken) and
             # its weights are also measured with causal routing.
@@ -106,6 +116,8 @@ def plan_jobs(
                     threads=threads,
                     log_path=str(out / "logs" / f"seed{seed}-pretrain-{key}.log"),
                     cost=_cost(cfg, spec),
+                    heldout=str(heldout) if heldout else None,
+                    ablations=exp.eval.ablations and spec.has_memory,
                 )
             )
         for run_key, (base, variant) in ift.items():
@@ -137,8 +149,15 @@ def plan_jobs(
                     log_path=str(out / "logs" / f"seed{seed}-ift-{run_key}.log"),
                     cost=_cost(cfg, spec),
                     depends_on=f"seed{seed}/pretrain/{base}",
+                    heldout=str(heldout) if heldout else None,
                 )
             )
+        seed_jobs = jobs[first:]
+        # Every job of an earlier seed costs more than any of a later one (the pool starts the costliest
+        # ready job first), while within a seed the longer runs still go first.
+        top = 2 * max(j.cost for j in seed_jobs)
+        for j in seed_jobs:
+            j.cost += (len(exp.seed_list) - rank) * top
     return jobs
 
 
@@ -162,8 +181,12 @@ def _cost(cfg: Any, spec: ModelSpec) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
-    """Run ``exp`` and write ``results.json``, ``report.md`` and plots into ``exp.run_dir``."""
+def run_experiment(exp: ExperimentConfig, progress: bool = True, train: bool = True) -> dict[str, Any]:
+    """Run ``exp`` and write ``results.json``, ``report.md`` and plots into ``exp.run_dir``.
+
+    With ``records``, a pretraining run whose record matches is not trained again, and each finished one
+    is recorded. ``train=False``: train nothing; the results and report hold the recorded runs (e.g. to
+    rebuild a sweep's report in a fresh clone)."""
     t_start = time.perf_counter()
     check_data_given(exp)  # before anything is written
     out = exp.run_dir
@@ -178,9 +201,35 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     data = prepare_experiment_data(exp, cache, progress)
     t_data = time.perf_counter() - t_start
 
+    heldout = None
+    if exp.eval.split_val and data.pretrain_text is not None:
+        from moc_experiments.experiment.protocol.heldout import write_heldout
+
+        heldout = write_heldout(
+            data.pretrain_text,
+            data.tokenizer_dir,
+            exp.data.val_fraction,
+            exp.data.split_seed,
+            cache / "heldout.npz",
+        )
     specs = model_specs(exp, data.vocab_size)
     workers, threads = workers_and_threads(exp)
-    jobs = plan_jobs(exp, specs, data, out, threads)
+    jobs = plan_jobs(exp, specs, data, out, threads, heldout)
+    fingerprint = data.summary.get("corpus_fingerprint")
+    wanted = {(j.key, j.seed): j.cfg for j in jobs if j.phase == "pretrain"}
+    reused = saved_records(exp, wanted, fingerprint)
+    jobs = [j for j in jobs if j.phase != "pretrain" or (j.key, j.seed) not in reused]
+    if reused:
+        _log(f"reusing {len(reused)} finished run(s) recorded in {exp.records}", progress)
+    if not train:
+        if not reused:
+            raise ExperimentError(
+                f"{exp.name}: no finished run to report (records: {exp.records or 'none set'}); "
+                f"run `moc-lab run {exp.name}` first"
+            )
+        if jobs:
+            _log(f"{len(jobs)} run(s) not trained (reporting the recorded ones only)", progress)
+        jobs = []
     pre_len = phase_seq_len(exp, exp.pretrain)
     pre_micro = phase_micro_batch(exp, exp.pretrain)  # FLOPs per sequence at the micro-batch run
     results: dict[str, Any] = {
@@ -214,6 +263,8 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
     if exp.ift.steps > 0:
         results["phases"]["ift"] = phase_record(exp, "ift", specs)
     by_seed = {r["seed"]: r for r in results["runs"]}
+    for (key, seed), rec in reused.items():
+        by_seed[seed]["pretrain"][key] = rec
     _log(
         f"{len(jobs)} training runs on {workers} worker(s) x {threads} thread(s); logs in {out / 'logs'}",
         progress,
@@ -224,6 +275,8 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
         record.pop("checkpoint", None)
         by_seed[job.seed][job.phase][job.key] = record
         write_json(out / RESULTS_FILE, results)  # partial results survive an interrupted run
+        if exp.records is not None and job.phase == "pretrain":  # and, in the records, a session's end
+            save_record(exp, job.key, job.seed, job.cfg, record, fingerprint)
         _log(
             f"{job.name}: val loss {record['val']['loss']:.3f}, train {record['train_s']:.0f}s, "
             f"eval {record['eval_s']:.0f}s (elapsed {time.perf_counter() - t_start:.0f}s)",
@@ -231,6 +284,8 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True) -> dict[str, An
         )
 
     execute(jobs, workers, on_done, run_job)
+    if not train:  # seeds with no recorded run are left out (paired comparisons skip them anyway)
+        results["runs"] = [r for r in results["runs"] if r["pretrain"]]
     for seed_run in results["runs"]:  # a stable order in the file, whatever order jobs finished in
         seed_run["pretrain"] = {k: seed_run["pretrain"][k] for k in specs if k in seed_run["pretrain"]}
         seed_run["ift"] = {k: seed_run["ift"][k] for k in results["ift_runs"] if k in seed_run["ift"]}

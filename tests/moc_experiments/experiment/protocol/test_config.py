@@ -73,7 +73,7 @@ def test_overrides_deep_and_base_chain(tmp_path: Path) -> None:
         (["ift.lr=-1"], "ift.lr must be positive"),
         (["ift.variants=[frozen, frozen]"], "twice"),
         (["ift.variants=[thawed]"], "not one of"),
-        (["baselines=[dense_wide]"], "not one of"),
+        (["baselines=[dense_tall]"], "not one of"),
         (["seeds=0"], "seeds must be >= 1"),
         (["moc.memory.enabled=false", "moc.memory.layers=[]"], "moc.memory.enabled is false"),
         (["moc.memory.top_k=99"], "moc: memory.top_k=99"),
