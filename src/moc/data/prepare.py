@@ -229,7 +229,9 @@ def _complete(out_dir: Path, meta: dict[str, Any]) -> bool:
         return False
 
 
-def _doc_key(seed: int, text: str) -> int:
+def document_key(seed: int, text: str) -> int:
+    """A document's split key: a keyed hash of its text, so the train/val split depends on the seed and
+    the documents, not on their order or on the machine (used by experiments to find the held-out set)."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
     return int.from_bytes(digest.digest(), "little")
 
@@ -284,7 +286,7 @@ def _prepare(
             progress,
             where=str(out_dir),
         )
-        is_val = _choose_val(keys, val_fraction)
+        is_val = choose_validation(keys, val_fraction)
         counts = _write_splits(tmp, doc_lens, is_val, dtype, has_mask)
         save_tokenizer_atomically(tok, tmp / TOKENIZER_SUBDIR)
         meta = {
@@ -384,7 +386,7 @@ def _tokenize_all(
                 for (key_text, _, _), (ids, _) in zip(batch, encoded):
                     if ids:
                         doc_lens.append(len(ids) + 1)
-                        keys.append(_doc_key(seed, key_text))
+                        keys.append(document_key(seed, key_text))
                 batch, chars = [], 0
                 bar.set_postfix(docs=len(doc_lens), refresh=False)
             if ex is None:
@@ -417,7 +419,7 @@ def _write_batch(
         ).tofile(fmask)
 
 
-def _choose_val(keys: np.ndarray, val_fraction: float) -> np.ndarray:
+def choose_validation(keys: np.ndarray, val_fraction: float) -> np.ndarray:
     """Boolean (D,) array: True for held-out documents (the smallest keys, ties by position)."""
     n = len(keys)
     is_val = np.zeros(n, dtype=bool)

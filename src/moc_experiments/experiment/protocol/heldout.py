@@ -27,7 +27,7 @@ KINDS = ("facts", "prose")
 def heldout_documents(text_jsonl: Path, val_fraction: float, seed: int) -> dict[str, list[str]]:
     """{"facts": [...], "prose": [...]}: the documents ``prepare_pretraining_data(val_fraction, seed)``
     puts in the validation split, in file order."""
-    from moc.data.prepare import _choose_val, _doc_key  # the split's own rule, not a copy of it
+    from moc.data.prepare import choose_validation, document_key  # the split's own rule, not a copy
 
     rows = []
     with open(text_jsonl, encoding="utf-8") as f:
@@ -35,8 +35,8 @@ def heldout_documents(text_jsonl: Path, val_fraction: float, seed: int) -> dict[
             r = json.loads(line)
             if r.get("text"):  # empty documents are dropped before the split
                 rows.append(r)
-    keys = np.asarray([_doc_key(seed, r["text"]) for r in rows], dtype=np.uint64)
-    is_val = _choose_val(keys, val_fraction)
+    keys = np.asarray([document_key(seed, r["text"]) for r in rows], dtype=np.uint64)
+    is_val = choose_validation(keys, val_fraction)
     out: dict[str, list[str]] = {k: [] for k in KINDS}
     for r, v in zip(rows, is_val):
         if v:
