@@ -49,7 +49,11 @@ def test_an_unknown_experiment_names_every_preset(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("moc-lab run: no experiment preset or file named 'capacty-bits' (did you mean")
-    assert "presets: demo, paper, smoke, capacity," in err and "capacity-bits-demo" in err
+    from moc_experiments.experiment.capacity import capacity_presets
+    from moc_experiments.experiment.protocol.config import experiment_presets
+
+    listed = err.split("presets: ", 1)[1].strip().split(", ")
+    assert listed == [*experiment_presets(), *capacity_presets()]  # every preset, protocol first
 
 
 def test_report_of_a_missing_run_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
