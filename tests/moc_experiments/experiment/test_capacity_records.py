@@ -223,3 +223,16 @@ def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model() -> None:
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout  # fmt: skip
     assert "moc_2k" in out and "x dense_" in out  # a ratio against the nearest-FLOP dense model
+
+
+def test_a_shorter_sweep_s_full_runs_are_a_longer_sweep_s_half_length_runs(tmp_path: Path) -> None:
+    short = _cfg(tmp_path, "train.exposures=12")
+    save_record(short, _job(short, "moc_2k", 0, 1.0), {"seed": 0, "steps": 45}, None)
+    save_record(short, _job(short, "moc_2k", 0, 0.5), {"seed": 0, "steps": 22}, None)
+    longer = [f"reuse_records=[{tmp_path / 'records'}]", "train.exposures=24"]
+    cfg = load_capacity("capacity-bits-smoke", [f"records={tmp_path / 'long'}", *longer])
+    # the 12-biography full run is the 24-biography sweep's half-length run; its own half run is neither
+    assert saved_records(cfg) == {("moc_2k", 0, 0.5): {"seed": 0, "steps": 45}}
+    other = load_capacity("capacity-bits-smoke", [f"records={tmp_path / 'long'}", *longer, "train.lr=0.01"])
+    assert saved_records(other) == {}  # another recipe apart from the length: nothing
+    assert saved_records(load_capacity("capacity-bits-smoke", [f"records={tmp_path / 'long'}"])) == {}

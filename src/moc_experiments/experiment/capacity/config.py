@@ -141,6 +141,9 @@ class CapacityConfig:
     # sweep longer than one working session continues from them on another machine or a fresh clone:
     # `moc-lab run` reuses the records whose recipe and model match and trains only the rest.
     records: str | None = None
+    # More records folders to reuse runs from (read only; e.g. a shorter sweep whose full runs are this
+    # sweep's half-length runs). New runs are written to ``records`` only.
+    reuse_records: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:

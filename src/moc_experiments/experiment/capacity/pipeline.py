@@ -99,6 +99,7 @@ _NOT_RECIPE = (
     "out_dir",
     "resume",
     "records",
+    "reuse_records",
 )
 _SECTIONS = {"world": WorldSettings, "train": CapacityTrain, "ift": CapacityIft, "text": CapacityText}
 
@@ -180,29 +181,42 @@ def save_record(cfg: CapacityConfig, job: CapacityJob, rec: dict[str, Any], corp
     return path
 
 
+def _at_length(recipe: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The recipe of a run at ``scale`` of its experiment's length, its exposures folded into one number:
+    a half-length run of a 2,000-biography sweep is the same run as a full one of a 1,000 sweep (the same
+    schedule over the same steps, data and seed). Token-budget recipes are left as they are."""
+    train = recipe.get("train") or {}
+    if train.get("exposures") is None:
+        return recipe | {"scale": scale}
+    return recipe | {"train": train | {"exposures": train["exposures"] * scale}}
+
+
 def saved_records(cfg: CapacityConfig, corpus_stamp: str | None = None) -> dict[tuple[str, int, float], Any]:
-    """(model key, seed, scale) -> run record from the records folder, for the files whose recipe, model
-    and corpus match this experiment (others are left alone: another recipe's runs stay on disk)."""
-    if cfg.records is None or not Path(cfg.records).is_dir():
-        return {}
+    """(model key, seed, scale) -> run record from the records folders (``records``, then the read-only
+    ``reuse_records``), for the files whose recipe at their run length, model and corpus match a run of
+    this experiment (others are left alone: another recipe's runs stay on disk)."""
+    folders = [f for f in (cfg.records, *cfg.reuse_records) if f is not None and Path(f).is_dir()]
     now, recipe = cfg.to_dict(), _recipe(cfg.to_dict())
-    out = {}
-    for path in sorted(Path(cfg.records).glob("*.json")):
+    # the run lengths this experiment trains: the full run, and half of it for the saturation check
+    wanted = {scale: _at_length(recipe, scale) for scale in (1.0, 0.5)}
+    out: dict[tuple[str, int, float], Any] = {}
+    for path in (p for folder in folders for p in sorted(Path(folder).glob("*.json"))):
         try:
             r = json.loads(path.read_text())
-            key, seed, scale = r["key"], int(r["seed"]), float(r["scale"])
+            key, seed = r["key"], int(r["seed"])
+            theirs = _at_length(r["recipe"], float(r["scale"]))
             ok = (
                 r.get("kind") == "capacity-run"
                 and key in cfg.models
                 and seed in cfg.seed_list
-                and r["recipe"] == recipe
                 and r["model"] == now["models"][key]
                 and r.get("corpus_fingerprint") == corpus_stamp
             )
-        except (OSError, ValueError, KeyError, TypeError):
+            scales = [scale for scale, rec in wanted.items() if ok and rec == theirs]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not a run record of this kind: not ours to read
-        if ok:
-            out[(key, seed, scale)] = r["record"]
+        for scale in scales:
+            out.setdefault((key, seed, scale), r["record"])
     return out
 
 
@@ -378,7 +392,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True, train: bool = True)
     todo = []
     for j in jobs:
         rec = reused.get((j.key, j.seed, j.scale))
-        if rec is None:
+        if rec is None or rec.get("steps", j.steps) != j.steps:  # a run of another length is not this one
             todo.append(j)
         else:
             results[section[j.scale]][j.key].append(rec)
