@@ -120,9 +120,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from moc_experiments.experiment.capacity import is_capacity
 
     if is_capacity(args.run) and not Path(args.run).is_dir():  # a preset or YAML file, not a run folder
-        return _report_from_records(args)
+        return _report_from_records(args, CAPACITY)
     if args.run in experiment_presets() and not Path(args.run).exists():  # a protocol preset by name
-        return _protocol_report_from_records(args)
+        return _report_from_records(args, PROTOCOL)
     path, results = load_results(args.run)
     kind = kind_of_results(results)
     try:
@@ -140,37 +140,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_from_records(args: argparse.Namespace) -> int:
-    """``moc-lab report PRESET``: a capacity sweep's report rebuilt from its records, training nothing."""
-    from moc_experiments.experiment.capacity import load_capacity, run_capacity
-    from moc_experiments.experiment.capacity.tables import tables
-
+def _report_from_records(args: argparse.Namespace, kind: ExperimentKind) -> int:
+    """``moc-lab report EXPERIMENT`` (a preset or YAML file that keeps records): the sweep's report rebuilt
+    from its records, training nothing."""
     over = [f"out_dir={args.out}"] if args.out else []
-    cfg = load_capacity(args.run, over)
+    cfg = kind.load(args.run, over)
     if cfg.records is None:
         raise ExperimentError(
             f"{args.run} keeps no records (no `records:` folder); pass a run folder or results.json instead"
         )
-    results = run_capacity(cfg, progress=True, train=False)
-    print(tables(results))
-    return 0
-
-
-def _protocol_report_from_records(args: argparse.Namespace) -> int:
-    """``moc-lab report table1``: a real-text sweep's report rebuilt from its records, training nothing
-    (the corpus and tokenizer are rebuilt or reused to check the records' corpus fingerprint)."""
-    from moc_experiments.experiment.protocol.config import load_experiment
-    from moc_experiments.experiment.protocol.report import tables
-    from moc_experiments.experiment.protocol.runner import run_experiment
-
-    over = [f"out_dir={args.out}"] if args.out else []
-    exp = load_experiment(args.run, over)
-    if exp.records is None:
-        raise ExperimentError(
-            f"{args.run} keeps no records (no `records:` folder); pass a run folder or results.json instead"
-        )
-    results = run_experiment(exp, progress=True, train=False)
-    print(tables(results))
+    results = kind.run(cfg, True, False)
+    print(kind.tables(results))
     return 0
 
 

@@ -39,7 +39,9 @@ class ExperimentKind:
     presets: Callable[[], list[str]]
     load: Callable[[str, Sequence[str]], Any]  # (preset or YAML, --set overrides) -> config
     plan: Callable[[Any], str]  # config -> what would run, without training
-    run: Callable[[Any, bool], dict[str, Any]]  # (config, progress) -> results (also written to disk)
+    # (config, progress, train) -> results (also written to disk); train=False: the finished runs only
+    # (its records and an earlier results.json), training nothing
+    run: Callable[[Any, bool, bool], dict[str, Any]]
     tables: Callable[[dict[str, Any]], str]  # results -> the main tables as text
     write_report: Callable[[Path, Path | None], Path]  # (results.json, out folder) -> report.md
     show: Callable[[Any], dict[str, Any]]  # config -> everything it resolves to, for `config show`
@@ -57,14 +59,14 @@ PROTOCOL = ExperimentKind(
     presets=protocol_config.experiment_presets,
     load=lambda spec, overrides: protocol_config.load_experiment(spec, list(overrides)),
     plan=plan.plan_text,
-    run=lambda exp, progress: runner.run_experiment(exp, progress=progress),
+    run=lambda exp, progress, train=True: runner.run_experiment(exp, progress=progress, train=train),
     tables=report.tables,
     write_report=lambda path, out: report.write_report(path, out),
     show=_show_protocol,
 )
 
 
-def _run_capacity(cfg: capacity.CapacityConfig, progress: bool) -> dict[str, Any]:
+def _run_capacity(cfg: capacity.CapacityConfig, progress: bool, train: bool = True) -> dict[str, Any]:
     """Run a capacity experiment; results.json left in its folder by another kind of experiment (or
     unreadable) is kept aside first: the capacity pipeline reuses and keeps only its own kind's runs."""
     path = cfg.run_dir / RESULTS_FILE
@@ -72,7 +74,7 @@ def _run_capacity(cfg: capacity.CapacityConfig, progress: bool) -> dict[str, Any
         backup = keep_results_aside(path)
         if progress:
             print(f"capacity: kept the earlier results in {cfg.run_dir} as {backup}", flush=True)
-    return capacity.run_capacity(cfg, progress=progress)
+    return capacity.run_capacity(cfg, progress=progress, train=train)
 
 
 CAPACITY = ExperimentKind(
