@@ -157,11 +157,11 @@ def _ift_config(cfg: Any, variant: str, lr: float) -> Any:
 
 
 def step_seconds(experiment: dict[str, Any], key: str, threads: int = 1, steps: int = 20) -> float:
-    """Seconds per pretraining step of model ``key`` on this machine: ``steps`` steps timed after 3
-    untimed ones (which compile, with ``train.compile``), on the experiment's own batches."""
+    """Seconds per pretraining step of model ``key`` on this machine: ``steps`` steps of :func:`fit`
+    timed after 3 untimed ones (which compile, with ``train.compile``), on one of the experiment's own
+    batches."""
     from moc.config import TrainConfig
     from moc.model import MoCModel
-    from moc.train.optim import build_optimizer
 
     torch.set_num_threads(threads)
     cfg = load_capacity(experiment)
@@ -174,20 +174,13 @@ def step_seconds(experiment: dict[str, Any], key: str, threads: int = 1, steps: 
     pack = t.pack_len if t.pack else 0
     data = [batch(world, rng, t.batch_size, t.qa_doc_fraction, world.max_doc_len, None, 0.0, None, pack)]
     tcfg = TrainConfig(lr=1e-4, max_steps=steps + 3, warmup_steps=1)
-    forward = torch.compile(model) if t.compile else model
-    opt = build_optimizer(model, tcfg)
-    model.train()
-    t0 = 0.0
-    for i in range(steps + 3):
-        if i == 3:
-            t0 = time.perf_counter()
-        x, m, y, pos = data[0]
-        out = forward(x, attention_mask=m, labels=y, position_ids=pos)
-        loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps
+
+    def next_batch() -> Batch:
+        return data[0]
+
+    fit(model, tcfg, 3, next_batch, t.grad_clip, 3, compile_model=t.compile)  # warm up (and compile)
+    _, _, seconds, _ = fit(model, tcfg, steps, next_batch, t.grad_clip, steps, compile_model=t.compile)
+    return seconds / steps
 
 
 def train_run(job: CapacityJob) -> dict[str, Any]:
