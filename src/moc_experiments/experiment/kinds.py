@@ -74,7 +74,9 @@ def _run_capacity(cfg: capacity.CapacityConfig, progress: bool, train: bool = Tr
         backup = keep_results_aside(path)
         if progress:
             print(f"capacity: kept the earlier results in {cfg.run_dir} as {backup}", flush=True)
-    return capacity.run_capacity(cfg, progress=progress, train=train)
+    if not train:
+        return capacity.run_capacity(cfg, progress=progress, train=False)
+    return capacity.run_capacity(cfg, progress=progress)
 
 
 CAPACITY = ExperimentKind(
