@@ -47,6 +47,14 @@ class ExperimentKind:
     show: Callable[[Any], dict[str, Any]]  # config -> everything it resolves to, for `config show`
 
 
+def _report_only_or_train(
+    run: Callable[..., dict[str, Any]], cfg: Any, progress: bool, train: bool
+) -> dict[str, Any]:
+    """A training run calls the runner as it always has (progress only); train=False asks it for the
+    report from finished runs."""
+    return run(cfg, progress=progress) if train else run(cfg, progress=progress, train=False)
+
+
 def _show_protocol(exp: protocol_config.ExperimentConfig) -> dict[str, Any]:
     d = exp.to_dict()
     d["moc"] = exp.moc_config.to_dict()  # the model section resolved too (its base: chain followed)
@@ -59,7 +67,7 @@ PROTOCOL = ExperimentKind(
     presets=protocol_config.experiment_presets,
     load=lambda spec, overrides: protocol_config.load_experiment(spec, list(overrides)),
     plan=plan.plan_text,
-    run=lambda exp, progress, train=True: runner.run_experiment(exp, progress=progress, train=train),
+    run=lambda exp, progress, train=True: _report_only_or_train(runner.run_experiment, exp, progress, train),
     tables=report.tables,
     write_report=lambda path, out: report.write_report(path, out),
     show=_show_protocol,
@@ -74,9 +82,7 @@ def _run_capacity(cfg: capacity.CapacityConfig, progress: bool, train: bool = Tr
         backup = keep_results_aside(path)
         if progress:
             print(f"capacity: kept the earlier results in {cfg.run_dir} as {backup}", flush=True)
-    if not train:
-        return capacity.run_capacity(cfg, progress=progress, train=False)
-    return capacity.run_capacity(cfg, progress=progress)
+    return _report_only_or_train(capacity.run_capacity, cfg, progress, train)
 
 
 CAPACITY = ExperimentKind(
