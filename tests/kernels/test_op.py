@@ -11,15 +11,19 @@ import pytest
 import torch
 
 from moc.kernels.op import read, routed_read_op
+from moc.kernels.routed_read import reads_by_chapter
 from moc.model.routing_layout import RoutingContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 from naive_read import naive_grads  # noqa: E402
 
+# 5 tiles: the PyTorch loops run tile-major; 200 tiles share the 6 chapters enough to run chapter-major
+TILES = {"tile-major": 5, "chapter-major": 200}
 
-def _problem(weighting: str, seed: int = 0) -> tuple:
+
+def _problem(weighting: str, seed: int = 0, D: int = 5) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    D, Qt, H, hd, U, T, kvh, n = 5, 2, 4, 8, 6, 3, 2, 3
+    Qt, H, hd, U, T, kvh, n = 2, 4, 8, 6, 3, 2, 3
     q = torch.randn(D, Qt, H, hd, dtype=torch.float64, generator=g)
     k, v = (torch.randn(U, T, kvh, hd, dtype=torch.float64, generator=g) for _ in range(2))
     idx = torch.stack([torch.randperm(U, generator=g)[:n] for _ in range(D)])
@@ -27,9 +31,11 @@ def _problem(weighting: str, seed: int = 0) -> tuple:
     return q, k, v, idx, w
 
 
+@pytest.mark.parametrize("order", sorted(TILES))
 @pytest.mark.parametrize("weighting", ["kv", "v", "logit"])
-def test_the_op_equals_the_naive_read_with_gradients(weighting: str) -> None:
-    q, k, v, idx, w = _problem(weighting)
+def test_the_op_equals_the_naive_read_with_gradients(weighting: str, order: str) -> None:
+    q, k, v, idx, w = _problem(weighting, D=TILES[order])
+    assert reads_by_chapter(q.shape, k.shape, idx.shape[1]) == (order == "chapter-major")
     leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
     out = read(leaves[0], leaves[1], leaves[2], idx, leaves[3], weighting)
     do = torch.randn_like(out)
@@ -40,8 +46,9 @@ def test_the_op_equals_the_naive_read_with_gradients(weighting: str) -> None:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_opcheck_schema_fake_and_autograd_registration() -> None:
-    q, k, v, idx, w = _problem("kv")
+@pytest.mark.parametrize("order", sorted(TILES))
+def test_opcheck_schema_fake_and_autograd_registration(order: str) -> None:
+    q, k, v, idx, w = _problem("kv", D=TILES[order])
     args = (
         q.requires_grad_(),
         k.requires_grad_(),

@@ -6,15 +6,25 @@ exists to avoid) and runs an explicit softmax: written from the maths, sharing n
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from moc.kernels.routed_read import routed_read, routed_read_forward_torch
+from moc.kernels.routed_read import (
+    reads_by_chapter,
+    routed_read,
+    routed_read_backward_torch,
+    routed_read_forward_torch,
+)
 
+rr = importlib.import_module(
+    "moc.kernels.routed_read"
+)  # the module (moc.kernels exports a function of its name)
 DT = torch.float64
+DEFAULT = rr.DEFAULT_BLOCK_ELEMENTS
 KVFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Problem = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, KVFn]
 
@@ -122,3 +132,64 @@ def test_forward_only_helper_agrees_with_the_function() -> None:
     out, lse = routed_read_forward_torch(q.detach(), k.detach(), v.detach(), idx, w.detach(), "v", 8**-0.5)
     torch.testing.assert_close(out, routed_read(q, idx, w, kv_fn, (mem, wk, wv), "v").detach())
     assert lse.shape == (5, 4, 3)
+
+
+def _chapter_major(monkeypatch: pytest.MonkeyPatch, block_elements: int) -> None:
+    """Make RoutedRead's PyTorch loops run chapter-major whatever the shapes."""
+    fwd, bwd = routed_read_forward_torch, routed_read_backward_torch
+    monkeypatch.setattr(rr, "routed_read_forward_torch", lambda *a: fwd(*a[:7], block_elements, True))
+    monkeypatch.setattr(rr, "routed_read_backward_torch", lambda *a: bwd(*a[:10], block_elements, True))
+
+
+@pytest.mark.parametrize("weighting", ["kv", "v", "logit"])
+@pytest.mark.parametrize(
+    ("Qt", "block_elements"),
+    [(1, 1), (1, 1 << 20), (3, 1 << 20)],  # one pair per block, whole chapters; tiles of several queries
+)
+def test_chapter_major_loops_match_the_naive_read(
+    monkeypatch: pytest.MonkeyPatch, weighting: str, Qt: int, block_elements: int
+) -> None:
+    # 30 tiles over 7 chapters: most chapters are read by several tiles (and one tile's pairs span blocks)
+    q, mem, wk, wv, idx, w, kv_fn = _problem(D=30, Qt=Qt, seed=3)
+    _chapter_major(monkeypatch, block_elements)
+    inputs = (q, mem, wk, wv, w)
+    out = routed_read(q, idx, w, kv_fn, (mem, wk, wv), weighting)
+    ref = _naive(q, mem, wk, wv, idx, w, kv_fn, weighting)
+    probe = torch.randn_like(ref)
+    got = torch.autograd.grad((out * probe).sum(), inputs)
+    want = torch.autograd.grad((ref * probe).sum(), inputs)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    for name, a, b in zip(("q", "mem", "wk", "wv", "w"), got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_chapter_major_lse_and_an_unread_chapter() -> None:
+    # Chapter 6 is read by no tile: its dk/dv rows stay 0; lse is the log-sum-exp over all n*T keys.
+    q, mem, wk, wv, _, w, kv_fn = _problem(D=12, Qt=1, U=7, n=3, seed=5)
+    idx = torch.stack([torch.randperm(6)[:3] for _ in range(12)])
+    k, v = (t.detach() for t in kv_fn(mem, wk, wv))
+    q, w = q.detach(), w.detach()
+    args = (q, k, v, idx, w, "kv", 8**-0.5)
+    out, lse = routed_read_forward_torch(*args, DEFAULT, True)
+    out_t, lse_t = routed_read_forward_torch(*args, DEFAULT, False)
+    torch.testing.assert_close(out, out_t, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(lse, lse_t, atol=1e-12, rtol=1e-12)
+    s = torch.einsum(
+        "dhe,dkhe->dhk", q[:, 0], (k[idx] * w[..., None, None, None]).flatten(1, 2)[:, :, [0, 0, 1, 1]]
+    )
+    torch.testing.assert_close(lse[..., 0], torch.logsumexp(s * 8**-0.5, -1), atol=1e-12, rtol=1e-12)
+    do = torch.randn_like(out)
+    _, dk, dv, _ = routed_read_backward_torch(do, q, out, lse, k, v, idx, w, "kv", 8**-0.5, DEFAULT, True)
+    assert dk[6].abs().max() == 0 and dv[6].abs().max() == 0
+    assert (dk[:6].abs().sum((1, 2, 3)) > 0).all() and (dv[:6].abs().sum((1, 2, 3)) > 0).all()
+
+
+def test_chapter_major_is_chosen_where_tiles_would_copy_each_chapter_many_times() -> None:
+    text_token = reads_by_chapter(torch.Size([4096, 1, 4, 32]), torch.Size([128, 64, 4, 32]), 5)
+    text_causal = reads_by_chapter(torch.Size([64, 64, 4, 32]), torch.Size([128, 64, 4, 32]), 5)
+    toy_8k = reads_by_chapter(torch.Size([4352, 1, 4, 4]), torch.Size([512, 16, 4, 4]), 3)
+    toy_causal = reads_by_chapter(torch.Size([16, 68, 4, 4]), torch.Size([128, 16, 4, 4]), 3)
+    assert text_token and text_causal and toy_8k and not toy_causal
+    # the boundary: exactly CHAPTER_MAJOR_MIN_COPIES entries per chapter
+    q, k = torch.Size([rr.CHAPTER_MAJOR_MIN_COPIES // 16, 1, 1, 4]), torch.Size([2, 4, 2, 2])
+    assert reads_by_chapter(q, k, 2) and not reads_by_chapter(q, k, 1)
