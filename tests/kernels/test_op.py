@@ -17,13 +17,14 @@ from moc.model.routing_layout import RoutingContext
 sys.path.insert(0, str(Path(__file__).parent))
 from naive_read import naive_grads  # noqa: E402
 
-# 5 tiles: the PyTorch loops run tile-major; 200 tiles share the 6 chapters enough to run chapter-major
-TILES = {"tile-major": 5, "chapter-major": 200}
+# (tiles, queries per tile, KV heads): 5 tiles run the PyTorch loops tile-major; 200 tiles share the 6
+# chapters enough to run them chapter-major, with grouped heads or (token routing) one query per head
+TILES = {"tile-major": (5, 2, 2), "chapter-major": (200, 2, 2), "chapter-major-token": (200, 1, 4)}
 
 
-def _problem(weighting: str, seed: int = 0, D: int = 5) -> tuple:
+def _problem(weighting: str, seed: int = 0, shape: tuple[int, int, int] = (5, 2, 2)) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    Qt, H, hd, U, T, kvh, n = 2, 4, 8, 6, 3, 2, 3
+    (D, Qt, kvh), H, hd, U, T, n = shape, 4, 8, 6, 3, 3
     q = torch.randn(D, Qt, H, hd, dtype=torch.float64, generator=g)
     k, v = (torch.randn(U, T, kvh, hd, dtype=torch.float64, generator=g) for _ in range(2))
     idx = torch.stack([torch.randperm(U, generator=g)[:n] for _ in range(D)])
@@ -34,8 +35,8 @@ def _problem(weighting: str, seed: int = 0, D: int = 5) -> tuple:
 @pytest.mark.parametrize("order", sorted(TILES))
 @pytest.mark.parametrize("weighting", ["kv", "v", "logit"])
 def test_the_op_equals_the_naive_read_with_gradients(weighting: str, order: str) -> None:
-    q, k, v, idx, w = _problem(weighting, D=TILES[order])
-    assert reads_by_chapter(q.shape, k.shape, idx.shape[1]) == (order == "chapter-major")
+    q, k, v, idx, w = _problem(weighting, shape=TILES[order])
+    assert reads_by_chapter(q.shape, k.shape, idx.shape[1]) == order.startswith("chapter-major")
     leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
     out = read(leaves[0], leaves[1], leaves[2], idx, leaves[3], weighting)
     do = torch.randn_like(out)
@@ -48,7 +49,7 @@ def test_the_op_equals_the_naive_read_with_gradients(weighting: str, order: str)
 
 @pytest.mark.parametrize("order", sorted(TILES))
 def test_opcheck_schema_fake_and_autograd_registration(order: str) -> None:
-    q, k, v, idx, w = _problem("kv", D=TILES[order])
+    q, k, v, idx, w = _problem("kv", shape=TILES[order])
     args = (
         q.requires_grad_(),
         k.requires_grad_(),

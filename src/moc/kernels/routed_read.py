@@ -172,7 +172,7 @@ def _forward_by_chapter(
     share = (m - lse[:, :, None]).exp()  # each chapter's share of the tile's softmax
     out = (share[..., None] * pairs.unsort(o).view(kvh, D, n, gQ, hd)).sum(2)  # (Hkv, D, gQ, hd)
     out = _heads_last(out.transpose(0, 1).to(q.dtype), Qt).contiguous()
-    return out, lse.transpose(0, 1).reshape(D, H, Qt)
+    return out, lse.transpose(0, 1).reshape(D, H, Qt).contiguous()
 
 
 def _backward_by_chapter(
