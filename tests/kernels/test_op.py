@@ -17,9 +17,9 @@ from moc.model.routing_layout import RoutingContext
 sys.path.insert(0, str(Path(__file__).parent))
 from naive_read import naive_grads  # noqa: E402
 
-# (tiles, queries per tile, KV heads): 5 tiles run the PyTorch loops tile-major; 200 tiles share the 6
+# (tiles, queries per tile, KV heads): 5 tiles run the PyTorch loops tile-major; 700 tiles share the 6
 # chapters enough to run them chapter-major, with grouped heads or (token routing) one query per head
-TILES = {"tile-major": (5, 2, 2), "chapter-major": (200, 2, 2), "chapter-major-token": (200, 1, 4)}
+TILES = {"tile-major": (5, 2, 2), "chapter-major": (700, 2, 2), "chapter-major-token": (700, 1, 4)}
 
 
 def _problem(weighting: str, seed: int = 0, shape: tuple[int, int, int] = (5, 2, 2)) -> tuple:

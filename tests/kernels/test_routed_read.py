@@ -187,9 +187,9 @@ def test_chapter_major_lse_and_an_unread_chapter() -> None:
 def test_chapter_major_is_chosen_where_tiles_would_copy_each_chapter_many_times() -> None:
     text_token = reads_by_chapter(torch.Size([4096, 1, 4, 32]), torch.Size([128, 64, 4, 32]), 5)
     text_causal = reads_by_chapter(torch.Size([64, 64, 4, 32]), torch.Size([128, 64, 4, 32]), 5)
-    toy_8k = reads_by_chapter(torch.Size([4352, 1, 4, 4]), torch.Size([512, 16, 4, 4]), 3)
+    toy_2k = reads_by_chapter(torch.Size([1088, 1, 2, 8]), torch.Size([128, 16, 1, 8]), 3)  # capacity MoC 2k
     toy_causal = reads_by_chapter(torch.Size([16, 68, 4, 4]), torch.Size([128, 16, 4, 4]), 3)
-    assert text_token and text_causal and toy_8k and not toy_causal
+    assert text_token and text_causal and not toy_2k and not toy_causal
     # the boundary: exactly CHAPTER_MAJOR_MIN_COPIES entries per chapter
     q, k = torch.Size([rr.CHAPTER_MAJOR_MIN_COPIES // 16, 1, 1, 4]), torch.Size([2, 4, 2, 2])
     assert reads_by_chapter(q, k, 2) and not reads_by_chapter(q, k, 1)

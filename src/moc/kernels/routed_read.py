@@ -47,9 +47,10 @@ WEIGHTINGS = ("kv", "v", "logit")
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
 CUDA_BLOCK_ELEMENTS = 1 << 27
 # Chapter-major loops when the tile-major ones would copy at least this many key/value entries per chapter
-# (the copies it saves, against one more loop iteration): on the CPU, chapter-major was 1.3-16x faster at
-# every token-routed and text shape measured (ratios 6.5k-1.3M) and 3x slower for a toy causal read (96).
-CHAPTER_MAJOR_MIN_COPIES = 2048
+# (the copies it saves, against one more loop iteration). Measured on the CPU in a training step: the
+# real-text demo's token-routed read (1.3M per chapter) 16x faster, a text causal read (20k) 1.8x;
+# the capacity models' reads (0.8k-13k) ran slower chapter-major (MoC 2k's step 37 ms against 24).
+CHAPTER_MAJOR_MIN_COPIES = 1 << 14
 
 
 def default_block_elements(q: torch.Tensor) -> int:
