@@ -15,7 +15,11 @@ from moc_experiments.experiment.protocol.models import ift_runs, model_specs, ph
 def test_presets_load_and_differ() -> None:
     assert {"demo", "smoke", "paper"} <= set(experiment_presets())
     demo, smoke, paper = (load_experiment(n) for n in ("demo", "smoke", "paper"))
-    assert demo.moc_config.memory.routing == "causal"  # the main model is leak-free
+    # the demo is a small Table 1: MoC with token routing (leak-free, per token) and with causal routing
+    table1 = load_experiment("table1")
+    assert demo.moc_config.memory.routing == "token" and demo.also_routings == ["causal"]
+    assert demo.moc_config.to_dict() == table1.moc_config.to_dict() and demo.lrs == table1.lrs
+    assert demo.baselines == table1.baselines and demo.eval.split_val and demo.eval.ablations
     assert smoke.pretrain.steps < demo.pretrain.steps < paper.pretrain.steps
     assert paper.data.source == "files"
 
@@ -97,11 +101,11 @@ def test_unknown_experiment_suggests() -> None:
 
 
 def test_models_share_the_recipe(tmp_path: Path) -> None:
-    exp = load_experiment("demo", ["ift.steps=40"])  # the demo's IFT recipe (off by default: see the preset)
+    exp = load_experiment("smoke", ["ift.steps=40"])  # the paper's protocol: leak ablation, IFT variants
     specs = model_specs(exp, vocab_size=1000)
     assert list(specs) == ["moc", "dense_backbone", "dense_isoflop", "moc_sequence"]
     assert specs["moc_sequence"].cfg.memory.routing == "sequence"
-    assert not specs["dense_backbone"].has_memory and specs["dense_backbone"].cfg.model.n_layers == 4
+    assert not specs["dense_backbone"].has_memory and specs["dense_backbone"].cfg.model.n_layers == 2
     cfgs = {
         k: phase_config(s, exp, "pretrain", seed=3, out_dir=tmp_path / k, prepared_dir=tmp_path)
         for k, s in specs.items()
