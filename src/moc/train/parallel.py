@@ -102,8 +102,21 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 def compile_blocks(model: nn.Module) -> None:
     """``torch.compile`` each block in place: parameter names stay the same, the top-level input checks
-    stay eager, and it composes with activation checkpointing, DDP and FSDP (compile before wrapping)."""
-    for block in blocks(model):
+    stay eager, and it composes with activation checkpointing, DDP and FSDP (compile before wrapping).
+
+    Every block shares one code object, and dynamo keeps a graph per variant of it: memory and plain
+    blocks, training and evaluation, new input shapes (the probes'), and every model compiled in the
+    process (an experiment worker trains, evaluates and ablates several). Past torch's limit of graphs
+    per code object (8) the later variants ran eagerly with a dynamo warning (seen in `moc-lab run demo`),
+    so each call raises the limit by 4 graphs per block."""
+    import torch._dynamo.config as dynamo_config
+
+    compiled = list(blocks(model))
+    dynamo_config.recompile_limit += 4 * len(compiled)  # train, evaluation, probes' shapes, ablations
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * dynamo_config.recompile_limit
+    )
+    for block in compiled:
         block.compile()
 
 

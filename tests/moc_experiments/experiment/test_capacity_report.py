@@ -249,6 +249,8 @@ def test_saturation_rule() -> None:
     assert rep.saturation_status(0.05) == "capacity-bound"
     assert rep.saturation_status(0.30) == "still learning"
     assert rep.saturation_status(0.10) == "still learning"  # "less than 10%" is capacity-bound
+    assert rep.saturation_status(-0.05) == "capacity-bound"  # a little lower: within the plateau
+    assert rep.saturation_status(-0.10) == "fell" and rep.saturation_status(-0.12) == "fell"
     assert rep.saturation_gain(100.0, 105.0) == pytest.approx(0.05)
     assert rep.saturation_gain(0.0, 0.0) == 0.0 and rep.saturation_gain(0.0, 5.0) == math.inf
 
@@ -347,6 +349,13 @@ def test_saturation_finding(results: dict) -> None:
         for r in results["saturation"][k]:
             r["bits"]["total"] /= 1.5
     assert "Every model is still learning: the bits comparisons above rank learning speed" in _text(results)
+    for r in results["saturation"]["moc_big"]:  # half length 1.5x the full run's bits: they fell by a third
+        r["bits"]["total"] *= 1.3 * 1.5
+    text = _text(results)
+    assert (
+        "dense big (+58%), moc small (+30%); "
+        "fell (bits lower at full length: no capacity reading): moc big (-33%)." in text
+    )
 
 
 def test_retention_findings_flip(results: dict) -> None:

@@ -226,7 +226,11 @@ def saturation_gain(half: float, full: float) -> float:
 
 
 def saturation_status(gain: float) -> str:
-    """ "capacity-bound" when doubling the run length raised bits by less than 10%, else "still learning"."""
+    """ "capacity-bound" when doubling the run length changed bits by less than 10% either way, "still
+    learning" when it raised them more, "fell" when it lowered them more (training went wrong somewhere:
+    neither a plateau nor progress, so the run says nothing about capacity)."""
+    if gain <= -SATURATION_GAIN:
+        return "fell"
     return "capacity-bound" if gain < SATURATION_GAIN else "still learning"
 
 

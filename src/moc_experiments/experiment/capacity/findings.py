@@ -181,7 +181,7 @@ def saturation_findings(results: dict) -> list[str]:
     sat = {k: s for k in done(results) if (s := saturation(results, k)) is not None}
     if not sat:
         return []
-    statuses = ("capacity-bound", "still learning", NO_BITS)
+    statuses = ("capacity-bound", "still learning", "fell", NO_BITS)
     by = {st: [k for k, s in sat.items() if s["status"] == st] for st in statuses}
 
     def names(keys: list[str]) -> str:
@@ -191,6 +191,11 @@ def saturation_findings(results: dict) -> list[str]:
         f"Saturation (bits at full vs half run length; capacity-bound when the gain is under "
         f"{100 * SATURATION_GAIN:.0f}%): capacity-bound: {names(by['capacity-bound'])}; still learning: "
         f"{names(by['still learning'])}"
+        + (
+            f"; fell (bits lower at full length: no capacity reading): {names(by['fell'])}"
+            if by["fell"]
+            else ""
+        )
         + (f"; {NO_BITS}: " + ", ".join(label(results, k) for k in by[NO_BITS]) if by[NO_BITS] else "")
         + "."
     )

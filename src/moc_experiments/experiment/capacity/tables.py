@@ -109,8 +109,9 @@ def saturation_table(results: dict) -> list[str]:
         "",
         "Saturation check: every model also trained at half the run length on the first seeds; gain = mean "
         "bits at full length / at half length − 1 over the same seeds. Rule: capacity-bound when doubling "
-        f"the run length raised bits by less than {100 * SATURATION_GAIN:.0f}%, else still learning (where "
-        "models are still learning, comparing their bits ranks learning speed, not capacity).",
+        f"the run length changed bits by less than {100 * SATURATION_GAIN:.0f}% either way, still learning "
+        "when it raised them more (where models are still learning, comparing their bits ranks learning "
+        "speed, not capacity), fell when it lowered them more.",
         "",
         "| model | seeds (paired) | kbit at half length | kbit at full length | gain % | full − half "
         "(paired) | status |",
