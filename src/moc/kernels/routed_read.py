@@ -98,8 +98,9 @@ def reads_by_chapter(q_shape: torch.Size, k_shape: torch.Size, n_selected: int) 
 
 
 class _ChapterPairs:
-    """The (tile, chapter) pairs of idx (D, n) sorted by chapter: ``tile[i]`` is pair i's tile; pairs
-    ``bounds[u]`` read chapter u; ``unsort`` puts per-pair values back in idx's (D * n) order."""
+    """The (tile, chapter) pairs of idx (D, n) sorted by chapter: ``tile[i]`` is pair i's tile;
+    ``blocks`` lists (chapter u, slice of the sorted pairs reading u), at most ``per_block`` pairs each;
+    ``unsort`` puts per-pair values back in idx's (D * n) order."""
 
     def __init__(self, idx: torch.Tensor, n_chapters: int, per_block: int) -> None:
         flat = idx.reshape(-1)
