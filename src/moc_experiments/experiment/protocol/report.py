@@ -371,9 +371,21 @@ def _setup(results: dict) -> str:
         lines.append(
             f"- Ran on {env.get('device', '?')} ({env.get('workers', '?')} worker(s) x "
             f"{env.get('threads', '?')} thread(s)), torch {env.get('torch', '?')}; total wall time "
-            f"{results.get('timing', {}).get('total_s', 0):.0f} s."
+            f"{results.get('timing', {}).get('total_s', 0):.0f} s" + _training_time(results) + "."
         )
     return "\n".join(lines)
+
+
+def _training_time(results: dict) -> str:
+    """The runs' own training time, which a report rebuilt from records did not spend itself."""
+    runs = [
+        r for seed in results.get("runs", []) for phase in ("pretrain", "ift") for r in seed[phase].values()
+    ]
+    train_s = [r["train_s"] for r in runs if isinstance(r.get("train_s"), (int, float))]
+    if not train_s:
+        return ""
+    total = sum(train_s)
+    return f"; training of the {len(train_s)} run(s), summed: {total:.0f} s ({total / 3600:.2f} h) of one worker"
 
 
 def render_markdown(results: dict, plots: dict[str, Path]) -> str:

@@ -236,11 +236,7 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True, train: bool = T
         "format": RESULTS_FORMAT,
         "kind": "protocol",
         "name": exp.name,
-        "description": (
-            "The Mixture-of-Chapters protocol at small scale: pretrain MoC and dense baselines on the same "
-            "tokens, measure, instruction fine-tune (MoC with its bank frozen or at a low learning rate), "
-            "measure again."
-        ),
+        "description": _description(exp),
         "config": exp.to_dict(),
         "environment": {
             "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -306,6 +302,13 @@ def run_experiment(exp: ExperimentConfig, progress: bool = True, train: bool = T
         print()
         _log(f"done in {results['timing']['total_s']:.0f}s; report: {report}", progress)
     return results
+
+
+def _description(exp: ExperimentConfig) -> str:
+    what = "pretrain MoC and dense baselines on the same tokens, measure"
+    if exp.ift.steps > 0:
+        what += ", instruction fine-tune (MoC with its bank frozen or at a low learning rate), measure again"
+    return f"The Mixture-of-Chapters protocol at small scale: {what}."
 
 
 def _notes(exp: ExperimentConfig, data: ExperimentData) -> list[str]:

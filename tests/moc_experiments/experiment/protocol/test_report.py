@@ -176,3 +176,22 @@ def test_several_seeds_use_the_t_interval_of_paired_differences(results: dict) -
         in wide
     )
     assert "95% CI [-0.920, +0.570], over 3 seeds" in wide
+
+
+def test_setup_sums_the_runs_own_training_time(results: dict, tmp_path: Path) -> None:
+    """A report rebuilt from records takes seconds; the setup still says what the training cost."""
+    for phase in ("pretrain", "ift"):
+        for run in results["runs"][0][phase].values():
+            run["train_s"] = 900.0
+    text = write_report(results, tmp_path).read_text()
+    assert "total wall time 20 s; training of the 8 run(s), summed: 7200 s (2.00 h) of one worker." in text
+
+
+def test_description_names_ift_only_when_it_runs() -> None:
+    from moc_experiments.experiment import load_experiment
+    from moc_experiments.experiment.protocol.runner import _description
+
+    with_ift = load_experiment("smoke")
+    assert with_ift.ift.steps > 0 and "instruction fine-tune" in _description(with_ift)
+    table1 = load_experiment("table1")
+    assert table1.ift.steps == 0 and "instruction fine-tune" not in _description(table1)
