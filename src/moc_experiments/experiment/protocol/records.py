@@ -28,13 +28,19 @@ def measurement(exp: ExperimentConfig) -> dict[str, Any]:
 
 
 def model_identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A run's training config without its seed, folders and names (the seed is the record's key)."""
+    """A run's training config without its seed, folders and names (the seed is the record's key), and,
+    for a dense model, without the memory and bank LRs it has no parameters for: a new memory LR for
+    MoC leaves the dense runs' records valid. Applying it twice changes nothing."""
     out = json.loads(json.dumps(cfg))  # a deep copy through JSON, as the record stores it
     out.pop("name", None)
     for key in ("seed", "out_dir"):
         out.get("train", {}).pop(key, None)
     for key in ("prepared_dir", "train"):
         out.get("data", {}).pop(key, None)
+    memory = out.get("memory", {})
+    if not (memory.get("enabled") and memory.get("layers")):
+        for key in ("memory_lr", "bank_lr"):
+            out.get("train", {}).pop(key, None)
     return out
 
 
@@ -87,7 +93,7 @@ def saved_records(
             ok = (
                 r.get("kind") == KIND
                 and r["measurement"] == now
-                and r["model"] == model_identity(cfg)
+                and model_identity(r["model"]) == model_identity(cfg)  # records saved before it dropped keys
                 and r.get("corpus_fingerprint") == fingerprint
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

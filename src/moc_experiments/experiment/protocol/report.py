@@ -385,7 +385,9 @@ def _training_time(results: dict) -> str:
     if not train_s:
         return ""
     total = sum(train_s)
-    return f"; training of the {len(train_s)} run(s), summed: {total:.0f} s ({total / 3600:.2f} h) of one worker"
+    return (
+        f"; training of the {len(train_s)} run(s), summed: {total:.0f} s ({total / 3600:.2f} h) of one worker"
+    )
 
 
 def render_markdown(results: dict, plots: dict[str, Path]) -> str:

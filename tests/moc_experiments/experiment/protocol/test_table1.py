@@ -103,6 +103,16 @@ def test_records_are_reused_only_where_they_match(sweep: tuple[Path, dict]) -> N
         changed["runs"][0]["pretrain"]["dense_wide"]["val"]
         != first["runs"][0]["pretrain"]["dense_wide"]["val"]
     )
+    # MoC's memory and bank LR retrains the MoC runs only: the dense models have no memory parameters.
+    before = after
+    run_experiment(
+        _load(root, "lrs={dense_wide: 1.0e-3}", "pretrain.memory_lr_scale=3.0", "pretrain.bank_lr_scale=3.0"),
+        progress=False,
+    )
+    after = {p.name: p.stat().st_mtime_ns for p in (root / "rec").glob("*.json")}
+    with_memory = [k for k, m in first["models"].items() if m.get("memory_layers")]
+    moc_runs = {f"{k}-seed{s}.json" for k in with_memory for s in (0, 1)}
+    assert moc_runs and {n for n in after if after[n] != before[n]} == moc_runs
 
 
 def test_report_from_records_trains_nothing(sweep: tuple[Path, dict], tmp_path: Path) -> None:
