@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from moc_experiments.experiment import load_experiment
 from moc_experiments.experiment.protocol import summary
 from moc_experiments.experiment.protocol.report import tables, write_report
+from moc_experiments.experiment.protocol.runner import _description
 from moc_experiments.experiment.protocol.verdict import findings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results.json"
@@ -188,9 +190,6 @@ def test_setup_sums_the_runs_own_training_time(results: dict, tmp_path: Path) ->
 
 
 def test_description_names_ift_only_when_it_runs() -> None:
-    from moc_experiments.experiment import load_experiment
-    from moc_experiments.experiment.protocol.runner import _description
-
     with_ift = load_experiment("smoke")
     assert with_ift.ift.steps > 0 and "instruction fine-tune" in _description(with_ift)
     table1 = load_experiment("table1")
