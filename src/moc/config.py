@@ -211,6 +211,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # PyTorch's fused AdamW (``torch.optim.AdamW(fused=True)``): one kernel per group instead of about ten
+    # per tensor, ~4x faster on the CPU at MoC's bank sizes. The same update; the rounding differs.
+    fused_optimizer: bool = True
     grad_clip: float = 1.0
     freeze_bank: bool = False
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"

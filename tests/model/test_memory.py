@@ -197,6 +197,25 @@ def test_distinct_chapters_have_a_static_size_and_map_back() -> None:
     assert torch.equal(chapters[rows], idx)
 
 
+def test_a_read_bound_by_the_whole_bank_reads_it_in_place() -> None:
+    """As many picks as chapters: every chapter in order, the picks as rows, and the bank's rows as a view
+    (no copy forward, no scatter backward). test_reference checks both paths against its float64
+    reference: its token reads have more picks than its 16 chapters (>= 9 decisions x 4), its sequence
+    reads of one document per row fewer (3 x 4)."""
+    from moc.model.bank import MemoryBank
+    from moc.model.memory import MemoryLayer
+
+    idx = torch.tensor([[0, 7, 3], [0, 3, 9], [1, 1, 2], [4, 4, 4]])
+    chapters, rows = MemoryLayer.distinct_chapters(idx, 12)
+    assert chapters.tolist() == list(range(12)) and rows is idx
+    bank = MemoryBank(48, 12, 8, "full", 4, 0.02)
+    whole = bank.chapters(None)
+    assert whole.shape == (12, 4, 8) and whole.data_ptr() == bank.weight.data_ptr()
+    assert torch.equal(whole[idx], bank.chapters(idx.reshape(-1)).view(4, 3, 4, 8))
+    factorized = MemoryBank(48, 12, 8, "factorized", 4, 0.02)
+    assert torch.equal(factorized.chapters(None)[5], factorized.chapters(torch.tensor([5]))[0])
+
+
 def test_cuda_without_the_kernels_says_once_why_it_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exported folder (no ``moc`` to import the kernels from) reads with the PyTorch loops on CUDA."""
     import sys

@@ -80,3 +80,22 @@ def test_decide_with_disabled_chapters_never_picks_them() -> None:
     dec = router.decide(torch.randn(3, 7, 16), torch.ones(3, 7, dtype=torch.bool), layer=1)
     assert not torch.isin(dec.indices, torch.tensor([0, 3, 4, 5])).any()
     torch.testing.assert_close(dec.weights.sum(-1), torch.ones(3, 7))
+
+
+@pytest.mark.parametrize("n", [5, 15, 127, 128, 300])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_top_k_is_torch_topk_whatever_the_row_length(n: int, k: int) -> None:
+    """Short rows are padded on the CPU (PyTorch's fast top-k path): the same values and indices, and the
+    padding is never picked, even when most probabilities are exactly zero (disabled chapters)."""
+    from moc.model.router import top_k
+
+    g = torch.Generator().manual_seed(n * 10 + k)
+    probs = torch.rand(40, n, generator=g).softmax(-1)
+    want = probs.topk(k, dim=-1)
+    got = top_k(probs, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    sparse = torch.zeros(3, n)
+    sparse[:, 0] = 1.0  # one chapter holds all the mass; the rest are exact zeros
+    values, idx = top_k(sparse, k)
+    assert values[:, 0].eq(1.0).all() and values[:, 1:].eq(0.0).all()
+    assert idx.lt(n).all() and idx[:, 0].eq(0).all()

@@ -86,3 +86,49 @@ def test_frozen_bank_has_no_grad_and_no_optimizer_state(cfg_with) -> None:
     saved = optimizer_state_bytes(opt2) - optimizer_state_bytes(opt)
     step_bytes = opt2.state[model2.banks[0].weight]["step"].numel() * 4
     assert saved == 2 * bank.numel() * 4 + step_bytes
+
+
+def _train(cfg, steps: int = 5) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """A few steps of the tiny model -> (its optimizer, its parameters after them)."""
+    torch.manual_seed(0)
+    model = moc.build_model(cfg)
+    opt = build_optimizer(model, cfg.train)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        out = model(torch.randint(0, 64, (2, 16), generator=g))
+        opt.zero_grad()
+        (out.logits.square().mean() + out.aux_loss).backward()
+        opt.step()
+    return opt, [p.detach().clone() for p in model.parameters()]
+
+
+def test_adamw_is_fused_by_default_with_the_same_update(cfg_with) -> None:
+    """train.fused_optimizer (default) runs PyTorch's fused AdamW: the same betas, eps, decay and LRs per
+    group as the unfused one, so the parameters agree to rounding after a few steps."""
+    opt, fused = _train(cfg_with("train.beta2=0.9", "train.eps=1e-3"))
+    assert all(g["fused"] is True for g in opt.param_groups)
+    plain_opt, plain = _train(cfg_with("train.beta2=0.9", "train.eps=1e-3", "train.fused_optimizer=false"))
+    assert not any(g["fused"] for g in plain_opt.param_groups)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    _, other_eps = _train(cfg_with("train.beta2=0.9", "train.eps=1e-8"))
+    assert any(not torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(fused, other_eps, strict=True))
+
+
+def test_adamw_without_a_fused_kernel_says_so_once_and_runs_unfused(
+    cfg_with, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moc.train.optim as optim
+
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(params, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors")
+        return real(params, **kw)
+
+    monkeypatch.setattr(optim.torch.optim, "AdamW", no_fused_kernel)
+    cfg = cfg_with()
+    with pytest.warns(UserWarning, match="no fused kernel here.*fused_optimizer=false"):
+        opt = build_optimizer(moc.build_model(cfg), cfg.train)
+    assert not any(g["fused"] for g in opt.param_groups)

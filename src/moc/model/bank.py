@@ -57,16 +57,15 @@ class MemoryBank(nn.Module):
         """The tensors the bank is made of: (A, B) for a factorized bank, else (weight,)."""
         return (self.A, self.B) if self.kind == "factorized" else (self.weight,)
 
-    def chapters(self, idx: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        """idx: (U,) chapter ids -> (U, T, dim). Indexes the bank directly (no batch expansion).
-
-        ``params`` (default: :attr:`params`) lets a read that recomputes in backward pass them in.
+    def chapters(self, idx: torch.Tensor | None, *params: torch.Tensor) -> torch.Tensor:
+        """idx: (U,) chapter ids -> (U, T, dim); None: every chapter in order, (C, T, dim), as a view (no
+        copy forward, no scatter into the gradient backward). Indexes the bank directly (no batch
+        expansion). ``params`` (default: :attr:`params`) lets a read that recomputes in backward pass them in.
         """
         params = params or self.params
-        if self.kind == "factorized":
-            a, b = params
-            return a.view(self.n_chapters, self.chapter_size, -1)[idx] @ b.t()
-        return params[0].view(self.n_chapters, self.chapter_size, -1)[idx]
+        rows = params[0].view(self.n_chapters, self.chapter_size, -1)
+        rows = rows if idx is None else rows[idx]
+        return rows @ params[1].t() if self.kind == "factorized" else rows
 
 
 def bank_owners(cfg: MemoryConfig, n_memory_layers: int) -> list[int]:

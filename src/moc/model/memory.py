@@ -145,6 +145,10 @@ class MemoryLayer(nn.Module):
         are unread chapters (projected, never read, so they get exactly zero gradient).
         """
         flat = indices.reshape(-1)
+        if flat.numel() >= n_chapters:
+            # The bound is the whole bank: read it in place (no gather forward, no scatter into the
+            # bank's gradient backward). Same K/V per chapter, so the same read as the general path.
+            return torch.arange(n_chapters, device=flat.device), indices
         used = torch.zeros(n_chapters, dtype=torch.int32, device=flat.device).index_fill_(0, flat, 1)
         rank = used.cumsum(0) - 1  # row of chapter c among the used ones
         chapters = torch.argsort(1 - used, stable=True)[: min(n_chapters, flat.numel())]
@@ -160,11 +164,13 @@ class MemoryLayer(nn.Module):
         can recompute K and V in backward instead of saving them.
         """
         T, eps, kvh, hd = bank.chapter_size, self.eps, self.n_kv_heads, self.head_dim
+        # distinct_chapters lists every chapter, in order, exactly when its bound is the whole bank
+        whole = chapters.shape[0] == bank.n_chapters
 
         def kv_fn(
             chapters: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, *bank_params: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            mem = rms_normalize(bank.chapters(chapters, *bank_params), eps)  # (U, T, dim)
+            mem = rms_normalize(bank.chapters(None if whole else chapters, *bank_params), eps)  # (U, T, dim)
             U = mem.shape[0]
             return F.linear(mem, wk).view(U, T, kvh, hd), F.linear(mem, wv).view(U, T, kvh, hd)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from moc.config import TrainConfig
+from moc.errors import warn_once
 from moc.model.param_groups import param_category
 
 CATEGORIES = ("backbone", "memory", "bank")
@@ -98,7 +99,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg)
     if not groups:
         raise ValueError("no trainable parameters: every parameter is frozen")
-    return torch.optim.AdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    kwargs = {"betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if cfg.fused_optimizer:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except RuntimeError as e:  # PyTorch has no fused kernel for some parameter's device or dtype
+            warn_once(
+                f"AdamW: no fused kernel here ({e}); using PyTorch's default implementation "
+                "(set train.fused_optimizer=false to silence this)"
+            )
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

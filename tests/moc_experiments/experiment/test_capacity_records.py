@@ -51,6 +51,18 @@ def test_a_saved_record_is_reused_only_with_the_same_recipe_model_and_seeds(tmp_
     assert len(saved_records(_cfg(tmp_path, "workers=1", f"out_dir={tmp_path / 'elsewhere'}"))) == 2
 
 
+def test_fused_adamw_is_a_recipe_setting_off_for_the_records_made_without_it(tmp_path: Path) -> None:
+    """Older records ran unfused AdamW: the default keeps them; fused is another recipe (a sweep's runs stay
+    comparable within one setting), and it reaches every optimizer the runs build."""
+    cfg = _cfg(tmp_path)
+    save_record(cfg, _job(cfg), {"seed": 0}, None)
+    assert set(saved_records(cfg)) == {("moc_2k", 0, 1.0)}
+    fused = _cfg(tmp_path, "train.fused_optimizer=true")
+    assert saved_records(fused) == {}
+    assert _ift_config(fused, "full", 1e-3).fused_optimizer is True
+    assert _ift_config(cfg, "full", 1e-3).fused_optimizer is False
+
+
 def test_a_foreign_or_damaged_file_in_the_records_folder_is_passed_over(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     save_record(cfg, _job(cfg), {"seed": 0}, None)

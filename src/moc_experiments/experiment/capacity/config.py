@@ -64,6 +64,9 @@ class CapacityTrain:
     # Train through torch.compile (the CPU fast path of token routing: the read's ops fused; the dense
     # models compiled alike). Changes rounding, not the recipe: runs stay comparable within one setting.
     compile: bool = False
+    # AdamW fused (``train.fused_optimizer`` of moc). Off by default: the records made before it existed
+    # ran unfused, and a sweep's runs stay comparable within one setting (it changes rounding only).
+    fused_optimizer: bool = False
 
 
 @dataclass

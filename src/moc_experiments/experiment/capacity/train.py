@@ -153,6 +153,7 @@ def _ift_config(cfg: Any, variant: str, lr: float) -> Any:
         warmup_steps=min(ift.warmup_steps, ift.steps - 1),
         schedule="cosine",
         min_lr_ratio=t.min_lr_ratio,
+        fused_optimizer=t.fused_optimizer,
     )
 
 
@@ -173,7 +174,7 @@ def step_seconds(experiment: dict[str, Any], key: str, threads: int = 1, steps: 
     rng = np.random.default_rng(0)
     pack = t.pack_len if t.pack else 0
     data = [batch(world, rng, t.batch_size, t.qa_doc_fraction, world.max_doc_len, None, 0.0, None, pack)]
-    tcfg = TrainConfig(lr=1e-4, max_steps=steps + 3, warmup_steps=1)
+    tcfg = TrainConfig(lr=1e-4, max_steps=steps + 3, warmup_steps=1, fused_optimizer=t.fused_optimizer)
 
     def next_batch() -> Batch:
         return data[0]
@@ -209,6 +210,7 @@ def train_run(job: CapacityJob) -> dict[str, Any]:
         warmup_steps=min(t.warmup_steps, steps - 1),
         schedule="cosine",
         min_lr_ratio=t.min_lr_ratio,
+        fused_optimizer=t.fused_optimizer,
     )
     rng = np.random.default_rng(seed)  # the same documents in the same order for every model
     counts: dict[str, int] = {}

@@ -33,7 +33,9 @@ def model_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     MoC leaves the dense runs' records valid. Applying it twice changes nothing."""
     out = json.loads(json.dumps(cfg))  # a deep copy through JSON, as the record stores it
     out.pop("name", None)
-    for key in ("seed", "out_dir"):
+    # fused_optimizer changes AdamW's rounding, not the recipe (as another machine would): records made
+    # before it existed (unfused) stay valid.
+    for key in ("seed", "out_dir", "fused_optimizer"):
         out.get("train", {}).pop(key, None)
     for key in ("prepared_dir", "train"):
         out.get("data", {}).pop(key, None)
