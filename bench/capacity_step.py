@@ -12,7 +12,9 @@ dense models alike) are both timed unless ``--compile`` picks one.
     python bench/capacity_step.py --text-demo                   # the real-text demo's model, token routing
 
 A step is forward + backward + grad clip + AdamW on the experiment's own batches (packed biographies for
-the capacity presets; random tokens of the demo's shape for ``--text-demo``).
+the capacity presets; random tokens of the demo's shape for ``--text-demo``). AdamW is moc's default, fused
+(``train.fused_optimizer``); ``--unfused-adamw`` times PyTorch's per-tensor loop instead, which the
+capacity sweeps' records were trained with.
 """
 
 from __future__ import annotations
@@ -76,11 +78,11 @@ def text_demo_models() -> tuple[dict[str, Any], dict[str, float], list[Batch]]:
     return configs, flops, batches
 
 
-def make_step(model: torch.nn.Module, compiled: bool) -> Callable[[Batch], None]:
+def make_step(model: torch.nn.Module, compiled: bool, fused_adamw: bool = True) -> Callable[[Batch], None]:
     from moc.config import TrainConfig
     from moc.train.optim import build_optimizer
 
-    opt = build_optimizer(model, TrainConfig(lr=1e-3, max_steps=10**6))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, max_steps=10**6, fused_optimizer=fused_adamw))
     forward = torch.compile(model) if compiled else model
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -107,7 +109,7 @@ def pairs(flops: dict[str, float], configs: dict[str, Any]) -> dict[str, str]:
 
 
 def time_models(
-    configs: dict[str, Any], batches: list[Batch], compiled: bool, rounds: int, steps: int
+    configs: dict[str, Any], batches: list[Batch], compiled: bool, rounds: int, steps: int, fused_adamw: bool
 ) -> dict[str, float]:
     """Median CPU milliseconds per step of every model, interleaved round by round."""
     from moc.model import MoCModel
@@ -116,7 +118,7 @@ def time_models(
     for key, cfg in configs.items():
         torch.manual_seed(0)
         model = MoCModel(cfg).train()
-        runs[key] = make_step(model, compiled)
+        runs[key] = make_step(model, compiled, fused_adamw)
         for b in batches[:3]:  # warm up (and compile) outside the timed rounds
             runs[key](b)
     times: dict[str, list[float]] = {k: [] for k in configs}
@@ -136,15 +138,18 @@ def main() -> None:
     ap.add_argument("--compile", choices=("both", "eager", "compiled"), default="both")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="steps per model per round")
+    ap.add_argument("--unfused-adamw", action="store_true", help="PyTorch's per-tensor AdamW loop")
     args = ap.parse_args()
     torch.set_num_threads(1)
     configs, flops, batches = text_demo_models() if args.text_demo else capacity_models(args.preset)
     matched = pairs(flops, configs)
     modes = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compile]
     shape = "text demo" if args.text_demo else args.preset
-    print(f"{shape}: a training step, 1 thread, {args.rounds} rounds x {args.steps} steps interleaved")
+    adamw = "unfused" if args.unfused_adamw else "fused"
+    rounds = f"{args.rounds} rounds x {args.steps} steps interleaved"
+    print(f"{shape}: a training step ({adamw} AdamW), 1 thread, {rounds}")
     for compiled in modes:
-        ms = time_models(configs, batches, compiled, args.rounds, args.steps)
+        ms = time_models(configs, batches, compiled, args.rounds, args.steps, not args.unfused_adamw)
         print(f"\n{'compiled' if compiled else 'eager'}:")
         print(f"{'model':<16} {'inference FLOPs/tok':>20} {'ms/step':>9}  vs equal-FLOP dense")
         for key in configs:
