@@ -141,8 +141,9 @@ class MemoryLayer(nn.Module):
         """indices: (...) chapter ids -> (chapters (U,), indices as rows of ``chapters``).
 
         U = min(n_chapters, indices.numel()) is a bound known from shapes alone (no host sync, unlike
-        ``torch.unique``): the distinct chapters come first, in ascending order, and any remaining rows
-        are unread chapters (projected, never read, so they get exactly zero gradient).
+        ``torch.unique``). When U is the whole bank, every chapter in order and ``indices`` unchanged;
+        otherwise the distinct chapters come first, in ascending order. Any unread rows are projected,
+        never read, so they get exactly zero gradient.
         """
         flat = indices.reshape(-1)
         if flat.numel() >= n_chapters:
