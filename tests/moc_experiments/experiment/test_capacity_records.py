@@ -63,6 +63,37 @@ def test_fused_adamw_is_a_recipe_setting_off_for_the_records_made_without_it(tmp
     assert _ift_config(cfg, "full", 1e-3).fused_optimizer is False
 
 
+def test_a_record_saved_before_a_recipe_field_existed_takes_its_default(tmp_path: Path) -> None:
+    """A record written before ``train.fused_optimizer`` (or any later field) existed was made with the
+    field's default: it is reused under the default and not under another setting."""
+    cfg = _cfg(tmp_path)
+    path = save_record(cfg, _job(cfg), {"seed": 0}, None)
+    older = json.loads(path.read_text())
+    del older["recipe"]["train"]["fused_optimizer"]
+    path.write_text(json.dumps(older))
+    assert set(saved_records(cfg)) == {("moc_2k", 0, 1.0)}
+    assert saved_records(_cfg(tmp_path, "train.fused_optimizer=true")) == {}
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize(
+    "folder", sorted(p.name for p in (REPO / "docs/capacity/records").iterdir() if p.is_dir()), ids=str
+)
+def test_every_committed_record_is_read_by_its_preset(folder: str) -> None:
+    """The published sweeps are rebuilt from their records: each file in docs/capacity/records/NAME is
+    a run the preset NAME reads back (a recipe field added since must not orphan them)."""
+    cfg = load_capacity(folder, [f"records={REPO / 'docs/capacity/records' / folder}", "reuse_records=[]"])
+    files = sorted((REPO / "docs/capacity/records" / folder).glob("*.json"))
+    assert files
+    want = set()
+    for f in files:
+        r = json.loads(f.read_text())
+        want.add((r["key"], r["seed"], float(r["scale"])))
+    assert want <= set(saved_records(cfg))
+
+
 def test_a_foreign_or_damaged_file_in_the_records_folder_is_passed_over(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     save_record(cfg, _job(cfg), {"seed": 0}, None)

@@ -105,14 +105,16 @@ _SECTIONS = {"world": WorldSettings, "train": CapacityTrain, "ift": CapacityIft,
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
-    """What every run's numbers depend on besides its model and seed."""
+    """What every run's numbers depend on besides its model and seed, from an experiment's config or from
+    a recipe saved earlier (the same function both ways, so that a record saved before a field was added
+    still matches: the field takes its default, which is what the record was made with)."""
     d = {k: v for k, v in config.items() if k not in _NOT_RECIPE}
-    # Sections and fields added later take their defaults (= what older results were made with).
+    unused_text = "text" in d and d["text"] is None  # a saved recipe that used no corpus
     for name, cls in _SECTIONS.items():
-        d[name] = dataclasses.asdict(cls()) | d.get(name, {})
-    d["train"].pop("saturation_seeds")  # how many seeds also run at half length: no run's numbers change
-    d["train"].pop("log_every")
-    if not (d["text"]["fraction"] > 0 or d["ift"]["data"] == "real_chat"):
+        d[name] = dataclasses.asdict(cls()) | (d.get(name) or {})
+    d["train"].pop("saturation_seeds", None)  # how many seeds also run at half length: no number changes
+    d["train"].pop("log_every", None)
+    if unused_text or not (d["text"]["fraction"] > 0 or d["ift"]["data"] == "real_chat"):
         d["text"] = None  # the corpus settings do not matter when no corpus is used
     return d
 
@@ -204,7 +206,7 @@ def saved_records(cfg: CapacityConfig, corpus_stamp: str | None = None) -> dict[
         try:
             r = json.loads(path.read_text())
             key, seed = r["key"], int(r["seed"])
-            theirs = _at_length(r["recipe"], float(r["scale"]))
+            theirs = _at_length(_recipe(r["recipe"]), float(r["scale"]))
             ok = (
                 r.get("kind") == "capacity-run"
                 and key in cfg.models
@@ -307,7 +309,7 @@ def capacity_plan(cfg: CapacityConfig) -> str:
         f"IFT {cfg.ift.steps} steps ({cfg.ift.data})",
         f"{len(cfg.models)} models x {cfg.seeds} seeds ({seeds})"
         + (f" + {cfg.train.saturation_seeds} seed(s) at half length" if cfg.train.saturation_seeds else "")
-        + f" = {len(jobs)} runs; {len(reused)} reusable from {cfg.run_dir / RESULTS_FILE}, "
+        + f" = {len(jobs)} runs; {len(reused)} already run (records, or {cfg.run_dir / RESULTS_FILE}), "
         f"{len(jobs) - len(reused)} to train",
         "",
         f"{'model':<44} {'params':>9} {'non-emb':>9} {'train FLOPs/tok':>16} {'inference FLOPs/tok':>20}",

@@ -179,6 +179,10 @@ def step_seconds(experiment: dict[str, Any], key: str, threads: int = 1, steps: 
     def next_batch() -> Batch:
         return data[0]
 
+    if t.compile:
+        # each model is timed as its own run compiles it: the compilations of models timed before it in
+        # this process would otherwise count against dynamo's recompile limit and leave this one eager
+        torch._dynamo.reset()
     fit(model, tcfg, 3, next_batch, t.grad_clip, 3, compile_model=t.compile)  # warm up (and compile)
     _, _, seconds, _ = fit(model, tcfg, steps, next_batch, t.grad_clip, steps, compile_model=t.compile)
     return seconds / steps
