@@ -139,9 +139,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="steps per model per round")
     ap.add_argument("--unfused-adamw", action="store_true", help="PyTorch's per-tensor AdamW loop")
+    ap.add_argument("--models", help="comma-separated model keys to time (default: all of the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     configs, flops, batches = text_demo_models() if args.text_demo else capacity_models(args.preset)
+    if args.models:
+        keep = args.models.split(",")
+        if unknown := sorted(set(keep) - set(configs)):
+            ap.error(f"--models: no model {unknown} in this preset; it has {sorted(configs)}")
+        configs = {k: configs[k] for k in keep}
+        kinds = {bool(c.memory_layers) for c in configs.values()}
+        if kinds != {True, False}:
+            ap.error("--models: name at least one MoC model and one dense model to compare it with")
+    # Every model is a fresh set of guards on the same forward code: keep dynamo compiling them all
+    # rather than running the last ones eager past its recompile limit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(configs))
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 64 * len(configs)
+    )
     matched = pairs(flops, configs)
     modes = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compile]
     shape = "text demo" if args.text_demo else args.preset

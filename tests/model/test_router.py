@@ -99,3 +99,42 @@ def test_top_k_is_torch_topk_whatever_the_row_length(n: int, k: int) -> None:
     values, idx = top_k(sparse, k)
     assert values[:, 0].eq(1.0).all() and values[:, 1:].eq(0.0).all()
     assert idx.lt(n).all() and idx[:, 0].eq(0).all()
+
+
+def _stable_top_k(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: largest first, equal values by lowest index (a stable sort, independent of topk)."""
+    idx = torch.sort(-probs, dim=-1, stable=True).indices[..., :k]
+    return probs.gather(-1, idx), idx
+
+
+def _tied_probs(n: int, seed: int) -> torch.Tensor:
+    """Rows of probabilities with many exact ties: coarse levels, all-zero rows, one-hot rows."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 4, (30, n), generator=g).float()
+    probs = torch.cat([levels / levels.sum(-1, keepdim=True).clamp(min=1), torch.zeros(2, n)])
+    probs[-1, n // 2] = 1.0
+    return torch.cat([probs, torch.rand(8, n, generator=g).softmax(-1)])
+
+
+@pytest.mark.parametrize("n", [4, 31, 511])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_top_k_by_keys_is_a_top_k_with_ties_to_the_lowest_index(n: int, k: int) -> None:
+    from moc.model.router import top_k_by_keys
+
+    probs = _tied_probs(n, n + k)
+    values, idx = top_k_by_keys(probs, k)
+    want_values, want_idx = _stable_top_k(probs, k)
+    assert torch.equal(idx, want_idx) and torch.equal(values, want_values)
+    assert torch.equal(top_k_by_keys(probs[:, :k], k)[1], _stable_top_k(probs[:, :k], k)[1])  # k == n
+
+
+def test_top_k_under_torch_compile_is_the_same_top_k() -> None:
+    """Compiled on the CPU, top_k takes the key reductions: same picks and values as the reference."""
+    from moc.model.router import top_k
+
+    probs = _tied_probs(127, 0)
+    compiled = torch.compile(top_k, fullgraph=True)
+    for k in (2, 4):
+        values, idx = compiled(probs, k)
+        want_values, want_idx = _stable_top_k(probs, k)
+        assert torch.equal(idx, want_idx) and torch.equal(values, want_values)
