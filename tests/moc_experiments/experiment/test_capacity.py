@@ -304,7 +304,7 @@ def test_plan_trains_nothing(tmp_path: Path) -> None:
     text = buf.getvalue()
     exp = load_capacity("capacity-smoke")
     n = len(exp.models) * exp.seeds
-    assert f"= {n} runs; 0 reusable" in text and f"{n} to train" in text
+    assert f"= {n} runs; 0 already run" in text and f"{n} to train" in text
     for m in exp.models.values():
         assert m["label"] in text
     assert not (tmp_path / "p" / "results.json").exists()

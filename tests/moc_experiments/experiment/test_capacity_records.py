@@ -16,6 +16,7 @@ from moc_experiments.experiment.capacity import load_capacity, model_config
 from moc_experiments.experiment.capacity.models import model_records
 from moc_experiments.experiment.capacity.pipeline import (
     CapacityJob,
+    capacity_plan,
     estimated_hours,
     plan_jobs,
     prepare,
@@ -73,6 +74,17 @@ def test_a_record_saved_before_a_recipe_field_existed_takes_its_default(tmp_path
     path.write_text(json.dumps(older))
     assert set(saved_records(cfg)) == {("moc_2k", 0, 1.0)}
     assert saved_records(_cfg(tmp_path, "train.fused_optimizer=true")) == {}
+
+
+def test_the_plan_counts_only_the_runs_it_would_train(tmp_path: Path) -> None:
+    """A records folder may hold more than the sweep schedules (here a half-length run of a seed beyond
+    ``saturation_seeds``): the plan's counts are of its own runs."""
+    cfg = _cfg(tmp_path)
+    for scale, seed in ((0.5, 0), (0.5, 1)):  # the sweep runs seed 0 at half length, not seed 1
+        save_record(cfg, _job(cfg, "moc_2k", seed, scale), {"seed": seed, "steps": 3, "train_s": 0.1}, None)
+    n = len(plan_jobs(cfg, prepare(cfg, progress=False), model_records(cfg, 100, 20)))
+    text = capacity_plan(cfg)
+    assert f"= {n} runs; 1 already run" in text and f"{n - 1} to train" in text
 
 
 REPO = Path(__file__).resolve().parents[3]

@@ -295,6 +295,7 @@ def capacity_plan(cfg: CapacityConfig) -> str:
     models = model_records(cfg, data.vocab_size, flops_len(cfg, world))
     jobs = plan_jobs(cfg, data, models)
     reused = finished_runs(cfg, cfg.run_dir / RESULTS_FILE, data.corpus_stamp)
+    todo = [j for j in jobs if (j.key, j.seed, j.scale) not in reused]  # a record may hold more seeds
     tokens = steps * cfg.train.batch_size * data.doc_tokens
     seeds = ", ".join(map(str, cfg.seed_list))
     size = f"{world.n_people} people x {world.n_attributes} attributes"
@@ -309,8 +310,8 @@ def capacity_plan(cfg: CapacityConfig) -> str:
         f"IFT {cfg.ift.steps} steps ({cfg.ift.data})",
         f"{len(cfg.models)} models x {cfg.seeds} seeds ({seeds})"
         + (f" + {cfg.train.saturation_seeds} seed(s) at half length" if cfg.train.saturation_seeds else "")
-        + f" = {len(jobs)} runs; {len(reused)} already run (records, or {cfg.run_dir / RESULTS_FILE}), "
-        f"{len(jobs) - len(reused)} to train",
+        + f" = {len(jobs)} runs; {len(jobs) - len(todo)} already run (records, or "
+        f"{cfg.run_dir / RESULTS_FILE}), {len(todo)} to train",
         "",
         f"{'model':<44} {'params':>9} {'non-emb':>9} {'train FLOPs/tok':>16} {'inference FLOPs/tok':>20}",
     ]
@@ -320,7 +321,6 @@ def capacity_plan(cfg: CapacityConfig) -> str:
             f"{rec['label'][:44]:<44} {p['total']:>9,} {p['non_embedding']:>9,} {fl['train']:>16,.0f} "
             f"{fl['inference']:>20,.0f}"
         )
-    todo = [j for j in jobs if (j.key, j.seed, j.scale) not in reused]
     if todo:
         lines += ["", *estimated_hours(cfg, todo, reused, workers(cfg, len(todo)))]
     return "\n".join(lines)

@@ -63,4 +63,4 @@ def test_bits_smoke_report_and_resume(bits_smoke: tuple[Path, dict]) -> None:
     with contextlib.redirect_stdout(buf):
         assert main(["run", "capacity-bits-smoke", "--out", str(out), "--plan"]) == 0
     n = len(results["runs"]) * 3  # 2 seeds + 1 saturation run per model
-    assert f"{n} reusable" in buf.getvalue() and "0 to train" in buf.getvalue()
+    assert f"{n} already run" in buf.getvalue() and "0 to train" in buf.getvalue()
