@@ -245,6 +245,12 @@ def test_a_report_from_records_needs_records(tmp_path: Path, capsys: pytest.Capt
     spec.write_text(f"kind: capacity\nextends: capacity-bits-smoke\nrecords: {tmp_path / 'none'}\n")
     assert main(["report", str(spec), "--out", str(tmp_path / "c")]) == 2
     assert "no finished run to report" in capsys.readouterr().err
+    # Half-length runs alone (a longer sweep just started from a shorter one's records): still nothing.
+    cfg = _cfg(tmp_path)
+    save_record(cfg, _job(cfg, "moc_2k", 0, 0.5), {"seed": 0}, None)
+    spec.write_text(f"kind: capacity\nextends: capacity-bits-smoke\nrecords: {tmp_path / 'records'}\n")
+    assert main(["report", str(spec), "--out", str(tmp_path / "c")]) == 2
+    assert "no finished run to report at full length (only 1 half-length run(s))" in capsys.readouterr().err
     spec.write_text("kind: capacity\nextends: capacity-bits-smoke\n")
     assert main(["report", str(spec)]) == 2
     assert "keeps no records" in capsys.readouterr().err

@@ -435,10 +435,13 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True, train: bool = True)
         execute(todo, n_workers, done, train_run)
     elif todo:
         _log(f"{len(todo)} run(s) not trained (reporting the finished ones only)", progress)
-        if len(todo) == len(jobs):
+        if not any(results["runs"].values()):  # half-length runs alone make no report
+            halves = len(jobs) - len(todo)
             raise ExperimentError(
-                f"{cfg.name}: no finished run to report (records: {cfg.records or 'none set'}, "
-                f"results: {out / RESULTS_FILE}); run `moc-lab run {cfg.name}` first"
+                f"{cfg.name}: no finished run to report"
+                + (f" at full length (only {halves} half-length run(s))" if halves else "")
+                + f" (records: {cfg.records or 'none set'}, results: {out / RESULTS_FILE}); "
+                f"run `moc-lab run {cfg.name}` first"
             )
     for name in ("runs", "saturation"):
         for k in results.get(name, {}):
