@@ -236,6 +236,10 @@ def test_records_written_by_a_run_rebuild_it_without_training(tmp_path: Path) ->
     assert main(["report", str(spec), "--out", str(tmp_path / "c")]) == 0
     third = json.loads((tmp_path / "c" / "results.json").read_text())
     assert third["runs"] == first["runs"] and (tmp_path / "c" / "report.md").is_file()
+    assert "This report trained nothing: it was rebuilt from 4 finished runs' records" in (
+        tmp_path / "c" / "report.md"
+    ).read_text()
+    assert "Run time:" in (tmp_path / "b" / "report.md").read_text()  # a run that trained says how long
 
 
 def test_a_report_from_records_needs_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,12 +112,15 @@ def bank_size_findings(results: dict, meas: Measure) -> list[str]:
             f"{mem.get('tokens_read')} tokens read per token, top-{mem.get('top_k')}, "
             f"{mem.get('routing')} routing"
         )
-        if all(v.sign > 0 for *_, v in vs):
+        grown = sum(v.sign > 0 for *_, v in vs)
+        if grown == len(vs):
             head = f"{meas.grow} with bank size at every step"
         elif any(v.ci is None for *_, v in vs):
             head = f"{meas.name} vs bank size: {vs[0][2].noise}"
+        elif grown:
+            head = f"{meas.grow} beyond seed noise at {grown} of the {len(vs)} steps"
         else:
-            head = f"{meas.not_grow} beyond seed noise at every step"
+            head = f"{meas.not_grow} beyond seed noise at any step"
         parts = [
             f"{label(results, a)} → {label(results, b)} ({size[a]:,} → {size[b]:,} bank tokens): "
             f"{_ahead(meas, v, 'the larger bank')}"

@@ -446,7 +446,7 @@ def run_capacity(cfg: CapacityConfig, progress: bool = True, train: bool = True)
     for name in ("runs", "saturation"):
         for k in results.get(name, {}):
             results[name][k].sort(key=lambda r: r["seed"])
-    results["timing"] = {"total_s": time.perf_counter() - t_start}
+    results["timing"] = {"total_s": time.perf_counter() - t_start, "trained": train}
     write_json(out / RESULTS_FILE, results)
     report = write_report(results, out)
     _log(f"done in {results['timing']['total_s']:.0f}s; report: {report}", progress)
