@@ -157,8 +157,6 @@ def _setup(results: dict) -> str:
 
 
 def _run_time(results: dict) -> str:
-    env = results["environment"]
-    where = ", ".join(f"{k} {env[k]}" for k in ("machine", "processor", "cores") if env.get(k) is not None)
     if results.get("timing", {}).get("trained") is False:
         runs = [r for name in ("runs", "saturation") for rs in (results.get(name) or {}).values() for r in rs]
         core_h = sum(r.get("train_s", 0.0) for r in runs) / 3600
@@ -166,6 +164,8 @@ def _run_time(results: dict) -> str:
             f"This report trained nothing: it was rebuilt from {len(runs)} finished runs' records (their "
             f"pretraining took {core_h:.1f} core-hours in all, the sum of their train s)."
         )
+    env = results["environment"]
+    where = ", ".join(f"{k} {env[k]}" for k in ("machine", "processor", "cores") if env.get(k) is not None)
     return (
         (
             f"Run time: {results['timing']['total_s']:.0f} s on "
