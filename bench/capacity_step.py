@@ -14,7 +14,10 @@ dense models alike) are both timed unless ``--compile`` picks one.
 A step is forward + backward + grad clip + AdamW on the experiment's own batches (packed biographies for
 the capacity presets; random tokens of the demo's shape for ``--text-demo``). AdamW is moc's default, fused
 (``train.fused_optimizer``); ``--unfused-adamw`` times PyTorch's per-tensor loop instead, which the
-capacity sweeps' records were trained with.
+capacity sweeps' records were trained with. As moc's training does on the CPU, freed memory stays in the
+process (``train.retain_freed_memory``); ``--default-malloc`` leaves glibc's defaults, under which the
+steps also fault their pages in again. The memory read runs moc's default path (``memory.kernel: auto``:
+the C kernels of ``moc.kernels.cpu_read``); ``--torch-read`` runs the PyTorch path instead.
 """
 
 from __future__ import annotations
@@ -140,8 +143,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per model per round")
     ap.add_argument("--unfused-adamw", action="store_true", help="PyTorch's per-tensor AdamW loop")
     ap.add_argument("--models", help="comma-separated model keys to time (default: all of the preset's)")
+    ap.add_argument("--default-malloc", action="store_true", help="glibc's malloc defaults (see above)")
+    ap.add_argument("--torch-read", action="store_true", help="memory.kernel: torch for the MoC models")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if not args.default_malloc:
+        from moc.train.allocator import retain_freed_memory_once
+
+        retain_freed_memory_once()
     configs, flops, batches = text_demo_models() if args.text_demo else capacity_models(args.preset)
     if args.models:
         keep = args.models.split(",")
@@ -157,15 +166,25 @@ def main() -> None:
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, 64 * len(configs)
     )
+    if args.torch_read:
+        for cfg in configs.values():
+            if cfg.memory_layers:
+                cfg.memory.kernel = "torch"
     matched = pairs(flops, configs)
     modes = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compile]
     shape = "text demo" if args.text_demo else args.preset
     adamw = "unfused" if args.unfused_adamw else "fused"
     rounds = f"{args.rounds} rounds x {args.steps} steps interleaved"
-    print(f"{shape}: a training step ({adamw} AdamW), 1 thread, {rounds}")
+    malloc = "glibc defaults" if args.default_malloc else "freed memory kept"
+    read = "torch" if args.torch_read else "auto"
+    print(f"{shape}: a training step ({adamw} AdamW, malloc: {malloc}, read: {read}), 1 thread, {rounds}")
+    from moc.kernels.dispatch import paths_used
+
     for compiled in modes:
+        paths_used(reset=True)
         ms = time_models(configs, batches, compiled, args.rounds, args.steps, not args.unfused_adamw)
-        print(f"\n{'compiled' if compiled else 'eager'}:")
+        ran = ", ".join(paths_used(reset=True)) or "the PyTorch path"
+        print(f"\n{'compiled' if compiled else 'eager'} (memory read: {ran}):")
         print(f"{'model':<16} {'inference FLOPs/tok':>20} {'ms/step':>9}  vs equal-FLOP dense")
         for key in configs:
             line = f"{key:<16} {flops[key]:>20,.0f} {ms[key]:>9.2f}"

@@ -120,8 +120,9 @@ class MemoryConfig:
     # How a selected chapter's weight enters the read: "kv" scales the memory vectors before W_K and
     # W_V (the paper), "v" scales only the values, "logit" adds log(weight) to that chapter's logits.
     chapter_weighting: Literal["kv", "v", "logit"] = "kv"
-    # Who runs the routed read: "auto" = the Triton kernels on CUDA where they can run, else the PyTorch
-    # loops (saying once why); "triton" = the kernels or an error naming why not; "torch" = the loops.
+    # Who runs the routed read: "auto" = the Triton kernels on CUDA, the C kernels on the CPU (small
+    # reads; built with the system C compiler on first use) where they can run, else the PyTorch loops
+    # (saying once why); "triton" = the Triton kernels or an error naming why not; "torch" = the loops.
     kernel: Literal["auto", "triton", "torch"] = "auto"
     # What the router pools: "memory_norm" = RMSNorm(h) at the memory layer's input (ours);
     # "block_input" = the block's input residual stream, before self-attention (the paper's code).
@@ -214,6 +215,10 @@ class TrainConfig:
     # PyTorch's fused AdamW (``torch.optim.AdamW(fused=True)``): one kernel per group instead of about ten
     # per tensor, ~4x faster on the CPU at MoC's bank sizes. The same update; the rounding differs.
     fused_optimizer: bool = True
+    # CPU training: glibc's malloc keeps freed memory in the process (moc.train.allocator), so each step
+    # reuses mapped pages instead of faulting in fresh ones (up to a fifth of a small model's step here).
+    # The process then holds its peak heap until it exits. The same maths either way.
+    retain_freed_memory: bool = True
     grad_clip: float = 1.0
     freeze_bank: bool = False
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"

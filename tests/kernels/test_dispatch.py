@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from moc.kernels import dispatch
+from moc.kernels import cpu_read, dispatch
 from moc.kernels.routed_read import routed_read_forward_torch
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -30,9 +30,42 @@ def _args(hd: int = 8) -> tuple:
     return q, k, v, idx, torch.full((4, 2), 0.5), "kv", hd**-0.5
 
 
-def test_torch_and_the_cpu_take_the_pytorch_loops() -> None:
+def test_torch_takes_the_pytorch_loops_and_the_cpu_its_c_kernels() -> None:
     assert dispatch.read_impls(CUDA, "torch") == (None, None)
-    assert dispatch.read_impls(CPU, "auto") == (None, None)
+    assert dispatch.read_impls(CPU, "torch") == (None, None)
+    assert dispatch.read_impls(CPU, "auto") == (dispatch._cpu_forward, dispatch._cpu_backward)
+
+
+@pytest.mark.skipif(cpu_read.unavailable(torch.float32, 4) is not None, reason="no C compiler")
+def test_on_the_cpu_small_reads_run_the_c_kernels_and_large_ones_the_loops_without_a_word() -> None:
+    fwd, bwd = dispatch.read_impls(CPU, "auto")
+    q, k, v, idx, w, weighting, scale = _args()
+    out, lse = fwd(q, k, v, idx, w, weighting, scale)
+    torch.testing.assert_close(out, routed_read_forward_torch(q, k, v, idx, w, weighting, scale)[0])
+    bwd(torch.ones_like(q), q, out, lse, k, v, idx, w, weighting, scale)
+    assert dispatch.paths_used(reset=True) == ["cpu backward", "cpu forward"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a read the kernels do not suit is a choice, not a fallback
+        q, k, v, idx, w, weighting, scale = _args(hd=128)
+        fwd(q, k, v, idx, w, weighting, scale)
+    assert dispatch.paths_used() == ["torch forward"]
+
+
+def test_a_cpu_without_a_c_compiler_says_so_once_and_reads_with_the_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cpu_read, "_compiler", lambda: None)
+    cpu_read._library.cache_clear()
+    fwd, _ = dispatch.read_impls(CPU, "auto")
+    args = _args()
+    with pytest.warns(UserWarning, match="CPU kernel unavailable.*no C compiler.*memory.kernel: torch"):
+        out, _ = fwd(*args)
+    torch.testing.assert_close(out, routed_read_forward_torch(*args)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        fwd(*args)
+    assert dispatch.paths_used() == ["torch forward"]
+    cpu_read._library.cache_clear()
 
 
 def test_asking_for_triton_where_it_cannot_run_is_an_error_that_names_why() -> None:

@@ -52,12 +52,15 @@ def test_gathered_read_uses_the_given_scale() -> None:
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("limit", [None, 0])
+@pytest.mark.parametrize(
+    ("limit", "c_kernels", "path"), [(None, False, "gathered"), (0, False, "op"), (None, True, "op")]
+)
 def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
-    make_model, monkeypatch: pytest.MonkeyPatch, limit: int | None
+    make_model, monkeypatch: pytest.MonkeyPatch, limit: int | None, c_kernels: bool, path: str
 ) -> None:
-    """Under torch.compile on the CPU, a read within ``GATHERED_READ_ELEMENTS`` runs as plain gathered
-    ops (what the compiler fuses); a larger one keeps the memory-bounded op. Both match eager."""
+    """Under torch.compile on the CPU, a read the C kernels serve goes through the registered op (which
+    runs them); otherwise a read within ``GATHERED_READ_ELEMENTS`` runs as plain gathered ops (what the
+    compiler fuses) and a larger one keeps the op. Each matches eager."""
     import importlib
 
     from moc.model import read_backend
@@ -70,6 +73,7 @@ def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
     monkeypatch.setattr(op_mod, "read", lambda *a, **k: used.append("op") or op(*a, **k))
     if limit is not None:
         monkeypatch.setattr(read_backend, "GATHERED_READ_ELEMENTS", limit)
+    monkeypatch.setattr(read_backend, "cpu_kernels_run", lambda *args: c_kernels)
     model = make_model("memory.routing=token", live_memory=True)
     ids = torch.randint(0, 256, (2, 12))
     torch._dynamo.reset()
@@ -81,5 +85,5 @@ def test_compiled_on_the_cpu_a_small_read_is_gathered_and_a_large_one_is_not(
     for a, b in zip(grads, ref, strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert set(used) == ({"op"} if limit == 0 else {"gathered"})
+    assert set(used) == {path}
     torch._dynamo.reset()

@@ -1,10 +1,12 @@
-"""Which code runs the routed read: the Triton kernels (``triton_read``) or the blocked PyTorch loops.
+"""Which code runs the routed read: the Triton kernels (``triton_read``) on CUDA, the C kernels
+(``cpu_read``) on the CPU, or the blocked PyTorch loops.
 
 ``memory.kernel`` chooses:
 
-- ``auto`` (default): the Triton kernels on CUDA where they can run; otherwise the PyTorch loops, saying
-  once why (Triton missing, no C compiler for Triton's launcher, an unsupported dtype or head size, or a
-  kernel that failed for some shapes: remembered per shape, so other shapes keep the kernels).
+- ``auto`` (default): the Triton kernels on CUDA and the C kernels on the CPU where they can run;
+  otherwise the PyTorch loops, saying once why (Triton missing, no C compiler, an unsupported dtype,
+  head or chapter size, or a Triton kernel that failed for some shapes: remembered per shape, so other
+  shapes keep the kernels).
 - ``triton``: the Triton kernels or an error that names the reason (never a silent slow path).
 - ``torch``: always the PyTorch loops.
 
@@ -76,7 +78,7 @@ def read_impls(device: torch.device, kernel: str = "auto") -> tuple[Callable[...
                 f"memory.kernel: triton needs a CUDA device, the model is on {device.type}: "
                 "set memory.kernel: auto (or torch)"
             )
-        return None, None
+        return (_cpu_forward, _cpu_backward) if device.type == "cpu" else (None, None)
     problem = environment_problem()
     if problem is not None:
         if kernel == "triton":
@@ -182,4 +184,45 @@ def _backward(strict: bool, *args: Any) -> tuple[torch.Tensor, ...]:
     grads = _run(strict, key, q, k, lambda: triton_read.backward(*args))
     if grads is not None:
         return grads
+    return routed_read_backward_torch(*args, default_block_elements(q))
+
+
+def cpu_kernel_problem(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> str | None:
+    """Why the C kernels cannot run this CPU read (None: they can). Said once per reason."""
+    from moc.kernels import cpu_read
+
+    if q.device.type != "cpu" or k.dtype != q.dtype:
+        reason: str | None = (
+            f"the CPU kernels read CPU tensors of one dtype, not {q.device} {q.dtype}, {k.dtype}"
+        )
+    else:
+        reason = cpu_read.unavailable(q.dtype, k.shape[1], q.shape[-1], n_selected)
+    if reason is not None:
+        warn_once(
+            f"memory read: CPU kernel unavailable ({reason}); using the PyTorch loops "
+            "(memory.kernel: torch says this is intended)",
+            stacklevel=4,
+        )
+    return reason
+
+
+def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+                 weighting: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    from moc.kernels import cpu_read
+
+    if cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, idx.shape[1]) is None:
+        _USED.add("cpu forward")
+        return cpu_read.forward(q, k, v, idx, w, weighting, scale)
+    _USED.add("torch forward")
+    return routed_read_forward_torch(q, k, v, idx, w, weighting, scale, default_block_elements(q))
+
+
+def _cpu_backward(*args: Any) -> tuple[torch.Tensor, ...]:
+    from moc.kernels import cpu_read
+
+    q, k, idx = args[1], args[4], args[6]
+    if cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, idx.shape[1]) is None:
+        _USED.add("cpu backward")
+        return cpu_read.backward(*args)
+    _USED.add("torch backward")
     return routed_read_backward_torch(*args, default_block_elements(q))

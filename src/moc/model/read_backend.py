@@ -2,10 +2,13 @@
 
 The read's maths lives in ``moc.kernels.routed_read``; this module only chooses how to run it:
 
-    compiled on the CPU, small read    plain gather-and-attend ops the compiler fuses (``gathered_read``)
     on CUDA or under torch.compile     the registered op ``moc.kernels.op.read`` (K/V of the distinct
-                                       chapters kept for backward; Triton kernels on CUDA)
-    eager on the CPU                   the autograd Function ``routed_read`` (K/V recomputed in backward)
+                                       chapters kept for backward; Triton kernels on CUDA, the C
+                                       kernels of ``moc.kernels.cpu_read`` on the CPU)
+    compiled on the CPU without the    plain gather-and-attend ops the compiler fuses (``gathered_read``),
+    C kernels, small read              for reads small enough to gather whole
+    eager                              the autograd Function ``routed_read`` (K/V recomputed in
+                                       backward), running the same kernels as the op
 
 An exported Hugging Face folder has no ``moc``: it holds a copy of ``routed_read.py`` beside this file
 (imported by name below, which is how ``moc.hf.export`` finds it) and reads with the PyTorch loops.
@@ -48,9 +51,12 @@ def run_read(
     """The routed read of query tiles q (D, Qt, H, hd) over ``rows`` (D, n) of the distinct chapters
     whose K, V (U, T, kv_heads, hd) ``kv_fn(*inputs)`` projects, with chapter ``weights`` (D, n)
     -> (D, Qt, H, hd), run by the implementation that suits the device and compilation."""
-    if torch.compiler.is_compiling() and not q.is_cuda and gathered_fits(q, rows, chapter_size):
-        # Compiled on the CPU with a small read: plain gather-and-attend ops that the compiler fuses
-        # (autograd keeps the gathered chapters and the probabilities, a few MB at these sizes).
+    compiled_cpu = torch.compiler.is_compiling() and not q.is_cuda
+    hd = q.shape[-1]  # a plain int unless compiled with a dynamic head size
+    c_kernels = compiled_cpu and isinstance(hd, int) and cpu_kernels_run(q.dtype, hd, chapter_size, kernel)
+    if compiled_cpu and not c_kernels and gathered_fits(q, rows, chapter_size):
+        # Compiled on the CPU with a small read and no C kernels: plain gather-and-attend ops that the
+        # compiler fuses (autograd keeps the gathered chapters and the probabilities, a few MB here).
         k, v = kv_fn(*inputs)
         return read_functions()[2](q, k, v, rows, weights, weighting)
     op = read_op() if q.is_cuda or torch.compiler.is_compiling() else None
@@ -62,6 +68,21 @@ def run_read(
     routed_read = read_functions()[0]
     fwd, bwd = read_impls(q.device, kernel)
     return routed_read(q, rows, weights, kv_fn, inputs, weighting, forward_impl=fwd, backward_impl=bwd)
+
+
+@torch.compiler.assume_constant_result
+def cpu_kernels_run(dtype: torch.dtype, head_dim: int, chapter_size: int, kernel: str) -> bool:
+    """Whether the read's C kernels (``moc.kernels.cpu_read``) serve a CPU read of chapters of
+    ``chapter_size`` with heads of ``head_dim`` in ``dtype`` under ``memory.kernel`` (False in an
+    exported folder without ``moc``). Decided when a graph is traced: such a read then goes through the
+    registered op, which says once if the kernels cannot be built."""
+    if kernel == "torch":
+        return False
+    try:
+        from moc.kernels.cpu_read import suits, unavailable
+    except ImportError:
+        return False
+    return suits(head_dim, chapter_size) and unavailable(dtype, chapter_size) is None
 
 
 def gathered_fits(q: torch.Tensor, rows: torch.Tensor, chapter_size: int) -> bool:

@@ -31,6 +31,7 @@ from torch import nn
 import moc
 from moc.config import RunConfig, load_config, validate_train
 from moc.train import batches, checkpoint, parallel
+from moc.train.allocator import retain_freed_memory_once
 from moc.train.errors import DivergenceError, TrainError, TrainingInterrupted
 from moc.train.logger import RunLogger
 from moc.train.metrics import StepMetrics, distinct_chapters
@@ -121,6 +122,8 @@ class _Run:
         self.model = model if model is not None else moc.build_model(cfg)
         self.aliases = checkpoint.shared_aliases(self.model)  # before wrapping changes the parameters
         self.autocast_dtype = _autocast_dtype(self.t.dtype, info.device)
+        if self.t.retain_freed_memory and torch.device(info.device).type == "cpu":
+            retain_freed_memory_once()
         self.metrics = StepMetrics(cfg, info.device, info.world_size)
         self.progress = Progress()
         self.distinct_chapters = 0.0  # measured in each step (see _distinct_chapters)

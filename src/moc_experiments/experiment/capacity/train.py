@@ -70,9 +70,12 @@ def fit(
     routed chapter over the whole run (:func:`chapter_use`).
     """
     from moc.model.param_groups import param_category
+    from moc.train.allocator import retain_freed_memory_once
     from moc.train.optim import apply_freezing, build_optimizer
     from moc.train.schedule import lr_multiplier
 
+    if tcfg.retain_freed_memory:
+        retain_freed_memory_once()
     apply_freezing(model, tcfg)
     if freeze_memory:
         for name, p in model.named_parameters():

@@ -34,8 +34,8 @@ def model_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(cfg))  # a deep copy through JSON, as the record stores it
     out.pop("name", None)
     # fused_optimizer changes AdamW's rounding, not the recipe (as another machine would): records made
-    # before it existed (unfused) stay valid.
-    for key in ("seed", "out_dir", "fused_optimizer"):
+    # before it existed (unfused) stay valid; retain_freed_memory changes only where memory comes from.
+    for key in ("seed", "out_dir", "fused_optimizer", "retain_freed_memory"):
         out.get("train", {}).pop(key, None)
     for key in ("prepared_dir", "train"):
         out.get("data", {}).pop(key, None)

@@ -115,13 +115,14 @@ def test_records_are_reused_only_where_they_match(sweep: tuple[Path, dict]) -> N
     assert moc_runs and {n for n in after if after[n] != before[n]} == moc_runs
 
 
-def test_a_record_made_before_fused_adamw_still_matches() -> None:
-    """train.fused_optimizer changes rounding only: a record stored without it (unfused) keeps matching;
-    the rest of the training config still decides."""
+def test_a_record_made_before_fused_adamw_or_kept_memory_still_matches() -> None:
+    """train.fused_optimizer changes rounding only, train.retain_freed_memory where memory comes from: a
+    record stored without them keeps matching; the rest of the training config still decides."""
     from moc_experiments.experiment.protocol.records import model_identity
 
     memory = {"enabled": True, "layers": [1]}
-    now = {"train": {"lr": 1e-3, "seed": 2, "fused_optimizer": True}, "memory": memory}
+    train = {"lr": 1e-3, "seed": 2, "fused_optimizer": True, "retain_freed_memory": True}
+    now = {"train": train, "memory": memory}
     stored = {"train": {"lr": 1e-3, "seed": 0}, "memory": memory}
     assert model_identity(now) == model_identity(stored)
     assert model_identity(now) != model_identity({"train": {"lr": 2e-3}, "memory": memory})

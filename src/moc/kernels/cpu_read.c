@@ -1,0 +1,251 @@
+/* The routed read on the CPU: each query attends to its tile's selected chapters, by index.
+ *
+ * Built by moc/kernels/cpu_read.py with the system C compiler, one library per (dtype, head size,
+ * chapter size): -DREAL=float|double -DHD=<head size> -DTC=<chapter size, a power of two>. The maths
+ * is that of moc/kernels/routed_read.py (its docstring names every symbol):
+ *
+ *   s[j, t] = a[d, j] * scale * (q_i . k[idx[d, j], t]) + b[d, j]
+ *   out_i   = sum_{j, t} softmax(s)[j, t] * c[d, j] * v[idx[d, j], t]
+ *
+ * Why hand-written: with head sizes of 8-32 each score is a dot product shorter than a vector register,
+ * and compiled PyTorch spends most of a token-routed read on sums across vector lanes. Here one vector
+ * holds one chapter's TC tokens: keys and values come transposed (kt, vt: (U, Hkv, hd, TC)), so a
+ * chapter's TC scores are HD vector multiply-adds, and its share of the output, of dq, dk and dv is HD
+ * more; lanes are summed only once per query and head.
+ *
+ * Layouts (all contiguous): q, out, dq (D, Qt, H, hd); kt, vt, dkt, dvt (U, Hkv, hd, TC); idx, a, b,
+ * c, da, db, dc (D, n); lse (D, H, Qt). Query head h reads KV head h / (H / Hkv). Single-threaded, in a
+ * fixed order: the same result every run.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+#if !defined(HD) || !defined(TC)
+#error "build with -DHD=<head size> -DTC=<chapter size>"
+#endif
+
+typedef REAL real;
+/* One chapter's TC tokens, one per lane (aligned like a scalar: loads from any row are fine). */
+typedef real vec __attribute__((vector_size(TC * sizeof(real)), aligned(sizeof(real))));
+#define MASK_OF(x) __typeof__((x) < (x))
+
+static inline vec splat(real x) { return (vec){0} + x; }
+
+static inline vec select_lt(vec x, vec y, vec if_lt, vec otherwise) { /* x < y ? if_lt : otherwise */
+    MASK_OF(x) m = x < y;
+    return (vec)((m & (MASK_OF(x))if_lt) | (~m & (MASK_OF(x))otherwise));
+}
+
+static inline real hsum(vec x) {
+    real s = 0;
+    for (int t = 0; t < TC; t++) s += x[t];
+    return s;
+}
+
+static inline real hmax(vec x) {
+    real m = x[0];
+    for (int t = 1; t < TC; t++) m = x[t] > m ? x[t] : m;
+    return m;
+}
+
+#ifdef FAST_EXP
+typedef int32_t ivec __attribute__((vector_size(TC * sizeof(int32_t))));
+/* exp of every lane, vectorised (libm's expf is one call per value): Cephes' single-precision
+   polynomial, within 2 ulp of expf on [-87, 0]; below -87 (and -inf) it gives 0, NaN stays NaN. */
+static inline vec exp_v(vec x0) {
+    const vec lo = splat(-87.0f), hi = splat(88.0f);
+    vec x = select_lt(x0, lo, lo, x0);
+    x = select_lt(hi, x, hi, x);
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick; r = x - n ln 2 in two parts */
+    const vec n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const vec r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    vec p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23; /* 2^n */
+    return select_lt(x0, lo, splat(0), p * (vec)bits);
+}
+#else
+static inline vec exp_v(vec x) { /* float64, the reference dtype: libm's exp */
+    for (int t = 0; t < TC; t++) x[t] = exp(x[t]);
+    return x;
+}
+#endif
+
+static inline vec load(const real *p) { return *(const vec *)p; }
+
+enum { MAX_N = 64 }; /* chapters one decision reads at most (the per-tile buffers below) */
+
+/* Scratch for the transposed keys and values (and their gradients), kept per thread between calls:
+   memory freshly taken from the system costs a page fault per 4 KiB on first touch, more than the read. */
+static _Thread_local real *scratch;
+static _Thread_local int64_t scratch_len;
+
+static real *get_scratch(int64_t len) {
+    if (len > scratch_len) {
+        free(scratch);
+        scratch = malloc(len * sizeof(real));
+        scratch_len = scratch ? len : 0;
+    }
+    return scratch;
+}
+
+/* The scaled raw products r = scale * (q . k[t]) of one chapter, from its transposed keys (HD, TC). */
+static inline vec raw_scores(const real *restrict qh, const real *restrict ktc, real scale) {
+    vec acc = splat(0);
+    for (int e = 0; e < HD; e++) acc += qh[e] * load(ktc + e * TC);
+    return acc * scale;
+}
+
+enum { KV = 0, V_ONLY = 1, LOGIT = 2 }; /* the chapter weightings, in routed_read.WEIGHTINGS order */
+
+/* The chapter weighting's coefficients for weight w: logit scale a, logit bias b, value scale c. */
+static inline void coefficients(int weighting, real w, real *a, real *b, real *c) {
+    *a = weighting == KV ? w : 1;
+    *b = weighting == LOGIT ? (real)log(w) : 0;
+    *c = weighting == LOGIT ? 1 : w;
+}
+
+/* (U, T, Hkv, HD) -> (U, Hkv, HD, T), and back: each chapter's tokens last. */
+static void to_token_last(const real *restrict x, real *restrict xt, int64_t U, int64_t kvh) {
+    for (int64_t u = 0; u < U; u++)
+        for (int64_t t = 0; t < TC; t++)
+            for (int64_t hh = 0; hh < kvh; hh++)
+                for (int e = 0; e < HD; e++)
+                    xt[((u * kvh + hh) * HD + e) * TC + t] = x[((u * TC + t) * kvh + hh) * HD + e];
+}
+
+static void from_token_last(const real *restrict xt, real *restrict x, int64_t U, int64_t kvh) {
+    for (int64_t u = 0; u < U; u++)
+        for (int64_t t = 0; t < TC; t++)
+            for (int64_t hh = 0; hh < kvh; hh++)
+                for (int e = 0; e < HD; e++)
+                    x[((u * TC + t) * kvh + hh) * HD + e] = xt[((u * kvh + hh) * HD + e) * TC + t];
+}
+
+/* out (D, Qt, H, hd), lse (D, H, Qt) from q, k, v (U, T, Hkv, hd), idx and w (D, n). Returns 0, 1 when
+   out of memory, 2 when built for other sizes. */
+int read_forward(const real *restrict q, const real *restrict k, const real *restrict v,
+                 const int64_t *restrict idx, const real *restrict w, real *restrict out,
+                 real *restrict lse, int64_t D, int64_t Qt, int64_t H, int64_t kvh, int64_t hd, int64_t T,
+                 int64_t U, int64_t n, int64_t weighting, double scale_) {
+    if (hd != HD || T != TC || n > MAX_N) return 2;
+    const real scale = (real)scale_;
+    const int64_t g = H / kvh, size = U * kvh * HD * TC;
+    real *kt = get_scratch(2 * size);
+    if (!kt) return 1;
+    real *vt = kt + size;
+    to_token_last(k, kt, U, kvh);
+    to_token_last(v, vt, U, kvh);
+    vec s[MAX_N];
+    real cs[MAX_N];
+    for (int64_t d = 0; d < D; d++) {
+        const int64_t *idx_d = idx + d * n;
+        real as[MAX_N], bs[MAX_N];
+        for (int64_t j = 0; j < n; j++) coefficients((int)weighting, w[d * n + j], &as[j], &bs[j], &cs[j]);
+        for (int64_t i = 0; i < Qt; i++) {
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t hh = h / g, row = (d * Qt + i) * H + h;
+                const real *qh = q + row * HD;
+                vec m = splat(-INFINITY);
+                for (int64_t j = 0; j < n; j++) {
+                    const real *ktc = kt + (idx_d[j] * kvh + hh) * HD * TC;
+                    s[j] = raw_scores(qh, ktc, scale) * as[j] + bs[j];
+                    m = select_lt(m, s[j], s[j], m);
+                }
+                const real mx = hmax(m);
+                real *oh = out + row * HD;
+                if (mx == -INFINITY) { /* every key masked (weights of 0 under "logit"): read nothing */
+                    for (int e = 0; e < HD; e++) oh[e] = 0;
+                    lse[(d * H + h) * Qt + i] = -INFINITY;
+                    continue;
+                }
+                vec total = splat(0), acc[HD];
+                for (int e = 0; e < HD; e++) acc[e] = splat(0);
+                for (int64_t j = 0; j < n; j++) {
+                    const vec p = exp_v(s[j] - mx);
+                    total += p;
+                    const vec pc = p * cs[j];
+                    const real *vtc = vt + (idx_d[j] * kvh + hh) * HD * TC;
+                    for (int e = 0; e < HD; e++) acc[e] += pc * load(vtc + e * TC);
+                }
+                const real sum = hsum(total);
+                for (int e = 0; e < HD; e++) oh[e] = hsum(acc[e]) / sum;
+                lse[(d * H + h) * Qt + i] = mx + (real)log(sum);
+            }
+        }
+    }
+    return 0;
+}
+
+/* dq (D, Qt, H, hd), dk, dv (U, T, Hkv, hd) and dw (D, n) from the saved q, out, lse and k, v. */
+int read_backward(const real *restrict dout, const real *restrict q, const real *restrict out,
+                  const real *restrict lse, const real *restrict k, const real *restrict v,
+                  const int64_t *restrict idx, const real *restrict w, real *restrict dq,
+                  real *restrict dk, real *restrict dv, real *restrict dw, int64_t D, int64_t Qt,
+                  int64_t H, int64_t kvh, int64_t hd, int64_t T, int64_t U, int64_t n, int64_t weighting,
+                  double scale_) {
+    if (hd != HD || T != TC || n > MAX_N) return 2;
+    const real scale = (real)scale_;
+    const int64_t g = H / kvh, size = U * kvh * HD * TC;
+    real *kt = get_scratch(4 * size);
+    if (!kt) return 1;
+    real *vt = kt + size, *dkt = kt + 2 * size, *dvt = kt + 3 * size;
+    memset(dkt, 0, 2 * size * sizeof(real));
+    to_token_last(k, kt, U, kvh);
+    to_token_last(v, vt, U, kvh);
+    for (int64_t d = 0; d < D; d++) {
+        const int64_t *idx_d = idx + d * n;
+        /* per chapter: coefficients a, b, c of its weight, and their gradients summed over the tile */
+        real as[MAX_N], bs[MAX_N], cs[MAX_N], da[MAX_N] = {0}, db[MAX_N] = {0}, dc[MAX_N] = {0};
+        for (int64_t j = 0; j < n; j++) coefficients((int)weighting, w[d * n + j], &as[j], &bs[j], &cs[j]);
+        for (int64_t i = 0; i < Qt; i++) {
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t hh = h / g, row = (d * Qt + i) * H + h;
+                const real *qh = q + row * HD, *doh = dout + row * HD, *oh = out + row * HD;
+                real *dqh = dq + row * HD;
+                const real l = lse[(d * H + h) * Qt + i];
+                if (l == -INFINITY) { /* nothing was read: no gradient */
+                    for (int e = 0; e < HD; e++) dqh[e] = 0;
+                    continue;
+                }
+                real delta = 0; /* do . out */
+                for (int e = 0; e < HD; e++) delta += doh[e] * oh[e];
+                vec dq_acc[HD];
+                for (int e = 0; e < HD; e++) dq_acc[e] = splat(0);
+                for (int64_t j = 0; j < n; j++) {
+                    const int64_t at = (idx_d[j] * kvh + hh) * HD * TC;
+                    const vec r = raw_scores(qh, kt + at, scale);
+                    const vec p = exp_v(r * as[j] + bs[j] - l);
+                    vec dp = splat(0); /* d loss / d (p c) = do . v[t] */
+                    for (int e = 0; e < HD; e++) dp += doh[e] * load(vt + at + e * TC);
+                    const vec ds = p * (dp * cs[j] - delta); /* d loss / d s: the softmax backward */
+                    dc[j] += hsum(dp * p);
+                    db[j] += hsum(ds);
+                    da[j] += hsum(ds * r);
+                    const vec dr = ds * (as[j] * scale), pc = p * cs[j];
+                    for (int e = 0; e < HD; e++) {
+                        dq_acc[e] += dr * load(kt + at + e * TC);
+                        *(vec *)(dkt + at + e * TC) += dr * qh[e];
+                        *(vec *)(dvt + at + e * TC) += pc * doh[e];
+                    }
+                }
+                for (int e = 0; e < HD; e++) dqh[e] = hsum(dq_acc[e]);
+            }
+        }
+        for (int64_t j = 0; j < n; j++)
+            dw[d * n + j] = weighting == KV ? da[j] + dc[j] : weighting == V_ONLY ? dc[j] : db[j] / w[d * n + j];
+    }
+    from_token_last(dkt, dk, U, kvh);
+    from_token_last(dvt, dv, U, kvh);
+    return 0;
+}

@@ -1,0 +1,160 @@
+"""The routed read's CPU kernels: ``cpu_read.c``, built with the system C compiler on first use.
+
+Same contract as the blocked PyTorch loops of ``routed_read`` (``routed_read_forward_torch`` /
+``routed_read_backward_torch``), for float32 and float64 tensors on the CPU. The C file says why a
+hand-written loop: a token-routed read's scores are dot products shorter than a vector register.
+
+The library is compiled once per machine (``-O3 -march=native``) into ``$MOC_CACHE_DIR`` (default
+``~/.cache/moc``), under a name that hashes the source, the flags and the compiler, and written atomically,
+so concurrent first uses (several sweep workers) never load a half-written file. Where it cannot be built
+:func:`unavailable` says why, and ``moc.kernels.dispatch`` says so once and runs the PyTorch loops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from moc.errors import one_line
+from moc.kernels.routed_read import WEIGHTINGS
+
+SOURCE = Path(__file__).with_name("cpu_read.c")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-Wno-psabi")
+MAX_SELECTED = 64  # chapters one decision reads at most (the per-tile buffers of cpu_read.c)
+# Head size x chapter size up to which the C kernels serve a read: their accumulators (head size vectors
+# of a chapter's tokens) then stay in vector registers. Larger reads run faster as the PyTorch path's
+# matrix products (the real-text demo's 32 x 64: 1.22x its dense model's step against 1.16x).
+MAX_CHAPTER_TILE = 256
+_REALS = {torch.float32: "float", torch.float64: "double"}
+_I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOC_CACHE_DIR") or Path.home() / ".cache" / "moc") / "kernels"
+
+
+@functools.cache
+def _library(real: str, head_dim: int, chapter_size: int) -> ctypes.CDLL | str:
+    """The library for C type ``real`` and these sizes, or why it cannot be built (a one-line reason)."""
+    cc = _compiler()
+    if cc is None:
+        return "no C compiler found: install gcc or set CC"
+    source = SOURCE.read_bytes()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"the C compiler {cc!r} does not run ({one_line(e)})"
+    defines = [f"-DREAL={real}", f"-DHD={head_dim}", f"-DTC={chapter_size}"]
+    if real == "float":
+        defines.append("-DFAST_EXP")
+    key = hashlib.sha256(
+        b"\0".join(x.encode() for x in (*FLAGS, *defines, version, platform.machine())) + source
+    ).hexdigest()[:16]
+    path = cache_dir() / f"cpu_read_{real}_hd{head_dim}_t{chapter_size}_{key}.so"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+            os.close(fd)
+            cmd = [cc, *FLAGS, *defines, str(SOURCE), "-o", tmp, "-lm"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                os.unlink(tmp)
+                return f"{' '.join(cmd[:3])} ... failed: {one_line(done.stderr) or done.returncode}"
+            os.replace(tmp, path)  # atomic: another process sees no file or the whole one
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"building {path.name} failed ({one_line(e)})"
+    lib = ctypes.CDLL(str(path))
+    lib.read_forward.argtypes = [_P] * 7 + [_I64] * 9 + [_F64]
+    lib.read_backward.argtypes = [_P] * 12 + [_I64] * 9 + [_F64]
+    return lib
+
+
+def suits(head_dim: int, chapter_size: int) -> bool:
+    """Whether the C kernels are the faster path for this head size and chapter size."""
+    return head_dim * chapter_size <= MAX_CHAPTER_TILE
+
+
+def unavailable(
+    dtype: torch.dtype, chapter_size: int, head_dim: int | None = None, n_selected: int = 1
+) -> str | None:
+    """Why the C kernels cannot read chapters of ``chapter_size`` in ``dtype`` (None: they can). With
+    ``head_dim`` it also builds (or finds) the library for that head size; without, it checks only that
+    a compiler is there."""
+    if dtype not in _REALS:
+        return f"the CPU kernels support float32 and float64, not {dtype}"
+    if chapter_size & (chapter_size - 1):
+        return f"the CPU kernels need a chapter size that is a power of two, not {chapter_size}"
+    if n_selected > MAX_SELECTED:
+        return f"the CPU kernels read at most {MAX_SELECTED} chapters per decision, not {n_selected}"
+    if head_dim is None:
+        return None if _compiler() else "no C compiler found: install gcc or set CC"
+    lib = _library(_REALS[dtype], head_dim, chapter_size)
+    return lib if isinstance(lib, str) else None
+
+
+def _ptr(x: torch.Tensor) -> int:
+    return x.data_ptr()
+
+
+def _operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor
+              ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Contiguous q, k, v, idx (int64) and w in q's dtype, as the C functions read them."""
+    idx, w = idx.to(torch.int64).contiguous(), w.to(q.dtype).contiguous()
+    return q.contiguous(), k.contiguous(), v.contiguous(), idx, w
+
+
+def _sizes(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, weighting: str) -> tuple[int, ...]:
+    """D, Qt, H, Hkv, hd, T, U, n and the weighting's index, the C functions' size arguments."""
+    D, Qt, H, hd = q.shape
+    U, T, kvh, _ = k.shape
+    return D, Qt, H, kvh, hd, T, U, idx.shape[1], WEIGHTINGS.index(weighting)
+
+
+def _check(status: int, what: str) -> None:
+    if status == 1:
+        raise MemoryError(f"the CPU memory read's {what} could not allocate its scratch buffers")
+    if status != 0:
+        raise RuntimeError(f"the CPU memory read's {what} was built for other head or chapter sizes")
+
+
+def forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+    weighting: str, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(out (D, Qt, H, hd), lse (D, H, Qt)) as ``routed_read_forward_torch``."""
+    lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
+    q, k, v, idx, wq = _operands(q, k, v, idx, w)
+    D, Qt, H = q.shape[:3]
+    out, lse = torch.empty_like(q), q.new_empty(D, H, Qt)
+    status = lib.read_forward(*map(_ptr, (q, k, v, idx, wq, out, lse)), *_sizes(q, k, idx, weighting), scale)
+    _check(status, "forward")
+    return out, lse
+
+
+def backward(
+    do: torch.Tensor, q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, k: torch.Tensor,
+    v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, weighting: str, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, dv, dw) as ``routed_read_backward_torch``."""
+    lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
+    q, k, v, idx, wq = _operands(q, k, v, idx, w)
+    do, out, lse = do.to(q.dtype).contiguous(), out.contiguous(), lse.to(q.dtype).contiguous()
+    dq, dk, dv, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(wq)
+    tensors = (do, q, out, lse, k, v, idx, wq, dq, dk, dv, dw)
+    status = lib.read_backward(*map(_ptr, tensors), *_sizes(q, k, idx, weighting), scale)
+    _check(status, "backward")
+    return dq, dk, dv, dw.to(w.dtype)
