@@ -4,10 +4,12 @@ Same contract as the blocked PyTorch loops of ``routed_read`` (``routed_read_for
 ``routed_read_backward_torch``), for float32 and float64 tensors on the CPU. The C file says why a
 hand-written loop: a token-routed read's scores are dot products shorter than a vector register.
 
-The library is compiled once per machine (``-O3 -march=native``) into ``$MOC_CACHE_DIR`` (default
-``~/.cache/moc``), under a name that hashes the source, the flags and the compiler, and written atomically,
-so concurrent first uses (several sweep workers) never load a half-written file. Where it cannot be built
-:func:`unavailable` says why, and ``moc.kernels.dispatch`` says so once and runs the PyTorch loops.
+One library per (dtype, head size, chapter size) is compiled once per machine (``-O3 -march=native``)
+into ``$MOC_CACHE_DIR/kernels`` (default ``~/.cache/moc/kernels``), under a name that hashes the source,
+the flags and the compiler, and written atomically, so concurrent first uses (several sweep workers) never
+load a half-written file. Where it cannot be built :func:`unavailable` says why, and
+``moc.kernels.dispatch`` says so once and runs the PyTorch loops; :func:`suits` says where the kernels are
+the faster path.
 """
 
 from __future__ import annotations
