@@ -277,18 +277,35 @@ def test_fit_through_torch_compile_trains_like_eager(tmp_path: Path, monkeypatch
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
 
 
-def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model() -> None:
+@pytest.mark.parametrize(
+    ("flags", "header", "read"),
+    [
+        ([], "malloc: freed memory kept, read: auto)", "memory read: cpu backward, cpu forward"),
+        (
+            ["--default-malloc", "--torch-read"],
+            "malloc: glibc defaults, read: torch)",
+            "memory read: the PyTorch path",
+        ),
+    ],
+)
+def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model(
+    flags: list[str], header: str, read: str
+) -> None:
     import subprocess
     import sys
+
+    from moc.kernels import cpu_read
 
     bench = Path(__file__).parents[3] / "bench" / "capacity_step.py"
     out = subprocess.run(
         [sys.executable, str(bench), "--preset", "capacity-bits-smoke", "--rounds", "1", "--steps", "1",
-         "--compile", "eager", "--unfused-adamw"],
+         "--compile", "eager", "--unfused-adamw", *flags],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout  # fmt: skip
     assert "moc_2k" in out and "x dense_" in out  # a ratio against the nearest-FLOP dense model
-    assert "(unfused AdamW," in out.splitlines()[0]
+    assert "(unfused AdamW," in out.splitlines()[0] and header in out.splitlines()[0]
+    if flags or cpu_read.unavailable(torch.float32, 16) is None:  # the C kernels need a compiler
+        assert f"eager ({read}):" in out
 
 
 def test_a_shorter_sweep_s_full_runs_are_a_longer_sweep_s_half_length_runs(tmp_path: Path) -> None:
