@@ -351,8 +351,8 @@ def test_ablation_finding_and_its_control(results: dict) -> None:
 
 def test_saturation_finding(results: dict) -> None:
     text = _text(results)
-    assert "capacity-bound: dense backbone (+5%), dense wide (+5%), dense big (+5%)" in text
-    assert "still learning: moc small (+30%), moc big (+30%)" in text
+    assert "capacity-bound: dense backbone (+5.0%), dense wide (+5.0%), dense big (+5.0%)" in text
+    assert "still learning: moc small (+30.0%), moc big (+30.0%)" in text
     for k in ("dense_backbone", "dense_wide", "dense_big"):
         for r in results["saturation"][k]:
             r["bits"]["total"] /= 1.5
@@ -361,9 +361,12 @@ def test_saturation_finding(results: dict) -> None:
         r["bits"]["total"] *= 1.3 * 1.5
     text = _text(results)
     assert (
-        "dense big (+58%), moc small (+30%); "
-        "fell (bits lower at full length: no capacity reading): moc big (-33%)." in text
+        "dense big (+57.5%), moc small (+30.0%); "
+        "fell (bits lower at full length: no capacity reading): moc big (-33.3%)." in text
     )
+    for r in results["saturation"]["moc_small"]:  # just under the rule: named with the digit that decides
+        r["bits"]["total"] *= 1.30 / 1.098
+    assert "capacity-bound: moc small (+9.8%)" in _text(results)
 
 
 def test_retention_findings_flip(results: dict) -> None:

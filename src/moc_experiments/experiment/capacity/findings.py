@@ -188,7 +188,7 @@ def saturation_findings(results: dict) -> list[str]:
     by = {st: [k for k, s in sat.items() if s["status"] == st] for st in statuses}
 
     def names(keys: list[str]) -> str:
-        return ", ".join(f"{label(results, k)} ({100 * sat[k]['gain']:+.0f}%)" for k in keys) or "none"
+        return ", ".join(f"{label(results, k)} ({100 * sat[k]['gain']:+.1f}%)" for k in keys) or "none"
 
     text = (
         f"Saturation (bits at full vs half run length; capacity-bound when the gain is under "
