@@ -44,6 +44,11 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
+def has_compiler() -> bool:
+    """Whether a C compiler is on this machine (``CC``, or cc / gcc / clang on the PATH)."""
+    return _compiler() is not None
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MOC_CACHE_DIR") or Path.home() / ".cache" / "moc") / "kernels"
 
@@ -90,20 +95,25 @@ def suits(head_dim: int, chapter_size: int) -> bool:
     return head_dim * chapter_size <= MAX_CHAPTER_TILE
 
 
+def supports(dtype: torch.dtype, chapter_size: int) -> bool:
+    """Whether the kernels exist for this dtype and chapter size (a pure check: no build, no I/O)."""
+    return dtype in _REALS and chapter_size & (chapter_size - 1) == 0
+
+
 def unavailable(
     dtype: torch.dtype, chapter_size: int, head_dim: int | None = None, n_selected: int = 1
 ) -> str | None:
     """Why the C kernels cannot read chapters of ``chapter_size`` in ``dtype`` (None: they can). With
     ``head_dim`` it also builds (or finds) the library for that head size; without, it checks only that
     a compiler is there."""
-    if dtype not in _REALS:
-        return f"the CPU kernels support float32 and float64, not {dtype}"
-    if chapter_size & (chapter_size - 1):
+    if not supports(dtype, chapter_size):
+        if dtype not in _REALS:
+            return f"the CPU kernels support float32 and float64, not {dtype}"
         return f"the CPU kernels need a chapter size that is a power of two, not {chapter_size}"
     if n_selected > MAX_SELECTED:
         return f"the CPU kernels read at most {MAX_SELECTED} chapters per decision, not {n_selected}"
     if head_dim is None:
-        return None if _compiler() else "no C compiler found: install gcc or set CC"
+        return None if has_compiler() else "no C compiler found: install gcc or set CC"
     lib = _library(_REALS[dtype], head_dim, chapter_size)
     return lib if isinstance(lib, str) else None
 

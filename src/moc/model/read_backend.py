@@ -23,6 +23,13 @@ from typing import Any
 
 import torch
 
+try:  # the C kernels' rules (moc only: an exported folder has no C kernels)
+    from moc.kernels import cpu_read as _cpu_read
+except ImportError:
+    _cpu_read = None
+# Looked up once, at import: the compiled read's choice must not run a PATH search while being traced.
+_CPU_COMPILER = _cpu_read is not None and _cpu_read.has_compiler()
+
 # Reads whose gathered keys, values and scores hold at most this many entries run as plain ops when
 # compiled on the CPU (a token-routed toy model: ~10^6); larger ones keep the memory-bounded read.
 GATHERED_READ_ELEMENTS = 1 << 24
@@ -70,19 +77,15 @@ def run_read(
     return routed_read(q, rows, weights, kv_fn, inputs, weighting, forward_impl=fwd, backward_impl=bwd)
 
 
-@torch.compiler.assume_constant_result
 def cpu_kernels_run(dtype: torch.dtype, head_dim: int, chapter_size: int, kernel: str) -> bool:
     """Whether the read's C kernels (``moc.kernels.cpu_read``) serve a CPU read of chapters of
     ``chapter_size`` with heads of ``head_dim`` in ``dtype`` under ``memory.kernel`` (False in an
-    exported folder without ``moc``). Decided when a graph is traced: such a read then goes through the
-    registered op, which says once if the kernels cannot be built."""
-    if kernel == "torch":
+    exported folder without ``moc``). Pure comparisons on constants, so torch.compile decides it while
+    tracing, without a graph break: such a read then goes through the registered op, which says once if
+    the kernels cannot be built."""
+    if kernel == "torch" or _cpu_read is None or not _CPU_COMPILER:
         return False
-    try:
-        from moc.kernels.cpu_read import suits, unavailable
-    except ImportError:
-        return False
-    return suits(head_dim, chapter_size) and unavailable(dtype, chapter_size) is None
+    return _cpu_read.suits(head_dim, chapter_size) and _cpu_read.supports(dtype, chapter_size)
 
 
 def gathered_fits(q: torch.Tensor, rows: torch.Tensor, chapter_size: int) -> bool:
