@@ -201,16 +201,23 @@ def cpu_kernel_problem(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> str
         warn_once(
             f"memory read: CPU kernel unavailable ({reason}); using the PyTorch loops "
             "(memory.kernel: torch says this is intended)",
-            stacklevel=4,
+            stacklevel=5,  # where the read was called: the op, or the autograd Function
         )
     return reason
+
+
+def _cpu_kernels_read(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> bool:
+    """Whether the C kernels run this CPU read: they suit its size and can run (else said once)."""
+    from moc.kernels import cpu_read
+
+    return cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, n_selected) is None
 
 
 def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
                  weighting: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     from moc.kernels import cpu_read
 
-    if cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, idx.shape[1]) is None:
+    if _cpu_kernels_read(q, k, idx.shape[1]):
         _USED.add("cpu forward")
         return cpu_read.forward(q, k, v, idx, w, weighting, scale)
     _USED.add("torch forward")
@@ -221,7 +228,7 @@ def _cpu_backward(*args: Any) -> tuple[torch.Tensor, ...]:
     from moc.kernels import cpu_read
 
     q, k, idx = args[1], args[4], args[6]
-    if cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, idx.shape[1]) is None:
+    if _cpu_kernels_read(q, k, idx.shape[1]):
         _USED.add("cpu backward")
         return cpu_read.backward(*args)
     _USED.add("torch backward")
