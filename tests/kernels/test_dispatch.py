@@ -77,7 +77,7 @@ def test_asking_for_triton_where_it_cannot_run_is_an_error_that_names_why() -> N
 
 def test_a_machine_without_a_c_compiler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("triton")
-    monkeypatch.setattr(dispatch.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_read.shutil, "which", lambda name: None)
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(dispatch.KernelError, match="no C compiler"):
         dispatch.read_impls(CUDA, "triton")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from moc.errors import MocError, one_line, warn_once
+from moc.kernels import cpu_read
 from moc.kernels.routed_read import (
     default_block_elements,
     routed_read_backward_torch,
@@ -60,7 +60,7 @@ def environment_problem() -> str | None:
         return f"Triton is not installed ({one_line(e)}): pip install triton"
     if _interpreting():
         return None
-    if not (os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang"))):
+    if not cpu_read.has_compiler():
         return "no C compiler found (Triton builds its kernel launcher with one): install gcc or set CC"
     return None
 
@@ -189,8 +189,6 @@ def _backward(strict: bool, *args: Any) -> tuple[torch.Tensor, ...]:
 
 def cpu_kernel_problem(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> str | None:
     """Why the C kernels cannot run this CPU read (None: they can). Said once per reason."""
-    from moc.kernels import cpu_read
-
     if q.device.type != "cpu" or k.dtype != q.dtype:
         reason: str | None = (
             f"the CPU kernels read CPU tensors of one dtype, not {q.device} {q.dtype}, {k.dtype}"
@@ -208,15 +206,11 @@ def cpu_kernel_problem(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> str
 
 def _cpu_kernels_read(q: torch.Tensor, k: torch.Tensor, n_selected: int) -> bool:
     """Whether the C kernels run this CPU read: they suit its size and can run (else said once)."""
-    from moc.kernels import cpu_read
-
     return cpu_read.suits(q.shape[-1], k.shape[1]) and cpu_kernel_problem(q, k, n_selected) is None
 
 
 def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
                  weighting: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    from moc.kernels import cpu_read
-
     if _cpu_kernels_read(q, k, idx.shape[1]):
         _USED.add("cpu forward")
         return cpu_read.forward(q, k, v, idx, w, weighting, scale)
@@ -225,8 +219,6 @@ def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.T
 
 
 def _cpu_backward(*args: Any) -> tuple[torch.Tensor, ...]:
-    from moc.kernels import cpu_read
-
     q, k, idx = args[1], args[4], args[6]
     if _cpu_kernels_read(q, k, idx.shape[1]):
         _USED.add("cpu backward")
