@@ -17,7 +17,8 @@ the capacity presets; random tokens of the demo's shape for ``--text-demo``). Ad
 capacity sweeps' records were trained with. As moc's training does on the CPU, freed memory stays in the
 process (``train.retain_freed_memory``); ``--default-malloc`` leaves glibc's defaults, under which the
 steps also fault their pages in again. The memory read runs moc's default path (``memory.kernel: auto``:
-the C kernels of ``moc.kernels.cpu_read``); ``--torch-read`` runs the PyTorch path instead.
+the C kernels of ``moc.kernels.cpu_read``, and eager the router head's, ``moc.kernels.cpu_router``);
+``--torch-read`` runs ``memory.kernel: torch`` instead (the PyTorch read and router head).
 """
 
 from __future__ import annotations

@@ -123,6 +123,7 @@ class MemoryConfig:
     # Who runs the routed read: "auto" = the Triton kernels on CUDA, the C kernels on the CPU (small
     # reads; built with the system C compiler on first use) where they can run, else the PyTorch loops
     # (saying once why); "triton" = the Triton kernels or an error naming why not; "torch" = the loops.
+    # The router head follows it on the CPU: C kernels under "auto", PyTorch ops otherwise.
     kernel: Literal["auto", "triton", "torch"] = "auto"
     # What the router pools: "memory_norm" = RMSNorm(h) at the memory layer's input (ours);
     # "block_input" = the block's input residual stream, before self-attention (the paper's code).

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moc.kernels import cpu_read
+from moc.kernels import cpu_build, cpu_read
 from moc.kernels.routed_read import routed_read_backward_torch, routed_read_forward_torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,32 +92,37 @@ def test_what_the_kernels_cannot_take_is_named(monkeypatch: pytest.MonkeyPatch) 
     assert "float32 and float64, not torch.bfloat16" in cpu_read.unavailable(torch.bfloat16, 16)
     assert "power of two, not 12" in cpu_read.unavailable(torch.float32, 12)
     assert "at most 64 chapters per decision, not 65" in cpu_read.unavailable(torch.float32, 16, 8, 65)
-    monkeypatch.setattr(cpu_read, "_compiler", lambda: None)
+    monkeypatch.setattr(cpu_build, "compiler", lambda: None)
     assert "no C compiler found: install gcc or set CC" in cpu_read.unavailable(torch.float32, 16)
+
+
+def _forget_built_libraries() -> None:
+    cpu_read._library.cache_clear()
+    cpu_build.library.cache_clear()
 
 
 def test_the_library_is_built_once_per_size_into_the_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("MOC_CACHE_DIR", str(tmp_path))
-    run, builds = cpu_read.subprocess.run, []
+    run, builds = cpu_build.subprocess.run, []
 
     def counting_run(cmd: list[str], **kwargs: object) -> object:
         builds.extend([cmd] if "-shared" in cmd else [])
         return run(cmd, **kwargs)
 
-    monkeypatch.setattr(cpu_read.subprocess, "run", counting_run)
-    cpu_read._library.cache_clear()
+    monkeypatch.setattr(cpu_build.subprocess, "run", counting_run)
+    _forget_built_libraries()
     try:
         assert cpu_read.unavailable(torch.float32, 8, 4) is None
         built = sorted(p.name for p in (tmp_path / "kernels").iterdir())
-        assert len(built) == 1 and built[0].startswith("cpu_read_float_hd4_t8_"), built
-        cpu_read._library.cache_clear()  # as a new process: it finds the file instead of compiling
+        assert len(built) == 1 and built[0].startswith("cpu_read_float_hd4_tc8_"), built
+        _forget_built_libraries()  # as a new process: it finds the file instead of compiling
         assert cpu_read.unavailable(torch.float32, 8, 4) is None
         assert cpu_read.unavailable(torch.float64, 8, 4) is None  # another dtype: its own library
         assert len(builds) == 2
     finally:
-        cpu_read._library.cache_clear()
+        _forget_built_libraries()
 
 
 def test_small_tiles_suit_the_kernels_and_large_ones_the_matrix_products() -> None:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from moc.kernels import cpu_read, dispatch
+from moc.kernels import cpu_build, cpu_read, dispatch
 from moc.kernels.routed_read import routed_read_forward_torch
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -54,8 +54,9 @@ def test_on_the_cpu_small_reads_run_the_c_kernels_and_large_ones_the_loops_witho
 def test_a_cpu_without_a_c_compiler_says_so_once_and_reads_with_the_loops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cpu_read, "_compiler", lambda: None)
+    monkeypatch.setattr(cpu_build, "compiler", lambda: None)
     cpu_read._library.cache_clear()
+    cpu_build.library.cache_clear()
     fwd, _ = dispatch.read_impls(CPU, "auto")
     args = _args()
     with pytest.warns(UserWarning, match="CPU kernel unavailable.*no C compiler.*memory.kernel: torch"):
@@ -66,6 +67,7 @@ def test_a_cpu_without_a_c_compiler_says_so_once_and_reads_with_the_loops(
         fwd(*args)
     assert dispatch.paths_used() == ["torch forward"]
     cpu_read._library.cache_clear()
+    cpu_build.library.cache_clear()
 
 
 def test_asking_for_triton_where_it_cannot_run_is_an_error_that_names_why() -> None:
@@ -77,7 +79,7 @@ def test_asking_for_triton_where_it_cannot_run_is_an_error_that_names_why() -> N
 
 def test_a_machine_without_a_c_compiler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("triton")
-    monkeypatch.setattr(cpu_read.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_build.shutil, "which", lambda name: None)
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(dispatch.KernelError, match="no C compiler"):
         dispatch.read_impls(CUDA, "triton")

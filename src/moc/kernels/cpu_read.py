@@ -4,33 +4,24 @@ Same contract as the blocked PyTorch loops of ``routed_read`` (``routed_read_for
 ``routed_read_backward_torch``), for float32 and float64 tensors on the CPU. The C file says why a
 hand-written loop: a token-routed read's scores are dot products shorter than a vector register.
 
-One library per (dtype, head size, chapter size) is compiled once per machine (``-O3 -march=native``)
-into ``$MOC_CACHE_DIR/kernels`` (default ``~/.cache/moc/kernels``), under a name that hashes the source,
-the flags and the compiler, and written atomically, so concurrent first uses (several sweep workers) never
-load a half-written file. Where it cannot be built :func:`unavailable` says why, and
-``moc.kernels.dispatch`` says so once and runs the PyTorch loops; :func:`suits` says where the kernels are
-the faster path.
+One library per (dtype, head size, chapter size) is compiled once per machine (``moc.kernels.cpu_build``).
+Where it cannot be built :func:`unavailable` says why, and ``moc.kernels.dispatch`` says so once and runs
+the PyTorch loops; :func:`suits` says where the kernels are the faster path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-from moc.errors import one_line
+from moc.kernels import cpu_build
+from moc.kernels.cpu_build import has_compiler
 from moc.kernels.routed_read import WEIGHTINGS
 
-SOURCE = Path(__file__).with_name("cpu_read.c")
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-Wno-psabi")
+__all__ = ["has_compiler", "suits", "supports", "unavailable", "forward", "backward"]
+
 MAX_SELECTED = 64  # chapters one decision reads at most (the per-tile buffers of cpu_read.c)
 # Head size x chapter size up to which the C kernels serve a read: their accumulators (head size vectors
 # of a chapter's tokens) then stay in vector registers. Larger reads run faster as the PyTorch path's
@@ -40,53 +31,14 @@ _REALS = {torch.float32: "float", torch.float64: "double"}
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-
-
-def has_compiler() -> bool:
-    """Whether a C compiler is on this machine (``CC``, or cc / gcc / clang on the PATH)."""
-    return _compiler() is not None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MOC_CACHE_DIR") or Path.home() / ".cache" / "moc") / "kernels"
-
-
 @functools.cache
 def _library(real: str, head_dim: int, chapter_size: int) -> ctypes.CDLL | str:
     """The library for C type ``real`` and these sizes, or why it cannot be built (a one-line reason)."""
-    cc = _compiler()
-    if cc is None:
-        return "no C compiler found: install gcc or set CC"
-    source = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"the C compiler {cc!r} does not run ({one_line(e)})"
-    defines = [f"-DREAL={real}", f"-DHD={head_dim}", f"-DTC={chapter_size}"]
-    if real == "float":
-        defines.append("-DFAST_EXP")
-    key = hashlib.sha256(
-        b"\0".join(x.encode() for x in (*FLAGS, *defines, version, platform.machine())) + source
-    ).hexdigest()[:16]
-    path = cache_dir() / f"cpu_read_{real}_hd{head_dim}_t{chapter_size}_{key}.so"
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-            os.close(fd)
-            cmd = [cc, *FLAGS, *defines, str(SOURCE), "-o", tmp, "-lm"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                os.unlink(tmp)
-                return f"{' '.join(cmd[:3])} ... failed: {one_line(done.stderr) or done.returncode}"
-            os.replace(tmp, path)  # atomic: another process sees no file or the whole one
-        except (OSError, subprocess.SubprocessError) as e:
-            return f"building {path.name} failed ({one_line(e)})"
-    lib = ctypes.CDLL(str(path))
-    lib.read_forward.argtypes = [_P] * 7 + [_I64] * 9 + [_F64]
-    lib.read_backward.argtypes = [_P] * 12 + [_I64] * 9 + [_F64]
+    defines = (f"-DREAL={real}", f"-DHD={head_dim}", f"-DTC={chapter_size}")
+    lib = cpu_build.library("cpu_read.c", (*defines, "-DFAST_EXP") if real == "float" else defines)
+    if not isinstance(lib, str):
+        lib.read_forward.argtypes = [_P] * 7 + [_I64] * 9 + [_F64]
+        lib.read_backward.argtypes = [_P] * 12 + [_I64] * 9 + [_F64]
     return lib
 
 
@@ -113,7 +65,7 @@ def unavailable(
     if n_selected > MAX_SELECTED:
         return f"the CPU kernels read at most {MAX_SELECTED} chapters per decision, not {n_selected}"
     if head_dim is None:
-        return None if has_compiler() else "no C compiler found: install gcc or set CC"
+        return None if has_compiler() else cpu_build.NO_COMPILER
     lib = _library(_REALS[dtype], head_dim, chapter_size)
     return lib if isinstance(lib, str) else None
 

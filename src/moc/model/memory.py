@@ -216,7 +216,7 @@ class MemoryLayer(nn.Module):
 
     def route(self, summary: torch.Tensor, valid: torch.Tensor) -> Decisions:
         """summary: (B, G, d) pooled router inputs; valid: (B, G) decisions serving a real token."""
-        return self.router.decide(summary, valid, self.layer_idx)
+        return self.router.decide(summary, valid, self.layer_idx, self.cfg.kernel)
 
     # -- forward ------------------------------------------------------------------------------------
 

@@ -23,12 +23,17 @@ This file imports nothing from ``moc`` (it is exported with the model code).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+try:  # the router head: from moc, or the copy an exported Hugging Face folder holds beside this file
+    from moc.kernels.router_head import RouterHead, top_k
+except ImportError:
+    from .router_head import RouterHead, top_k
 
 if TYPE_CHECKING:
     # Inside try: transformers' remote-code import check skips it, so exported copies never need `moc`.
@@ -112,105 +117,25 @@ def router_losses(
     return load_balance, z_loss, counts.detach()
 
 
-def top_k(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``probs.topk(k, dim=-1)`` for probabilities (>= 0): (values, indices) (..., k), largest first.
-
-    On the CPU PyTorch's top-k is a per-row selection loop that no compiler fuses: under torch.compile a
-    float32 top-k of k <= 4 runs as k vectorised max-reductions over (probability, index) keys instead
-    (:func:`top_k_by_keys`; 2x faster for 511 routed chapters and k = 2). Eager, a row shorter than
-    64 k entries is padded with -1 first (never picked): PyTorch's CPU top-k selects partially only from
-    64 k entries per row and sorts whole rows below that, 5x slower for 127 routed chapters and k = 2 than
-    for 128 (1088 rows, one thread). Either way the same values and indices as ``topk``, ties to the
-    lowest index.
-    """
-    n = probs.shape[-1]
-    if probs.device.type == "cpu":
-        if k <= 4 and probs.dtype == torch.float32 and torch.compiler.is_compiling():
-            return top_k_by_keys(probs, k)
-        if k <= n < 64 * k:
-            probs = F.pad(probs, (0, 64 * k - n), value=-1.0)
-    return probs.topk(k, dim=-1)
-
-
-def top_k_by_keys(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of float32 probabilities (>= 0) along the last dim as k max-reductions, largest first.
-
-    Each entry becomes one int64 key: its bit pattern (monotone in the value for floats >= 0) above
-    (n - 1 - index), so keys are distinct, the largest key is the largest value, and equal values rank
-    the lower index first. The j-th pick is the largest key below the (j-1)-th. Each pass is a plain
-    row maximum, which torch.compile fuses and vectorises (eager it materialises every key: use topk).
-    """
-    n = probs.shape[-1]
-    key = (probs.view(torch.int32).to(torch.int64) << 32) | (n - 1 - torch.arange(n, device=probs.device))
-    picks = [key.amax(-1, keepdim=True)]
-    for _ in range(k - 1):
-        picks.append(torch.where(key < picks[-1], key, -1).amax(-1, keepdim=True))
-    best = torch.cat(picks, dim=-1)
-    return (best >> 32).to(torch.int32).view(torch.float32), n - 1 - (best & 0xFFFFFFFF)
-
-
 def routing_entropy(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean entropy (nats) of the router's distribution over the valid decisions. probs: (..., C_routed)."""
     entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1)
     return (entropy * valid).sum() / valid.sum().clamp(min=1)
 
 
-class RouterHead(torch.autograd.Function):
-    """The router's (decisions x chapters) work in one node: scores -> top-k probabilities and losses.
-
-    forward(routed (N, C_routed) and shared (N, n_shared) scores, w (N,) 1.0 for a valid decision, k) ->
-        top_p (N, k), top_i (N, k) routed ids (0-based among the routed chapters), load balance, z-loss
-        (scalars, over the valid decisions), counts (C_routed,) top-k picks per chapter, entropy (scalar).
-
-    Same numbers as softmax + top-k + :func:`router_losses` + :func:`routing_entropy` (rounding aside),
-    from one softmax: lse of the routed scores is l_top1 - log p_top1, the z-loss's lse adds the shared
-    chapters' scores to it, and the entropy is lse - sum p l. Backward, with g the gradient on the
-    routed probabilities (load balance: C_routed f_i w_n / n; top-k: scattered) and the softmax's
-    Jacobian p (g - <g, p>), plus the z-loss's 2 w_n lse_n / n times softmax over all C chapters.
-    Saves the probabilities (N x C_routed), as the unfused graph does.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, routed: torch.Tensor, shared: torch.Tensor, w: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, ...]:
-        probs = routed.softmax(dim=-1)
-        top_p, top_i = top_k(probs, k)
-        lse_r = routed.gather(1, top_i[:, :1])[:, 0] - top_p[:, 0].log()
-        lse = torch.logaddexp(lse_r, shared.logsumexp(-1)) if shared.shape[1] else lse_r
-        n = w.sum().clamp(min=1)
-        n_routed = probs.shape[1]
-        picks_w = w[:, None].expand(-1, k).reshape(-1)
-        counts = probs.new_zeros(n_routed).index_add_(0, top_i.reshape(-1), picks_w)
-        f = counts / (n * k)
-        load_balance = n_routed * (f * (w @ probs / n)).sum()
-        z_loss = (w * lse.square()).sum() / n
-        entropy = (w * (lse_r - torch.linalg.vecdot(probs, routed))).sum() / n  # lse - sum p l
-        ctx.save_for_backward(probs, top_p, top_i, w, lse_r, lse, shared, f, n)
-        ctx.mark_non_differentiable(top_i, counts, entropy)
-        return top_p, top_i, load_balance, z_loss, counts, entropy
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any,
-        d_top_p: torch.Tensor | None,
-        _d_top_i: Any,
-        d_lb: torch.Tensor | None,
-        d_z: torch.Tensor | None,
-        _d_counts: Any,
-        _d_entropy: Any,
-    ) -> tuple[torch.Tensor | None, ...]:
-        probs, top_p, top_i, w, lse_r, lse, shared, f, n = ctx.saved_tensors
-        n_routed = probs.shape[1]
-        d_lb = d_lb if d_lb is not None else probs.new_zeros(())
-        d_z = d_z if d_z is not None else probs.new_zeros(())
-        top_g = d_top_p * top_p if d_top_p is not None else torch.zeros_like(top_p)  # g_nj p_nj at the picks
-        c = (d_lb * n_routed / n) * f  # (C_routed,): the load balance's g_ni = w_n c_i
-        zt = d_z * 2 * w * lse / n  # (N,): the z-loss's weight on softmax over all chapters
-        coef = zt * torch.exp(lse_r - lse) - (w * (probs @ c) + top_g.sum(-1))  # ... minus <g_n, p_n>
-        d_routed = torch.addr(coef[:, None].expand_as(probs), w, c).mul_(probs).scatter_add_(1, top_i, top_g)
-        d_shared = zt[:, None] * torch.exp(shared - lse[:, None])
-        return d_routed, d_shared, None, None
+def c_router_head(x: torch.Tensor, weight: torch.Tensor, kernel: str) -> Callable[..., tuple] | None:
+    """moc's C router head (``moc.kernels.router_op.router_head``) where it runs the router on ``x`` (N, d):
+    ``memory.kernel: auto``, eager, float32 on the CPU without autocast; None: :class:`RouterHead`'s
+    PyTorch ops (always in an exported folder). Under torch.compile the compiler fuses the PyTorch head
+    as fast as the C kernels run it at 512 chapters, and faster at 128 (``bench/router_head.py``)."""
+    on_cpu = x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    if kernel != "auto" or not on_cpu or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        return None
+    try:
+        from moc.kernels.router_op import router_head
+    except ImportError:  # an exported folder without moc
+        return None
+    return router_head
 
 
 class ChapterRouter(nn.Module):
@@ -276,23 +201,27 @@ class ChapterRouter(nn.Module):
         indices, weights = self._weights(top_p, top_i, shared)
         return indices, weights, logits, probs
 
-    def decide(self, summary: torch.Tensor, valid: torch.Tensor, layer: int) -> Decisions:
+    def decide(
+        self, summary: torch.Tensor, valid: torch.Tensor, layer: int, kernel: str = "auto"
+    ) -> Decisions:
         """summary: (B, G, d) pooled router inputs; valid: (B, G) decisions serving a real token ->
-        the decisions, their aux loss (coefficients applied) and the record of them."""
+        the decisions, their aux loss (coefficients applied) and the record of them. ``kernel`` is the
+        layer's ``memory.kernel``: "auto" runs the router head's C kernels on the CPU."""
         if self.any_disabled():  # ablation: the plain path, which masks the disabled chapters
             indices, weights, logits, probs = self(summary)
             lb, z, counts = router_losses(logits, probs, indices, valid, indices.shape[-1] - self.top_k)
             with torch.no_grad():  # for logging only: keeps (decisions x C) tensors out of the graph
                 entropy = routing_entropy(probs, valid)
         else:
-            # Routed and shared scores as two products: the softmax then runs on a contiguous tensor.
-            wt, b, s = self.proj.weight, self.proj.bias, self.n_shared
-            x = summary.reshape(-1, summary.shape[-1])
-            routed, shared = F.linear(x, wt[s:], b[s:]).float(), F.linear(x, wt[:s], b[:s]).float()
-            w = valid.reshape(-1).to(routed.dtype)
-            top_p, top_i, lb, z, counts, entropy = RouterHead.apply(routed, shared, w, self.top_k)
+            x, s, k = summary.reshape(-1, summary.shape[-1]), self.n_shared, self.top_k
+            w = valid.reshape(-1).float()
+            c_head = c_router_head(x, self.proj.weight, kernel)
+            if c_head is not None:  # the scores' matmul in the op: its backward orders the products
+                top_p, top_i, lb, z, counts, entropy = c_head(x, self.proj.weight, self.proj.bias, w, s, k)
+            else:
+                top_p, top_i, lb, z, counts, entropy = RouterHead.apply(self.proj(x).float(), w, s, k)
             lead = summary.shape[:-1]
-            shared_ids = torch.arange(s, device=routed.device)
+            shared_ids = torch.arange(s, device=x.device)
             indices, weights = self._weights(top_p.view(*lead, -1), top_i.view(*lead, -1), shared_ids)
         aux = self.lb_coef * lb + self.z_coef * z
         info = RoutingInfo(

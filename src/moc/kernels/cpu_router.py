@@ -1,0 +1,83 @@
+"""The router head's CPU kernels: ``cpu_router.c``, built with the system C compiler on first use.
+
+Same contract as ``moc.kernels.router_head`` (``head_forward_torch`` / ``head_backward_torch``), for float32
+and float64 scores on the CPU; one library per dtype (``moc.kernels.cpu_build``). Where it cannot be built,
+:func:`unavailable` says why (``moc.kernels.router_op`` then says so once and runs the PyTorch head).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from moc.kernels import cpu_build
+
+_REALS = {torch.float32: "float", torch.float64: "double"}
+_I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+
+
+@functools.cache
+def _library(real: str) -> ctypes.CDLL | str:
+    defines = (f"-DREAL={real}", "-DFAST_EXP") if real == "float" else (f"-DREAL={real}",)
+    lib = cpu_build.library("cpu_router.c", defines)
+    if not isinstance(lib, str):
+        lib.router_forward.argtypes = [_P] * 12 + [_I64] * 4
+        lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 9 + [_I64] * 4
+    return lib
+
+
+def unavailable(dtype: torch.dtype) -> str | None:
+    """Why the C kernels cannot run a router head on scores of ``dtype`` (None: they can; builds or finds
+    the library)."""
+    if dtype not in _REALS:
+        return f"the CPU router kernels support float32 and float64, not {dtype}"
+    lib = _library(_REALS[dtype])
+    return lib if isinstance(lib, str) else None
+
+
+def _check(status: int, what: str) -> None:
+    if status == 1:
+        raise MemoryError(f"the CPU router head's {what} could not allocate its scratch buffer")
+    if status != 0:
+        raise ValueError(f"the CPU router head's {what} got impossible sizes (a top-k above the chapters, "
+                         "or 2^24 chapters or more in float32)")  # fmt: skip
+
+
+def forward(scores: torch.Tensor, w: torch.Tensor, n_shared: int, k: int) -> tuple[torch.Tensor, ...]:
+    """As ``head_forward_torch``: (top_p, top_i, load_balance, z_loss, counts, entropy, probs, lse,
+    routed_share, shared_p)."""
+    lib = _library(_REALS[scores.dtype])
+    scores, w = scores.contiguous(), w.to(scores.dtype).contiguous()
+    (N, C), R = scores.shape, scores.shape[1] - n_shared
+    new = scores.new_empty
+    probs, top_p, top_i = new(N, R), new(N, k), torch.empty(N, k, dtype=torch.int64)
+    lse, routed_share, shared_p, counts = new(N), new(N), new(N, n_shared), new(R)
+    lb, z, entropy = new(()), new(()), new(())
+    outs = (probs, top_p, top_i, lse, routed_share, shared_p, counts, lb, z, entropy)
+    pointers = (t.data_ptr() for t in (scores, w, *outs))
+    status = lib.router_forward(*pointers, N, C, n_shared, k)
+    _check(status, "forward")
+    return top_p, top_i, lb, z, counts, entropy, probs, lse, routed_share, shared_p
+
+
+def backward(
+    d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+    top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
+    shared_p: torch.Tensor, counts: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """As ``head_backward_torch``: the gradient on the scores (N, C)."""
+    lib = _library(_REALS[probs.dtype])
+    (N, R), (k, S) = probs.shape, (top_p.shape[1], shared_p.shape[1])
+    d_top_p, w = d_top_p.to(probs.dtype).contiguous(), w.to(probs.dtype).contiguous()
+    # contiguous copies held here, not in the call's arguments, so none is freed before the kernel reads it
+    saved = (w, probs, top_p, top_i.to(torch.int64), lse, routed_share, shared_p, counts)
+    tensors = [t.contiguous() for t in saved]
+    d_scores = probs.new_empty(N, S + R)
+    status = lib.router_backward(
+        d_top_p.data_ptr(), float(d_lb), float(d_z), *(t.data_ptr() for t in tensors),
+        d_scores.data_ptr(), N, S + R, S, k,
+    )  # fmt: skip
+    _check(status, "backward")
+    return d_scores
