@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import moc
-from moc.kernels import cpu_router
+from moc.kernels import cpu_build, cpu_router
 from moc.model.router import ChapterRouter, router_losses, routing_entropy
 
 DT = torch.float64
@@ -43,7 +43,7 @@ def test_decide_with_disabled_chapters_never_picks_them() -> None:
 
 
 def test_decide_runs_the_c_kernels_on_the_cpu_unless_told_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    if cpu_router.unavailable(torch.float32) is not None:
+    if not cpu_build.has_compiler():
         pytest.skip("no C compiler to build the CPU kernels")
     calls = []
     run = cpu_router.forward
@@ -54,3 +54,22 @@ def test_decide_runs_the_c_kernels_on_the_cpu_unless_told_torch(monkeypatch: pyt
     assert len(calls) == 1
     assert torch.equal(auto.indices, torch_head.indices)
     torch.testing.assert_close(auto.weights, torch_head.weights)
+
+
+@pytest.mark.parametrize(("chapters", "runs_c"), [(32, False), (256, True)])
+def test_compiled_the_c_kernels_run_large_routers_only(
+    monkeypatch: pytest.MonkeyPatch, chapters: int, runs_c: bool
+) -> None:
+    """Under torch.compile the fused PyTorch head is the faster one for small routers (see
+    COMPILED_C_HEAD_MIN_CHAPTERS): the choice is made while tracing, and the results agree either way."""
+    if not cpu_build.has_compiler():
+        pytest.skip("no C compiler to build the CPU kernels")
+    calls = []
+    run = cpu_router.forward
+    monkeypatch.setattr(cpu_router, "forward", lambda *a: calls.append(1) or run(*a))
+    cfg = moc.load_config("tiny-moc", [f"memory.n_chapters={chapters}", f"memory.n_tokens={chapters * 4}"])
+    router = ChapterRouter(8, cfg.memory)
+    summary, valid = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    compiled = torch.compile(lambda s: router.decide(s, valid, 1).weights, fullgraph=True)(summary)
+    assert bool(calls) == runs_c
+    torch.testing.assert_close(compiled, router.decide(summary, valid, 1, "torch").weights)

@@ -24,7 +24,7 @@ def _library(real: str) -> ctypes.CDLL | str:
     lib = cpu_build.library("cpu_router.c", defines)
     if not isinstance(lib, str):
         lib.router_forward.argtypes = [_P] * 12 + [_I64] * 4
-        lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 9 + [_I64] * 4
+        lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 14 + [_I64] * 5
     return lib
 
 
@@ -35,6 +35,13 @@ def unavailable(dtype: torch.dtype) -> str | None:
         return f"the CPU router kernels support float32 and float64, not {dtype}"
     lib = _library(_REALS[dtype])
     return lib if isinstance(lib, str) else None
+
+
+def _built(dtype: torch.dtype) -> ctypes.CDLL:
+    reason = unavailable(dtype)
+    if reason is not None:
+        raise RuntimeError(f"the CPU router kernels cannot run: {reason}")
+    return _library(_REALS[dtype])  # type: ignore[return-value]
 
 
 def _check(status: int, what: str) -> None:
@@ -48,7 +55,7 @@ def _check(status: int, what: str) -> None:
 def forward(scores: torch.Tensor, w: torch.Tensor, n_shared: int, k: int) -> tuple[torch.Tensor, ...]:
     """As ``head_forward_torch``: (top_p, top_i, load_balance, z_loss, counts, entropy, probs, lse,
     routed_share, shared_p)."""
-    lib = _library(_REALS[scores.dtype])
+    lib = _built(scores.dtype)
     scores, w = scores.contiguous(), w.to(scores.dtype).contiguous()
     (N, C), R = scores.shape, scores.shape[1] - n_shared
     new = scores.new_empty
@@ -68,16 +75,41 @@ def backward(
     shared_p: torch.Tensor, counts: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
     """As ``head_backward_torch``: the gradient on the scores (N, C)."""
-    lib = _library(_REALS[probs.dtype])
+    d_scores = probs.new_empty(probs.shape[0], shared_p.shape[1] + probs.shape[1])
+    _backward(d_top_p, d_lb, d_z, w, probs, top_p, top_i, lse, routed_share, shared_p, counts, d_scores)
+    return d_scores
+
+
+def backward_to_linear(
+    d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+    top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
+    shared_p: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The gradients on x (N, D), the linear layer's weight (C, D) and bias (C,) of scores = x weight^T +
+    bias, without writing the scores' own: each decision's row of it goes to the products as it is made."""
+    x, weight = x.to(probs.dtype).contiguous(), weight.to(probs.dtype).contiguous()
+    dx, d_weight, d_bias = torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+    _backward(d_top_p, d_lb, d_z, w, probs, top_p, top_i, lse, routed_share, shared_p, counts, None,
+              (x, weight, dx, d_weight, d_bias))  # fmt: skip
+    return dx, d_weight, d_bias
+
+
+def _backward(
+    d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
+    top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
+    shared_p: torch.Tensor, counts: torch.Tensor, d_scores: torch.Tensor | None,
+    linear: tuple[torch.Tensor, ...] | None = None,
+) -> None:  # fmt: skip
+    lib = _built(probs.dtype)
     (N, R), (k, S) = probs.shape, (top_p.shape[1], shared_p.shape[1])
     d_top_p, w = d_top_p.to(probs.dtype).contiguous(), w.to(probs.dtype).contiguous()
     # contiguous copies held here, not in the call's arguments, so none is freed before the kernel reads it
     saved = (w, probs, top_p, top_i.to(torch.int64), lse, routed_share, shared_p, counts)
     tensors = [t.contiguous() for t in saved]
-    d_scores = probs.new_empty(N, S + R)
+    D = linear[0].shape[1] if linear is not None else 0
+    pointers = [t.data_ptr() for t in linear] if linear is not None else [None] * 5
     status = lib.router_backward(
         d_top_p.data_ptr(), float(d_lb), float(d_z), *(t.data_ptr() for t in tensors),
-        d_scores.data_ptr(), N, S + R, S, k,
+        d_scores.data_ptr() if d_scores is not None else None, *pointers, N, S + R, S, k, D,
     )  # fmt: skip
     _check(status, "backward")
-    return d_scores

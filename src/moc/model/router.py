@@ -14,11 +14,13 @@ Losses over the N valid decisions of a batch (both independent of k):
     z-loss       = mean over decisions of logsumexp(l)^2
 
 :func:`router_losses` states them plainly (the readable definition, used when chapters are disabled);
-:class:`RouterHead` computes the same numbers for the training forward with a hand-written backward:
-its (decisions x chapters) work is one softmax, one top-k, two row reductions forward and two
-broadcast passes backward, which is what a router with thousands of decisions per step costs on a CPU.
+the router head (``moc.kernels.router_head.RouterHead``) computes the same numbers for the training
+forward with a hand-written backward: its (decisions x chapters) work is one softmax, one top-k, two row
+reductions forward and two broadcast passes backward. On the CPU moc's C kernels run it
+(:func:`c_router_head` says where).
 
-This file imports nothing from ``moc`` (it is exported with the model code).
+This file imports ``moc`` only inside try blocks: it is exported with the model code, and an exported
+folder without moc imports the router head's copy beside it.
 """
 
 from __future__ import annotations
@@ -123,13 +125,22 @@ def routing_entropy(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (entropy * valid).sum() / valid.sum().clamp(min=1)
 
 
+# Under torch.compile the compiler fuses the PyTorch head into few passes, and below this many chapters
+# they cost less than the C kernels' fixed work per decision (bench/router_head.py, compiled, PyTorch
+# against C: 128 chapters 0.53 ms against 0.61, 256: 0.88 against 0.79, 512: 1.50 against 1.17).
+COMPILED_C_HEAD_MIN_CHAPTERS = 256
+
+
 def c_router_head(x: torch.Tensor, weight: torch.Tensor, kernel: str) -> Callable[..., tuple] | None:
     """moc's C router head (``moc.kernels.router_op.router_head``) where it runs the router on ``x`` (N, d):
-    ``memory.kernel: auto``, eager, float32 on the CPU without autocast; None: :class:`RouterHead`'s
-    PyTorch ops (always in an exported folder). Under torch.compile the compiler fuses the PyTorch head
-    as fast as the C kernels run it at 512 chapters, and faster at 128 (``bench/router_head.py``)."""
+    ``memory.kernel: auto``, float32 on the CPU without autocast, and under torch.compile only for
+    ``COMPILED_C_HEAD_MIN_CHAPTERS`` chapters or more; None: :class:`RouterHead`'s PyTorch ops (always in
+    an exported folder)."""
     on_cpu = x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-    if kernel != "auto" or not on_cpu or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    small = weight.shape[0] < COMPILED_C_HEAD_MIN_CHAPTERS
+    if kernel != "auto" or not on_cpu or torch.is_autocast_enabled("cpu"):
+        return None
+    if small and torch.compiler.is_compiling():
         return None
     try:
         from moc.kernels.router_op import router_head
