@@ -1,8 +1,10 @@
 """The router head's CPU kernels: ``cpu_router.c``, built with the system C compiler on first use.
 
 Same contract as ``moc.kernels.router_head`` (``head_forward_torch`` / ``head_backward_torch``), for float32
-and float64 scores on the CPU; one library per dtype (``moc.kernels.cpu_build``). Where it cannot be built,
-:func:`unavailable` says why (``moc.kernels.router_op`` then says so once and runs the PyTorch head).
+and float64 scores on the CPU; :func:`backward_to_linear` also takes the scores' gradient through the
+linear layer that made them, without writing it. One library per dtype (``moc.kernels.cpu_build``). Where
+it cannot be built, :func:`unavailable` says why (``moc.kernels.router_op`` then says so once and runs the
+PyTorch head).
 """
 
 from __future__ import annotations
