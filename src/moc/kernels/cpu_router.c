@@ -198,22 +198,19 @@ static void to_linear(const real *restrict g, int64_t ld, int nb, const real *re
 }
 
 /* The gradient on the scores g (N, C) from those on top_p (N, K; NULL: none), the load balance and the
-   z-loss, and what router_forward saved; written to d_scores (NULL: not kept) and, with x (N, D) and the
-   linear layer's weight W (C, D), taken through the scores = x W^T + b to dx (N, D), dW (C, D), db (C). */
+   z-loss, and what router_forward saved, taken through the scores = x W^T + b (x (N, D), W (C, D)) to
+   dx (N, D), dW (C, D) and db (C), BLOCK decisions' rows of g at a time (g itself is never written). */
 int router_backward(const real *restrict d_top_p, double d_balance, double d_z, const real *restrict w,
                     const real *restrict probs, const real *restrict top_p, const int64_t *restrict top_i,
                     const real *restrict lse, const real *restrict routed_share,
-                    const real *restrict shared_p, const real *restrict counts, real *restrict d_scores,
-                    const real *restrict x, const real *restrict W, real *restrict dx, real *restrict dW,
+                    const real *restrict shared_p, const real *restrict counts, const real *restrict x, const real *restrict W, real *restrict dx, real *restrict dW,
                     real *restrict db, int64_t N, int64_t C, int64_t S, int64_t K, int64_t D) {
     const int64_t R = C - S, Rv = padded(R);
-    if (!sizes_ok(R, S, K) || (!d_scores && !x)) return 2;
+    if (!sizes_ok(R, S, K)) return 2;
     real *c = get_scratch(Rv + BLOCK * C); /* the load balance's gradient on p_i; BLOCK rows of g */
     if (!c) return 1;
-    if (x) {
-        memset(dW, 0, C * D * sizeof(real));
-        memset(db, 0, C * sizeof(real));
-    }
+    memset(dW, 0, C * D * sizeof(real));
+    memset(db, 0, C * sizeof(real));
     double n = 0;
     for (int64_t d = 0; d < N; d++) n += w[d];
     n = n > 1 ? n : 1;
@@ -221,7 +218,7 @@ int router_backward(const real *restrict d_top_p, double d_balance, double d_z, 
     const int64_t Rw = R / LANES * LANES; /* whole vectors of a row of probs (rows need not be aligned) */
     for (int64_t d = 0; d < N; d++) {
         const real *p = probs + d * R;
-        real *g = d_scores ? d_scores + d * C : c + Rv + d % BLOCK * C;
+        real *g = c + Rv + d % BLOCK * C;
         const real wd = w[d], zt = (real)(d_z * 2 * wd * lse[d] / n);
         real top_sum = 0; /* sum of g p at the picks */
         if (d_top_p)
@@ -240,10 +237,8 @@ int router_backward(const real *restrict d_top_p, double d_balance, double d_z, 
             for (int64_t k = 0; k < K; k++) g[S + top_i[d * K + k]] += d_top_p[d * K + k] * top_p[d * K + k];
         for (int64_t s = 0; s < S; s++) g[s] = zt * shared_p[d * S + s];
         const int64_t first = d - d % BLOCK; /* the block's first decision */
-        if (x && (d % BLOCK == BLOCK - 1 || d == N - 1)) {
-            const real *g0 = d_scores ? d_scores + first * C : c + Rv;
-            to_linear(g0, C, (int)(d - first + 1), x + first * D, W, dx + first * D, dW, db, C, D);
-        }
+        if (d % BLOCK == BLOCK - 1 || d == N - 1)
+            to_linear(c + Rv, C, (int)(d - first + 1), x + first * D, W, dx + first * D, dW, db, C, D);
     }
     return 0;
 }

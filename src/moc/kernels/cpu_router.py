@@ -26,7 +26,7 @@ def _library(real: str) -> ctypes.CDLL | str:
     lib = cpu_build.library("cpu_router.c", defines)
     if not isinstance(lib, str):
         lib.router_forward.argtypes = [_P] * 12 + [_I64] * 4
-        lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 14 + [_I64] * 5
+        lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 13 + [_I64] * 5
     return lib
 
 
@@ -71,47 +71,25 @@ def forward(scores: torch.Tensor, w: torch.Tensor, n_shared: int, k: int) -> tup
     return top_p, top_i, lb, z, counts, entropy, probs, lse, routed_share, shared_p
 
 
-def backward(
-    d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
-    top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
-    shared_p: torch.Tensor, counts: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
-    """As ``head_backward_torch``: the gradient on the scores (N, C)."""
-    d_scores = probs.new_empty(probs.shape[0], shared_p.shape[1] + probs.shape[1])
-    _backward(d_top_p, d_lb, d_z, w, probs, top_p, top_i, lse, routed_share, shared_p, counts, d_scores)
-    return d_scores
-
-
 def backward_to_linear(
     d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
     top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
     shared_p: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The gradients on x (N, D), the linear layer's weight (C, D) and bias (C,) of scores = x weight^T +
+    """From the gradients on top_p, the load balance and the z-loss (``head_backward_torch``'s arguments),
+    the gradients on x (N, D), the linear layer's weight (C, D) and bias (C,) of scores = x weight^T +
     bias, without writing the scores' own: each decision's row of it goes to the products as it is made."""
-    x, weight = x.to(probs.dtype).contiguous(), weight.to(probs.dtype).contiguous()
-    dx, d_weight, d_bias = torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
-    _backward(d_top_p, d_lb, d_z, w, probs, top_p, top_i, lse, routed_share, shared_p, counts, None,
-              (x, weight, dx, d_weight, d_bias))  # fmt: skip
-    return dx, d_weight, d_bias
-
-
-def _backward(
-    d_top_p: torch.Tensor, d_lb: torch.Tensor, d_z: torch.Tensor, w: torch.Tensor, probs: torch.Tensor,
-    top_p: torch.Tensor, top_i: torch.Tensor, lse: torch.Tensor, routed_share: torch.Tensor,
-    shared_p: torch.Tensor, counts: torch.Tensor, d_scores: torch.Tensor | None,
-    linear: tuple[torch.Tensor, ...] | None = None,
-) -> None:  # fmt: skip
     lib = _built(probs.dtype)
     (N, R), (k, S) = probs.shape, (top_p.shape[1], shared_p.shape[1])
     d_top_p, w = d_top_p.to(probs.dtype).contiguous(), w.to(probs.dtype).contiguous()
+    x, weight = x.to(probs.dtype).contiguous(), weight.to(probs.dtype).contiguous()
+    dx, d_weight, d_bias = torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
     # contiguous copies held here, not in the call's arguments, so none is freed before the kernel reads it
     saved = (w, probs, top_p, top_i.to(torch.int64), lse, routed_share, shared_p, counts)
-    tensors = [t.contiguous() for t in saved]
-    D = linear[0].shape[1] if linear is not None else 0
-    pointers = [t.data_ptr() for t in linear] if linear is not None else [None] * 5
+    tensors = [t.contiguous() for t in (*saved, x, weight, dx, d_weight, d_bias)]
     status = lib.router_backward(
-        d_top_p.data_ptr(), float(d_lb), float(d_z), *(t.data_ptr() for t in tensors),
-        d_scores.data_ptr() if d_scores is not None else None, *pointers, N, S + R, S, k, D,
+        d_top_p.data_ptr(), float(d_lb), float(d_z), *(t.data_ptr() for t in tensors), N, S + R, S, k,
+        x.shape[1],
     )  # fmt: skip
     _check(status, "backward")
+    return dx, d_weight, d_bias
