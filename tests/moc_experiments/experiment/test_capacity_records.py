@@ -308,6 +308,23 @@ def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model(
         assert f"eager ({read}):" in out
 
 
+def test_the_step_profile_lists_a_model_s_ops_per_step() -> None:
+    import subprocess
+    import sys
+
+    bench = Path(__file__).parents[3] / "bench" / "step_profile.py"
+    flags = ["--preset", "capacity-bits-smoke", "--eager", "--steps", "1"]
+    run = [sys.executable, str(bench), "moc_2k", *flags, "--top", "5"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300, check=True).stdout
+    head, *rows = out.strip().splitlines()
+    assert head.startswith("moc_2k (capacity-bits-smoke, eager, 1 thread)") and len(rows) == 5
+    assert all(float(r.split()[0]) >= 0 for r in rows) and any("aten::" in r for r in rows)
+    wrong = subprocess.run(
+        [sys.executable, str(bench), "moc_9k", *flags], capture_output=True, text=True, timeout=300
+    )
+    assert wrong.returncode == 2 and "no model 'moc_9k' in capacity-bits-smoke" in wrong.stderr
+
+
 def test_a_shorter_sweep_s_full_runs_are_a_longer_sweep_s_half_length_runs(tmp_path: Path) -> None:
     short = _cfg(tmp_path, "train.exposures=12")
     save_record(short, _job(short, "moc_2k", 0, 1.0), {"seed": 0, "steps": 45}, None)

@@ -1,0 +1,58 @@
+"""Where one CPU training step of a capacity model spends its time, op by op (torch.profiler).
+
+The model, batches and step of ``bench/capacity_step.py`` (1 thread, fused AdamW, freed memory kept),
+compiled unless ``--eager``; under torch.compile each of inductor's fused kernels is listed by name. Prints
+the ``--top`` ops by self CPU time, in ms per step over ``--steps`` profiled steps::
+
+    python bench/step_profile.py moc_8k
+    python bench/step_profile.py dense_d24 --eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="a model key of the preset, e.g. moc_8k")
+    ap.add_argument("--preset", default="capacity-bank-series")
+    ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
+
+    inductor_config.cpp.enable_kernel_profile = True  # inductor's kernels by name, not one graph call
+    sys.path.insert(0, str(Path(__file__).parent))
+    from capacity_step import capacity_models, make_step
+
+    from moc.model import MoCModel
+    from moc.train.allocator import retain_freed_memory_once
+
+    retain_freed_memory_once()
+    configs, _, batches = capacity_models(args.preset)
+    if args.model not in configs:
+        ap.error(f"no model {args.model!r} in {args.preset}; it has {sorted(configs)}")
+    torch.manual_seed(0)
+    step = make_step(MoCModel(configs[args.model]).train(), not args.eager)
+    for b in batches[:3]:  # warm up (and compile)
+        step(b)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(args.steps):
+            step(batches[3 + i % (len(batches) - 3)])
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    mode = "eager" if args.eager else "compiled"
+    print(f"{args.model} ({args.preset}, {mode}, 1 thread): self CPU ms per step, {args.steps} steps")
+    for e in rows[: args.top]:
+        print(f"{e.self_cpu_time_total / args.steps / 1e3:8.3f}  x{e.count // args.steps:<4d} {e.key[:100]}")
+
+
+if __name__ == "__main__":
+    main()
