@@ -1,11 +1,12 @@
 """One CPU training step of MoC (token routing) against the dense model of equal inference FLOPs.
 
-The models run interleaved in one process on one thread (rounds of ``--steps`` steps each, the median
-kept), timed in CPU seconds of this process (``time.process_time``): on a shared machine another job's
-load barely moves them, where wall-clock times can double; interleaving keeps the rest (caches, clock
-speed) alike for every model. Each MoC model is paired with the dense model whose inference FLOPs per
-token are nearest to its own (the one named in the pair column). Eager and compiled (``torch.compile``,
-dense models alike) are both timed unless ``--compile`` picks one.
+The models run interleaved in one process on one thread (rounds of ``--steps`` steps each; the median
+time per model, and for a pair the median of its rounds' ratios), timed in CPU seconds of this process
+(``time.process_time``): on a shared machine another job's load barely moves them, where wall-clock times
+can double; interleaving keeps the rest (caches, clock speed) alike for every model. Each MoC model is
+paired with the dense model whose inference FLOPs per token are nearest to its own (the one named in the
+pair column). Eager and compiled (``torch.compile``, dense models alike) are both timed unless
+``--compile`` picks one.
 
     python bench/capacity_step.py                               # the bank series' models and batches
     python bench/capacity_step.py --preset capacity-bits        # another capacity preset
@@ -114,8 +115,8 @@ def pairs(flops: dict[str, float], configs: dict[str, Any]) -> dict[str, str]:
 
 def time_models(
     configs: dict[str, Any], batches: list[Batch], compiled: bool, rounds: int, steps: int, fused_adamw: bool
-) -> dict[str, float]:
-    """Median CPU milliseconds per step of every model, interleaved round by round."""
+) -> dict[str, list[float]]:
+    """CPU milliseconds per step of every model in each round, the models interleaved round by round."""
     from moc.model import MoCModel
 
     runs = {}
@@ -132,7 +133,7 @@ def time_models(
             for i in range(steps):
                 step(batches[(r * steps + i) % len(batches)])
             times[key].append((time.process_time() - t0) / steps * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def main() -> None:
@@ -183,15 +184,19 @@ def main() -> None:
 
     for compiled in modes:
         paths_used(reset=True)
-        ms = time_models(configs, batches, compiled, args.rounds, args.steps, not args.unfused_adamw)
+        rounds_ms = time_models(configs, batches, compiled, args.rounds, args.steps, not args.unfused_adamw)
+        ms = {k: statistics.median(v) for k, v in rounds_ms.items()}
         ran = ", ".join(paths_used(reset=True)) or "the PyTorch path"
         print(f"\n{'compiled' if compiled else 'eager'} (memory read: {ran}):")
         print(f"{'model':<16} {'inference FLOPs/tok':>20} {'ms/step':>9}  vs equal-FLOP dense")
         for key in configs:
             line = f"{key:<16} {flops[key]:>20,.0f} {ms[key]:>9.2f}"
             if key in matched:
+                # the median of each round's ratio: a model and its dense match run minutes apart at
+                # most, so a slower spell of the machine slows both sides of a round's ratio
                 d = matched[key]
-                line += f"  {ms[key] / ms[d]:.2f}x {d} ({flops[d] / flops[key]:.2f}x its FLOPs)"
+                ratio = statistics.median(a / b for a, b in zip(rounds_ms[key], rounds_ms[d], strict=True))
+                line += f"  {ratio:.2f}x {d} ({flops[d] / flops[key]:.2f}x its FLOPs)"
             print(line)
 
 

@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--shapes", action="store_true", help="one row per op and input shapes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import torch._inductor.config as inductor_config
@@ -44,14 +45,17 @@ def main() -> None:
     step = make_step(MoCModel(configs[args.model]).train(), not args.eager)
     for b in batches[:3]:  # warm up (and compile)
         step(b)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for i in range(args.steps):
             step(batches[3 + i % (len(batches) - 3)])
-    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    averages = prof.key_averages(group_by_input_shape=args.shapes)
+    rows = sorted(averages, key=lambda e: -e.self_cpu_time_total)
     mode = "eager" if args.eager else "compiled"
     print(f"{args.model} ({args.preset}, {mode}, 1 thread): self CPU ms per step, {args.steps} steps")
     for e in rows[: args.top]:
-        print(f"{e.self_cpu_time_total / args.steps / 1e3:8.3f}  x{e.count // args.steps:<4d} {e.key[:100]}")
+        shapes = f"  {e.input_shapes}" if args.shapes else ""
+        ms, calls = e.self_cpu_time_total / args.steps / 1e3, e.count // args.steps
+        print(f"{ms:8.3f}  x{calls:<4d} {e.key[:100]}{shapes}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,35 @@ def test_the_same_inputs_give_the_same_bits() -> None:
         assert torch.equal(a, b)
 
 
+def _padded_tokens_last(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k and v as moc.model.memory projects them on the CPU: one buffer (2, Hkv, hd, U T + T), each
+    chapter's tokens adjacent, rows padded by a chapter; seen as (U, T, Hkv, hd)."""
+    U, T, kvh, hd = k.shape
+    buf = torch.zeros(2, kvh, hd, U * T + T, dtype=k.dtype)
+    buf[..., : U * T] = torch.stack([k, v]).permute(0, 3, 4, 1, 2).reshape(2, kvh, hd, U * T)
+    kv = buf[..., : U * T].view(2, kvh, hd, U, T)
+    return kv[0].permute(2, 3, 0, 1), kv[1].permute(2, 3, 0, 1)
+
+
+@pytest.mark.parametrize(("H", "kvh", "hd", "T"), [(2, 1, 8, 16), (4, 2, 8, 4)])
+def test_keys_and_values_in_any_layout_give_the_same_bits(H: int, kvh: int, hd: int, T: int) -> None:
+    """Contiguous k, v (copied tokens last), k, v of the memory layer's padded tokens-last buffer (read in
+    place) and a dense tokens-last copy give the same bits; dk, dv come back as ``empty_like`` lays out
+    k, v (what the registered op's fake promises the compiler), in place where k, v are dense."""
+    q, k, v, idx, w, do = _inputs(D=7, Qt=1, H=H, kvh=kvh, hd=hd, T=T, dtype=torch.float32)
+    first = _read(q, k, v, idx, w, do, "kv")
+    padded = _padded_tokens_last(k, v)
+    assert padded[0].stride(1) == 1 and torch.equal(padded[0], k) and torch.equal(padded[1], v)
+    dense = tuple(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for x in (k, v))
+    for kk, vv in (padded, dense):
+        got = _read(q, kk, vv, idx, w, do, "kv")
+        for name, a, b in zip(("out", "dq", "dk", "dv", "dw"), got, first, strict=True):
+            assert torch.equal(a, b), name
+        for grad, x in zip(got[2:4], (kk, vv), strict=True):
+            assert grad.stride() == torch.empty_like(x).stride()
+    assert _read(q, *dense, idx, w, do, "kv")[2].stride() == dense[0].stride()  # dense: written in place
+
+
 def test_what_the_kernels_cannot_take_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "float32 and float64, not torch.bfloat16" in cpu_read.unavailable(torch.bfloat16, 16)
     assert "power of two, not 12" in cpu_read.unavailable(torch.float32, 12)

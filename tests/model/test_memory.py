@@ -216,6 +216,40 @@ def test_a_read_bound_by_the_whole_bank_reads_it_in_place() -> None:
     assert torch.equal(factorized.chapters(None)[5], factorized.chapters(torch.tensor([5]))[0])
 
 
+def test_keys_and_values_on_the_cpu_are_laid_out_tokens_last_with_the_plain_values() -> None:
+    """On the CPU K and V come from one product, each chapter's tokens adjacent (what the C read takes in
+    place), rows of the buffer padded (not 4 KiB apart); values and gradients are those of
+    F.linear(RMS-normalised bank, W_K / W_V) in float64."""
+    import torch.nn.functional as F
+
+    from moc.model.bank import MemoryBank
+    from moc.model.layers import rms_normalize
+    from moc.model.memory import MemoryLayer
+
+    cfg = moc.load_config("tiny-moc").memory
+    cfg.n_heads, cfg.n_kv_heads = 4, 2
+    layer, bank = MemoryLayer(32, 1e-6, cfg, 0).double(), MemoryBank(128, 16, 32, "full", 8, 0.02).double()
+    for chapters in (torch.arange(16), torch.tensor([3, 9, 4])):
+        kv_fn, inputs = layer.kv_source(bank, chapters)
+        k, v = kv_fn(*inputs)
+        assert k.shape == v.shape == (len(chapters), 8, 2, 8)  # (U, T, kvh, hd)
+        assert k.stride(1) == v.stride(1) == 1 and k.stride(3) == len(chapters) * 8 + 8  # padded rows
+        mem = rms_normalize(bank.weight.view(16, 8, 32)[chapters], layer.eps)
+        want = [F.linear(mem, p.weight).view(len(chapters), 8, 2, 8) for p in (layer.k_proj, layer.v_proj)]
+        torch.testing.assert_close(k, want[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(v, want[1], rtol=1e-12, atol=1e-14)
+        dk, dv = torch.randn_like(k), torch.randn_like(v)
+        params = (bank.weight, layer.k_proj.weight, layer.v_proj.weight)
+        got = torch.autograd.grad((k, v), params, (dk, dv))
+        k2, v2 = (F.linear(rms_normalize(bank.weight.view(16, 8, 32)[chapters], layer.eps), p.weight)
+                  for p in (layer.k_proj, layer.v_proj))  # fmt: skip
+        ref = torch.autograd.grad((k2, v2), params, (dk.reshape(k2.shape), dv.reshape(v2.shape)))
+        # rms_normalize computes in float32 even for float64 input: the bank's gradient to its rounding
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+        for a, b in zip(got[1:], ref[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_cuda_without_the_kernels_says_once_why_it_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exported folder (no ``moc`` to import the kernels from) reads with the PyTorch loops on CUDA."""
     import sys

@@ -21,7 +21,7 @@ from pathlib import Path
 from moc.errors import one_line
 
 KERNEL_DIR = Path(__file__).parent
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-Wno-psabi")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-ffp-contract=fast", "-Wno-psabi")
 NO_COMPILER = "no C compiler found: install gcc or set CC"
 
 

@@ -28,6 +28,46 @@ static inline real hsum(vec x) {
     return s;
 }
 
+/* The shuffle masks of a transposed lane sum's steps (fold below), one pair per step's group width g =
+   LANES, LANES / 2, ..., 2, filled once when the library loads. */
+typedef __typeof__((vec){0} < (vec){0}) lane_index;
+static lane_index fold_lo[32], fold_hi[32];
+
+__attribute__((constructor)) static void fill_fold_masks(void) {
+    for (int g = LANES, step = 0; g > 1; g /= 2, step++)
+        for (int i = 0; i < LANES; i++) {
+            const int j = i % (LANES / 2), r = j / (g / 2), at = j % (g / 2);
+            fold_lo[step][i] = (i >= LANES / 2 ? LANES : 0) + r * g + at;
+            fold_hi[step][i] = fold_lo[step][i] + g / 2;
+        }
+}
+
+/* One step of a transposed lane sum: a and b each hold LANES / g partial sums of g adjacent lanes (g =
+   LANES >> step); the result holds a's then b's, of g / 2 lanes each. */
+static inline vec fold(vec a, vec b, int step) {
+    return __builtin_shuffle(a, b, fold_lo[step]) + __builtin_shuffle(a, b, fold_hi[step]);
+}
+
+enum { SUM_GROUP = LANES < 8 ? LANES : 8 }; /* vectors summed together by hsums */
+
+/* out[i] = the sum of x[i]'s lanes for i < n (x is overwritten). Groups of SUM_GROUP vectors are folded
+   pairwise into one, then that one into itself: about n + log2(LANES) vector adds and twice as many
+   shuffles, where hsum takes n (LANES - 1) dependent scalar adds. The order of the additions is a tree's,
+   not hsum's left to right. */
+static inline void hsums(vec *x, int n, real *out) {
+    for (int first = 0; first < n; first += SUM_GROUP) {
+        int count = 1; /* a power of two */
+        while (count < SUM_GROUP && count < n - first) count *= 2;
+        vec y[SUM_GROUP];
+        for (int i = 0; i < count; i++) y[i] = first + i < n ? x[first + i] : splat(0);
+        int step = 0;
+        for (int left = count; left > 1; left /= 2, step++)
+            for (int i = 0; i < left / 2; i++) y[i] = fold(y[2 * i], y[2 * i + 1], step);
+        for (; (LANES >> step) > 1; step++) y[0] = fold(y[0], y[0], step); /* down to sums of 1 lane */
+        for (int i = 0; i < count && first + i < n; i++) out[first + i] = y[0][i];
+    }
+}
+
 static inline real hmax(vec x) {
     real m = x[0];
     for (int t = 1; t < LANES; t++) m = x[t] > m ? x[t] : m;
@@ -37,8 +77,8 @@ static inline real hmax(vec x) {
 #ifdef FAST_EXP
 typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t))));
 /* exp of every lane, vectorised (libm's expf is one call per value): Cephes' single-precision
-   polynomial, within 1 ulp of the exact value on [-87, 0] (checked on every 64th float there); below
-   -87 (and -inf) it gives 0, NaN stays NaN. */
+   polynomial, within 1 ulp of the exact value on [-87, 0] (tests/kernels/test_cpu_common.py checks every
+   256th float there); below -87 (and -inf) it gives 0, NaN stays NaN. */
 static inline vec exp_v(vec x0) {
     const vec lo = splat(-87.0f), hi = splat(88.0f);
     vec x = select_lt(x0, lo, lo, x0);

@@ -9,13 +9,15 @@
  *
  * Why hand-written: with head sizes of 8-16 each score is a dot product shorter than a vector register,
  * and compiled PyTorch spends most of a token-routed read on sums across vector lanes. Here one vector
- * holds one chapter's TC tokens: each call first lays the keys and values out with the tokens last
- * ((U, Hkv, hd, TC), in per-thread scratch), so a chapter's TC scores are HD vector multiply-adds, and
- * its share of the output, of dq, dk and dv is HD more; lanes are summed only once per query and head.
+ * holds one chapter's TC tokens: the keys and values come with the tokens last (each chapter's TC tokens
+ * adjacent in memory, as moc/model/memory.py projects them on the CPU), so a chapter's TC scores are HD
+ * vector multiply-adds, and its share of the output, of dq, dk and dv is HD more; lanes are summed once
+ * per query and head, several sums folded together (hsums).
  *
- * Arguments (all contiguous): q, out, dq, dout (D, Qt, H, hd); k, v, dk, dv (U, T, Hkv, hd); idx, w, dw
- * (D, n); lse (D, H, Qt). Query head h reads KV head h / (H / Hkv). Single-threaded, in a fixed order:
- * the same result every run.
+ * Arguments: q, out, dq, dout (D, Qt, H, hd) contiguous; k, v, dk, dv (U, T, Hkv, hd) with the tokens
+ * adjacent (stride 1) and the other strides given (dk, dv: those of k, v; zeroed by the caller); idx, w,
+ * dw (D, n) contiguous; lse (D, H, Qt). Query head h reads KV head h / (H / Hkv). Single-threaded, in a
+ * fixed order: the same result every run.
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,14 +33,20 @@
 
 typedef REAL real;
 #define LANES TC /* one chapter's TC tokens, one per lane */
-#include "cpu_common.h" /* vectors, exp_v, get_scratch (here: the transposed keys and values) */
+#include "cpu_common.h" /* vectors, exp_v, hsums */
 
 enum { MAX_N = 64 }; /* chapters one decision reads at most (the per-tile buffers below) */
 
-/* The scaled raw products r = scale * (q . k[t]) of one chapter, from its transposed keys (HD, TC). */
-static inline vec raw_scores(const real *restrict qh, const real *restrict ktc, real scale) {
+/* The strides of keys or values (U, T, Hkv, hd) with tokens adjacent: chapter, head, element. */
+typedef struct {
+    int64_t chapter, head, element;
+} strides;
+
+/* The scaled raw products r = scale * (q . k[t]) of one chapter head's keys, element e's TC tokens at
+   ktc + e * se. */
+static inline vec raw_scores(const real *restrict qh, const real *restrict ktc, int64_t se, real scale) {
     vec acc = splat(0);
-    for (int e = 0; e < HD; e++) acc += qh[e] * load(ktc + e * TC);
+    for (int e = 0; e < HD; e++) acc += qh[e] * load(ktc + e * se);
     return acc * scale;
 }
 
@@ -51,32 +59,15 @@ static inline void coefficients(int weighting, real w, real *a, real *b, real *c
     *c = weighting == LOGIT ? 1 : w;
 }
 
-/* (U, T, Hkv, HD) -> (U, Hkv, HD, T), each chapter's tokens last, or back (token_last = 0). */
-static void relayout(const real *restrict from, real *restrict to, int64_t U, int64_t kvh, int token_last) {
-    for (int64_t u = 0; u < U; u++)
-        for (int64_t t = 0; t < TC; t++)
-            for (int64_t hh = 0; hh < kvh; hh++)
-                for (int e = 0; e < HD; e++) {
-                    const int64_t rows = ((u * TC + t) * kvh + hh) * HD + e;
-                    const int64_t last = ((u * kvh + hh) * HD + e) * TC + t;
-                    to[token_last ? last : rows] = from[token_last ? rows : last];
-                }
-}
-
-/* out (D, Qt, H, hd), lse (D, H, Qt) from q, k, v (U, T, Hkv, hd), idx and w (D, n). Returns 0, 1 when
-   out of memory, 2 when built for other sizes. */
+/* out (D, Qt, H, hd), lse (D, H, Qt) from q, k, v (U, T, Hkv, hd), idx and w (D, n). Returns 0, or 2
+   when built for other sizes. */
 int read_forward(const real *restrict q, const real *restrict k, const real *restrict v,
                  const int64_t *restrict idx, const real *restrict w, real *restrict out,
                  real *restrict lse, int64_t D, int64_t Qt, int64_t H, int64_t kvh, int64_t hd, int64_t T,
-                 int64_t U, int64_t n, int64_t weighting, double scale_) {
+                 int64_t U, int64_t n, int64_t weighting, double scale_, strides ks, strides vs) {
     if (hd != HD || T != TC || n > MAX_N) return 2;
     const real scale = (real)scale_;
-    const int64_t g = H / kvh, size = U * kvh * HD * TC;
-    real *kt = get_scratch(2 * size);
-    if (!kt) return 1;
-    real *vt = kt + size;
-    relayout(k, kt, U, kvh, 1);
-    relayout(v, vt, U, kvh, 1);
+    const int64_t g = H / kvh;
     vec s[MAX_N];
     real cs[MAX_N];
     for (int64_t d = 0; d < D; d++) {
@@ -89,8 +80,8 @@ int read_forward(const real *restrict q, const real *restrict k, const real *res
                 const real *qh = q + row * HD;
                 vec m = splat(-INFINITY);
                 for (int64_t j = 0; j < n; j++) {
-                    const real *ktc = kt + (idx_d[j] * kvh + hh) * HD * TC;
-                    s[j] = raw_scores(qh, ktc, scale) * as[j] + bs[j];
+                    const real *ktc = k + idx_d[j] * ks.chapter + hh * ks.head;
+                    s[j] = raw_scores(qh, ktc, ks.element, scale) * as[j] + bs[j];
                     m = select_lt(m, s[j], s[j], m);
                 }
                 const real mx = hmax(m);
@@ -106,11 +97,13 @@ int read_forward(const real *restrict q, const real *restrict k, const real *res
                     const vec p = exp_v(s[j] - mx);
                     total += p;
                     const vec pc = p * cs[j];
-                    const real *vtc = vt + (idx_d[j] * kvh + hh) * HD * TC;
-                    for (int e = 0; e < HD; e++) acc[e] += pc * load(vtc + e * TC);
+                    const real *vtc = v + idx_d[j] * vs.chapter + hh * vs.head;
+                    for (int e = 0; e < HD; e++) acc[e] += pc * load(vtc + e * vs.element);
                 }
                 const real sum = hsum(total);
-                for (int e = 0; e < HD; e++) oh[e] = hsum(acc[e]) / sum;
+                real o[HD];
+                hsums(acc, HD, o);
+                for (int e = 0; e < HD; e++) oh[e] = o[e] / sum;
                 lse[(d * H + h) * Qt + i] = mx + (real)log(sum);
             }
         }
@@ -124,20 +117,16 @@ int read_backward(const real *restrict dout, const real *restrict q, const real 
                   const int64_t *restrict idx, const real *restrict w, real *restrict dq,
                   real *restrict dk, real *restrict dv, real *restrict dw, int64_t D, int64_t Qt,
                   int64_t H, int64_t kvh, int64_t hd, int64_t T, int64_t U, int64_t n, int64_t weighting,
-                  double scale_) {
+                  double scale_, strides ks, strides vs) {
     if (hd != HD || T != TC || n > MAX_N) return 2;
     const real scale = (real)scale_;
-    const int64_t g = H / kvh, size = U * kvh * HD * TC;
-    real *kt = get_scratch(4 * size);
-    if (!kt) return 1;
-    real *vt = kt + size, *dkt = kt + 2 * size, *dvt = kt + 3 * size;
-    memset(dkt, 0, 2 * size * sizeof(real));
-    relayout(k, kt, U, kvh, 1);
-    relayout(v, vt, U, kvh, 1);
+    const int64_t g = H / kvh;
     for (int64_t d = 0; d < D; d++) {
         const int64_t *idx_d = idx + d * n;
         /* per chapter: coefficients a, b, c of its weight, and their gradients summed over the tile */
-        real as[MAX_N], bs[MAX_N], cs[MAX_N], da[MAX_N] = {0}, db[MAX_N] = {0}, dc[MAX_N] = {0};
+        real as[MAX_N], bs[MAX_N], cs[MAX_N];
+        vec dabc[3 * MAX_N]; /* per chapter j: da, db, dc (below) in lanes, summed across them at the end */
+        for (int64_t j = 0; j < 3 * n; j++) dabc[j] = splat(0);
         for (int64_t j = 0; j < n; j++) coefficients((int)weighting, w[d * n + j], &as[j], &bs[j], &cs[j]);
         for (int64_t i = 0; i < Qt; i++) {
             for (int64_t h = 0; h < H; h++) {
@@ -154,31 +143,32 @@ int read_backward(const real *restrict dout, const real *restrict q, const real 
                 vec dq_acc[HD];
                 for (int e = 0; e < HD; e++) dq_acc[e] = splat(0);
                 for (int64_t j = 0; j < n; j++) {
-                    const int64_t at = (idx_d[j] * kvh + hh) * HD * TC;
-                    const vec r = raw_scores(qh, kt + at, scale);
+                    const int64_t at_k = idx_d[j] * ks.chapter + hh * ks.head;
+                    const int64_t at_v = idx_d[j] * vs.chapter + hh * vs.head;
+                    const vec r = raw_scores(qh, k + at_k, ks.element, scale);
                     const vec p = exp_v(r * as[j] + bs[j] - l);
                     vec dp = splat(0); /* d loss / d (p c) = do . v[t] */
-                    for (int e = 0; e < HD; e++) dp += doh[e] * load(vt + at + e * TC);
+                    for (int e = 0; e < HD; e++) dp += doh[e] * load(v + at_v + e * vs.element);
                     const vec ds = p * (dp * cs[j] - delta); /* d loss / d s: the softmax backward */
-                    dc[j] += hsum(dp * p);
-                    db[j] += hsum(ds);
-                    da[j] += hsum(ds * r);
+                    dabc[3 * j] += ds * r;
+                    dabc[3 * j + 1] += ds;
+                    dabc[3 * j + 2] += dp * p;
                     const vec dr = ds * (as[j] * scale), pc = p * cs[j];
                     for (int e = 0; e < HD; e++) {
-                        dq_acc[e] += dr * load(kt + at + e * TC);
-                        *(vec *)(dkt + at + e * TC) += dr * qh[e];
-                        *(vec *)(dvt + at + e * TC) += pc * doh[e];
+                        dq_acc[e] += dr * load(k + at_k + e * ks.element);
+                        *(vec *)(dk + at_k + e * ks.element) += dr * qh[e];
+                        *(vec *)(dv + at_v + e * vs.element) += pc * doh[e];
                     }
                 }
-                for (int e = 0; e < HD; e++) dqh[e] = hsum(dq_acc[e]);
+                hsums(dq_acc, HD, dqh);
             }
         }
-        for (int64_t j = 0; j < n; j++)
-            dw[d * n + j] = weighting == KV       ? da[j] + dc[j]
-                            : weighting == V_ONLY ? dc[j]
-                                                  : db[j] / w[d * n + j];
+        real sums[3 * MAX_N]; /* the gradients on each chapter's coefficients a, b, c */
+        hsums(dabc, (int)(3 * n), sums);
+        for (int64_t j = 0; j < n; j++) {
+            const real da = sums[3 * j], db = sums[3 * j + 1], dc = sums[3 * j + 2];
+            dw[d * n + j] = weighting == KV ? da + dc : weighting == V_ONLY ? dc : db / w[d * n + j];
+        }
     }
-    relayout(dkt, dk, U, kvh, 0);
-    relayout(dvt, dv, U, kvh, 0);
     return 0;
 }

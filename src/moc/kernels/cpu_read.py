@@ -31,14 +31,20 @@ _REALS = {torch.float32: "float", torch.float64: "double"}
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 
 
+class _Strides(ctypes.Structure):
+    """cpu_read.c's ``strides``: of keys or values (U, T, Hkv, hd) with the tokens adjacent."""
+
+    _fields_ = [("chapter", _I64), ("head", _I64), ("element", _I64)]
+
+
 @functools.cache
 def _library(real: str, head_dim: int, chapter_size: int) -> ctypes.CDLL | str:
     """The library for C type ``real`` and these sizes, or why it cannot be built (a one-line reason)."""
     defines = (f"-DREAL={real}", f"-DHD={head_dim}", f"-DTC={chapter_size}")
     lib = cpu_build.library("cpu_read.c", (*defines, "-DFAST_EXP") if real == "float" else defines)
     if not isinstance(lib, str):
-        lib.read_forward.argtypes = [_P] * 7 + [_I64] * 9 + [_F64]
-        lib.read_backward.argtypes = [_P] * 12 + [_I64] * 9 + [_F64]
+        lib.read_forward.argtypes = [_P] * 7 + [_I64] * 9 + [_F64, _Strides, _Strides]
+        lib.read_backward.argtypes = [_P] * 12 + [_I64] * 9 + [_F64, _Strides, _Strides]
     return lib
 
 
@@ -74,11 +80,24 @@ def _ptr(x: torch.Tensor) -> int:
     return x.data_ptr()
 
 
+def tokens_last(x: torch.Tensor) -> torch.Tensor:
+    """Keys or values x (U, T, Hkv, hd) with each chapter head's T tokens adjacent (stride 1), as the C
+    functions read them: x itself when they are (moc.model.memory projects them so on the CPU), else a
+    copy laid out (U, Hkv, hd, T), seen as (U, T, Hkv, hd)."""
+    if x.stride(1) == 1 or x.shape[1] == 1:
+        return x
+    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def _strides(x: torch.Tensor) -> _Strides:
+    return _Strides(x.stride(0), x.stride(2), x.stride(3))
+
+
 def _operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor
               ) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """Contiguous q, k, v, idx (int64) and w in q's dtype, as the C functions read them."""
+    """q contiguous, k and v tokens last, idx (int64) and w in q's dtype, as the C functions read them."""
     idx, w = idx.to(torch.int64).contiguous(), w.to(q.dtype).contiguous()
-    return q.contiguous(), k.contiguous(), v.contiguous(), idx, w
+    return q.contiguous(), tokens_last(k), tokens_last(v), idx, w
 
 
 def _sizes(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, weighting: str) -> tuple[int, ...]:
@@ -89,8 +108,6 @@ def _sizes(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, weighting: str) 
 
 
 def _check(status: int, what: str) -> None:
-    if status == 1:
-        raise MemoryError(f"the CPU memory read's {what} could not allocate its scratch buffers")
     if status != 0:
         raise RuntimeError(f"the CPU memory read's {what} was built for other head or chapter sizes")
 
@@ -104,7 +121,8 @@ def forward(
     q, k, v, idx, wq = _operands(q, k, v, idx, w)
     D, Qt, H = q.shape[:3]
     out, lse = torch.empty_like(q), q.new_empty(D, H, Qt)
-    status = lib.read_forward(*map(_ptr, (q, k, v, idx, wq, out, lse)), *_sizes(q, k, idx, weighting), scale)
+    status = lib.read_forward(*map(_ptr, (q, k, v, idx, wq, out, lse)), *_sizes(q, k, idx, weighting), scale,
+                              _strides(k), _strides(v))  # fmt: skip
     _check(status, "forward")
     return out, lse
 
@@ -115,10 +133,20 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv, dw) as ``routed_read_backward_torch``."""
     lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
+    k_in, v_in = k, v
     q, k, v, idx, wq = _operands(q, k, v, idx, w)
     do, out, lse = do.to(q.dtype).contiguous(), out.contiguous(), lse.to(q.dtype).contiguous()
-    dq, dk, dv, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(wq)
+    # dk, dv in k's and v's layout, accumulated in place
+    dk, dv = (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype).zero_() for x in (k, v))
+    dq, dw = torch.empty_like(q), torch.empty_like(wq)
     tensors = (do, q, out, lse, k, v, idx, wq, dq, dk, dv, dw)
-    status = lib.read_backward(*map(_ptr, tensors), *_sizes(q, k, idx, weighting), scale)
+    sizes = _sizes(q, k, idx, weighting)
+    status = lib.read_backward(*map(_ptr, tensors), *sizes, scale, _strides(k), _strides(v))
     _check(status, "backward")
-    return dq, dk, dv, dw.to(w.dtype)
+    return dq, _laid_out_like(dk, k_in), _laid_out_like(dv, v_in), dw.to(w.dtype)
+
+
+def _laid_out_like(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad in ``torch.empty_like(x)``'s layout, the one the registered op's fake promises torch.compile."""
+    out = torch.empty_like(x)
+    return grad if out.stride() == grad.stride() else out.copy_(grad)
