@@ -63,6 +63,22 @@ def test_opcheck_schema_fake_and_autograd_registration(order: str) -> None:
     torch.library.opcheck(routed_read_op, args)
 
 
+@pytest.mark.parametrize("kernel", ["torch", "auto"])
+def test_the_backward_gives_the_layout_its_fake_promises_for_tokens_last_keys(kernel: str) -> None:
+    """k, v with each chapter's tokens adjacent (as moc.model.memory projects them on the CPU): whichever
+    implementation runs, the PyTorch loops (contiguous gradients) or the C kernels (in k's layout), dk
+    and dv come back laid out as the fake says, or a compiled graph's stride check fails."""
+    from moc.kernels.op import routed_read_backward_op
+
+    q, k, v, idx, w = _problem("kv", shape=TILES["chapter-major-token"])
+    k, v = (x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for x in (k, v))
+    out, lse = routed_read_op(q, k, v, idx, w, "kv", 0.35, kernel)
+    args = (torch.randn_like(out), q, out, lse, k, v, idx, w, "kv", 0.35, kernel)
+    torch.library.opcheck(routed_read_backward_op, args, test_utils=("test_schema", "test_faketensor"))
+    _, dk, dv, _ = routed_read_backward_op(*args)
+    assert dk.stride() == k.stride() and dv.stride() == v.stride()
+
+
 def test_bad_arguments_are_named() -> None:
     q, k, v, idx, w = _problem("kv")
     with pytest.raises(ValueError, match="chapter weighting 'k'"):

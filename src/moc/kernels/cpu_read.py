@@ -131,9 +131,9 @@ def backward(
     do: torch.Tensor, q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, k: torch.Tensor,
     v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, weighting: str, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(dq, dk, dv, dw) as ``routed_read_backward_torch``."""
+    """(dq, dk, dv, dw) as ``routed_read_backward_torch``; dk, dv laid out as the tokens-last k, v read
+    (``tokens_last``)."""
     lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
-    k_in, v_in = k, v
     q, k, v, idx, wq = _operands(q, k, v, idx, w)
     do, out, lse = do.to(q.dtype).contiguous(), out.contiguous(), lse.to(q.dtype).contiguous()
     # dk, dv in k's and v's layout, accumulated in place
@@ -143,10 +143,4 @@ def backward(
     sizes = _sizes(q, k, idx, weighting)
     status = lib.read_backward(*map(_ptr, tensors), *sizes, scale, _strides(k), _strides(v))
     _check(status, "backward")
-    return dq, _laid_out_like(dk, k_in), _laid_out_like(dv, v_in), dw.to(w.dtype)
-
-
-def _laid_out_like(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """grad in ``torch.empty_like(x)``'s layout, the one the registered op's fake promises torch.compile."""
-    out = torch.empty_like(x)
-    return grad if out.stride() == grad.stride() else out.copy_(grad)
+    return dq, dk, dv, dw.to(w.dtype)

@@ -57,7 +57,16 @@ def routed_read_backward_op(
     scale: float,
     kernel: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return read_backward(kernel, do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
+    dq, dk, dv, dw = read_backward(kernel, do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
+    return dq, _as_fake_lays_out(dk, k), _as_fake_lays_out(dv, v), dw
+
+
+def _as_fake_lays_out(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient on x laid out as ``torch.empty_like(x)``, what the fake below promises a compiled
+    graph: the implementations lay dk, dv out their own way (the PyTorch loops contiguous, the C kernels
+    as the tokens-last k, v they read)."""
+    like = torch.empty_like(x)
+    return grad if like.stride() == grad.stride() else like.copy_(grad)
 
 
 @routed_read_backward_op.register_fake
