@@ -216,24 +216,31 @@ def test_a_read_bound_by_the_whole_bank_reads_it_in_place() -> None:
     assert torch.equal(factorized.chapters(None)[5], factorized.chapters(torch.tensor([5]))[0])
 
 
-def test_keys_and_values_on_the_cpu_are_laid_out_tokens_last_with_the_plain_values() -> None:
-    """On the CPU K and V come from one product, each chapter's tokens adjacent (what the C read takes in
-    place), rows of the buffer padded (not 4 KiB apart); values and gradients are those of
-    F.linear(RMS-normalised bank, W_K / W_V) in float64."""
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_keys_and_values_on_the_cpu_are_laid_out_for_the_read_with_the_plain_values(kernel: str) -> None:
+    """K and V come from one product. Where the C read runs (a CPU, a compiler, small heads and
+    chapters, not memory.kernel: torch) each chapter's tokens are adjacent, as it reads them in place,
+    and the buffer's rows are padded (not 4 KiB apart); elsewhere rows of (kvh, hd), as the gathering
+    reads take them. Values and gradients are those of F.linear(RMS-normalised bank, W_K / W_V)."""
     import torch.nn.functional as F
+
+    from moc.kernels import cpu_build
 
     from moc.model.bank import MemoryBank
     from moc.model.layers import rms_normalize
     from moc.model.memory import MemoryLayer
 
     cfg = moc.load_config("tiny-moc").memory
-    cfg.n_heads, cfg.n_kv_heads = 4, 2
+    cfg.n_heads, cfg.n_kv_heads, cfg.kernel = 4, 2, kernel
     layer, bank = MemoryLayer(32, 1e-6, cfg, 0).double(), MemoryBank(128, 16, 32, "full", 8, 0.02).double()
     for chapters in (torch.arange(16), torch.tensor([3, 9, 4])):
         kv_fn, inputs = layer.kv_source(bank, chapters)
         k, v = kv_fn(*inputs)
         assert k.shape == v.shape == (len(chapters), 8, 2, 8)  # (U, T, kvh, hd)
-        assert k.stride(1) == v.stride(1) == 1 and k.stride(3) == len(chapters) * 8 + 8  # padded rows
+        if kernel == "auto" and cpu_build.has_compiler():
+            assert k.stride(1) == v.stride(1) == 1 and k.stride(3) == len(chapters) * 8 + 8  # padded rows
+        else:
+            assert k.stride(3) == v.stride(3) == 1 and k.stride(1) == 2 * 2 * 8  # (U, T, [k|v], kvh, hd)
         mem = rms_normalize(bank.weight.view(16, 8, 32)[chapters], layer.eps)
         want = [F.linear(mem, p.weight).view(len(chapters), 8, 2, 8) for p in (layer.k_proj, layer.v_proj)]
         torch.testing.assert_close(k, want[0], rtol=1e-12, atol=1e-14)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .bank import MemoryBank
 from .layers import RMSNorm, rms_normalize
-from .read_backend import read_functions, run_read
+from .read_backend import cpu_kernels_run, read_functions, run_read
 from .router import ChapterRouter, Decisions, RoutingInfo
 from .routing_layout import (
     RoutingContext,
@@ -167,20 +167,22 @@ class MemoryLayer(nn.Module):
         T, eps, kvh, hd = bank.chapter_size, self.eps, self.n_kv_heads, self.head_dim
         # distinct_chapters lists every chapter, in order, exactly when its bound is the whole bank
         whole = chapters.shape[0] == bank.n_chapters
+        # the C read's layout, only where the C read takes it (the other reads gather rows of K, V)
+        tokens_last = not chapters.is_cuda and cpu_kernels_run(bank.params[0].dtype, hd, T, self.cfg.kernel)
 
         def kv_fn(
             chapters: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, *bank_params: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
             mem = rms_normalize(bank.chapters(None if whole else chapters, *bank_params), eps)  # (U, T, dim)
             U, w_kv = mem.shape[0], torch.cat((wk, wv))  # K and V in one product: one GEMM, not two
-            if mem.is_cuda:
+            if not tokens_last:
                 kv = F.linear(mem, w_kv).view(U, T, 2, kvh, hd)
                 return kv[:, :, 0], kv[:, :, 1]
-            # On the CPU with each chapter's tokens last ((2, kvh, hd, U, T) in memory), the layout the C
-            # read (moc.kernels.cpu_read) reads in place; any other code sees the same (U, T, kvh, hd)
-            # values. One chapter of zero rows pads each row of K^T, V^T: rows U T floats apart (a multiple
-            # of 4 KiB for banks of 1k, 2k, ... tokens) would share one L1 cache set, and a chapter's 2 kvh
-            # hd rows would evict each other (1.5x the C read's backward at 8k tokens, measured).
+            # Each chapter's tokens last ((2, kvh, hd, U, T) in memory), the layout the C read
+            # (moc.kernels.cpu_read) reads in place; any other code sees the same (U, T, kvh, hd) values.
+            # One chapter of zero rows pads each row of K^T, V^T: rows U T floats apart (a multiple of
+            # 4 KiB for banks of 1k, 2k, ... tokens) would share one L1 cache set, and a chapter's 2 kvh hd
+            # rows would evict each other (1.5x the C read's backward at 8k tokens, measured).
             mem_t = F.pad(mem.reshape(U * T, -1), (0, 0, 0, T)).t()  # (dim, U T + T)
             kv_t = (w_kv @ mem_t)[:, : U * T].view(2, kvh, hd, U, T)
             return kv_t[0].permute(2, 3, 0, 1), kv_t[1].permute(2, 3, 0, 1)
