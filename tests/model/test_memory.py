@@ -225,7 +225,6 @@ def test_keys_and_values_on_the_cpu_are_laid_out_for_the_read_with_the_plain_val
     import torch.nn.functional as F
 
     from moc.kernels import cpu_build
-
     from moc.model.bank import MemoryBank
     from moc.model.layers import rms_normalize
     from moc.model.memory import MemoryLayer
