@@ -114,6 +114,33 @@ def _flex_attention(
     return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
 
+# PyTorch's CPU SDPA multiplies its blocks through BLAS, which takes a slow path for head dims below 16:
+# zero-padded to 16 the same attention costs 0.5-0.9x (bench/attention_head_dim.py); above 16, padding to
+# the next multiple of 16 costs more.
+CPU_SDPA_MIN_HEAD_DIM = 16
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (softmax scale 1/sqrt(head_dim)), on the CPU with head dims below
+    ``CPU_SDPA_MIN_HEAD_DIM`` zero-padded to it: zero columns of q and k add nothing to a score, those of v
+    give output columns that are dropped. q: (B, H, L, hd), k/v: (B, H_kv, S, hd) -> (B, H, L, hd)."""
+    hd = q.shape[-1]
+    if q.device.type == "cpu" and hd < CPU_SDPA_MIN_HEAD_DIM:
+        pad = (0, CPU_SDPA_MIN_HEAD_DIM - hd)
+        q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa, scale=hd**-0.5
+    )
+    return out[..., :hd]
+
+
 class SelfAttention(nn.Module):
     """Causal grouped-query self-attention with RoPE, via PyTorch SDPA, with an optional KV cache."""
 
@@ -150,13 +177,8 @@ class SelfAttention(nn.Module):
         if not isinstance(attn_mask, torch.Tensor | None):  # a BlockMask
             out = _flex_attention(q, k, v, attn_mask, self.n_kv_heads != self.n_heads)
             return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None,
-            enable_gqa=self.n_kv_heads != self.n_heads,
+        out = scaled_dot_product_attention(
+            q, k, v, attn_mask, is_causal=attn_mask is None, enable_gqa=self.n_kv_heads != self.n_heads
         )
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bank import MemoryBank
-from .layers import RMSNorm, rms_normalize
+from .layers import RMSNorm, rms_normalize, scaled_dot_product_attention
 from .read_backend import cpu_kernels_run, read_functions, run_read
 from .router import ChapterRouter, Decisions, RoutingInfo
 from .routing_layout import (
@@ -362,8 +362,8 @@ class MemoryLayer(nn.Module):
                         idx, w, _, _ = self.router(summary.to(r.dtype))
                         state.switch(new, group, self.dense_kv(bank, idx, w))
                 k, v, bias = state.k, state.v, state.bias
-            out = F.scaled_dot_product_attention(
-                qt[:, :, None], k, v, attn_mask=bias, enable_gqa=self.n_kv_heads != self.n_heads
+            out = scaled_dot_product_attention(
+                qt[:, :, None], k, v, bias, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
             )
             outs.append(out[:, :, 0])  # (B, H, hd)
             state.append(rt, vt)

@@ -1,0 +1,70 @@
+"""The backbone's attention (moc.model.layers.scaled_dot_product_attention) against attention written out
+in float64: head dims below, at and above the CPU's padding threshold, causal, boolean and additive
+masks, grouped-query heads, outputs and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moc.model import layers
+from moc.model.layers import CPU_SDPA_MIN_HEAD_DIM, scaled_dot_product_attention
+
+
+def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) v, each query head reading its group's key/value head."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is None:
+        L, S = scores.shape[-2:]
+        mask = torch.ones(L, S, dtype=torch.bool).tril(S - L)
+    scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("hd", [4, 8, 15, 16, 24])
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "additive"])
+def test_attention_matches_float64_for_head_dims_around_the_padding(hd: int, mask_kind: str) -> None:
+    g = torch.Generator().manual_seed(hd)
+    B, H, Hkv, L = 2, 4, 2, 7
+    q = torch.randn(B, H, L, hd, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, Hkv, L, hd, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = None
+    if mask_kind == "bool":  # two packed documents per row
+        doc = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+        mask = ((doc[:, None] == doc[None]) & torch.ones(L, L, dtype=torch.bool).tril()).expand(B, 1, L, L)
+    elif mask_kind == "additive":
+        mask = torch.randn(B, 1, L, L, generator=g, dtype=torch.float64)
+    want = _naive(*(x.clone().requires_grad_() for x in (q, k, v)), mask)
+    grad = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    inputs = [x.float().requires_grad_() for x in (q, k, v)]
+    got = scaled_dot_product_attention(
+        *inputs, None if mask is None else mask if mask.dtype == torch.bool else mask.float(),
+        is_causal=mask is None, enable_gqa=True,
+    )  # fmt: skip
+    assert got.shape == (B, H, L, hd)
+    torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5)
+    ref_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    _naive(*ref_inputs, mask).backward(grad)
+    got.backward(grad.float())
+    for name, a, b in zip("qkv", inputs, ref_inputs, strict=True):
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_below_the_threshold_the_cpu_attention_runs_padded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What SDPA itself receives: head dims below the threshold padded to it, others as they are."""
+    seen: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(q.shape[-1])
+        return sdpa(q, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
+    for hd in (8, 16, 24):
+        x = torch.randn(1, 2, 3, hd)
+        scaled_dot_product_attention(x, x, x, None, is_causal=True, enable_gqa=False)
+    assert seen == [CPU_SDPA_MIN_HEAD_DIM, 16, 24]
