@@ -91,18 +91,56 @@ def _stable_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(-probs, dim=-1, stable=True).indices[..., :k]
 
 
-@pytest.mark.parametrize("n_routed", [5, 40, 511])
-def test_ties_go_to_the_lowest_index_across_lanes_and_vectors(n_routed: int) -> None:
+@pytest.mark.parametrize(("n_routed", "k"), [(5, 1), (5, 5), (40, 3), (511, 3), (40, 17), (511, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_go_to_the_lowest_index_across_lanes_and_vectors(
+    n_routed: int, k: int, dtype: torch.dtype
+) -> None:
     """Scores on four levels: equal maxima in different lanes, vectors and groups of the row. Each pick
-    is the lowest index among equal probabilities, as topk's; a one-hot row and a flat row too."""
-    g = torch.Generator().manual_seed(n_routed)
-    scores = torch.randint(0, 4, (30, 1 + n_routed), generator=g).float()
+    is the lowest index among equal probabilities, as topk's; a one-hot row and a flat row too. A k above
+    a vector's lanes (16 float32, 8 float64) takes the kernel's other top-k (arg-max passes)."""
+    g = torch.Generator().manual_seed(n_routed + k)
+    scores = torch.randint(0, 4, (30, 1 + n_routed), generator=g).to(dtype)
     scores[0], scores[1, 1 + n_routed // 2] = 0.0, 50.0
-    top_p, top_i, *_, probs, _, _, _ = cpu_router.forward(scores, torch.ones(30), 1, 3 if n_routed > 3 else 1)
-    k = top_i.shape[1]
+    top_p, top_i, *_, probs, _, _, _ = cpu_router.forward(scores, torch.ones(30, dtype=dtype), 1, k)
     assert torch.equal(top_i, _stable_top_k(probs, k))
     assert torch.equal(top_p, probs.gather(1, top_i))
     assert top_i[0].tolist() == list(range(k)) and top_i[1, 0] == n_routed // 2
+
+
+@pytest.mark.parametrize(("n_routed", "n_shared", "dim"), [(1, 0, 1), (15, 1, 5), (64, 2, 16), (511, 1, 17)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_scores_made_in_the_kernel_match_float64(n_routed: int, n_shared: int, dim: int, bias: bool) -> None:
+    """forward_from_linear (the kernel scores x W^T + b itself, ROWS = 4 decisions at a time): 1-9
+    decisions (whole and partial groups), rows around a vector, router inputs around one, against the
+    float64 head on the float64 scores."""
+    g = torch.Generator().manual_seed(n_routed + dim)
+    C = n_shared + n_routed
+    for N in (1, 3, 4, 9):
+        x, weight = torch.randn(N, dim, generator=g), torch.randn(C, dim, generator=g)
+        b = 2 * torch.randn(C, generator=g) if bias else None
+        w = (torch.rand(N, generator=g) > 0.25).float()
+        scores = x.double() @ weight.double().t() + (b.double() if b is not None else 0)
+        exact = head_forward_torch(scores, w.double(), n_shared, 1)
+        got = cpu_router.forward_from_linear(x, weight, b, w, n_shared, 1)
+        clear = exact[0][:, 0] > 1e-30
+        assert torch.equal(got[1][clear], exact[1][clear]), f"picks, N={N}"
+        for name, a, ref in zip(NAMES, got, exact, strict=True):
+            if name not in ("top_i", "counts", "load_balance") and ref.numel():
+                torch.testing.assert_close(a.double(), ref, atol=2e-5, rtol=1e-4, msg=f"{name}, N={N}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_bias_is_added_as_the_rows_are_read(dtype: torch.dtype) -> None:
+    """forward(scores, bias=b) gives the bits of forward(scores + b): the same float sum, in the kernel."""
+    scores, w = (t.to(dtype) for t in _inputs(50, 2 + 77))
+    bias = 2 * torch.randn(79, generator=torch.Generator().manual_seed(3))
+    added = cpu_router.forward(scores + bias.to(dtype), w, 2, 3)
+    folded = cpu_router.forward(scores, w, 2, 3, bias)
+    for name, a, b in zip(NAMES, added, folded, strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match=r"one entry per chapter, \(79,\)"):
+        cpu_router.forward(scores, w, 2, 3, bias[:-1])
 
 
 def test_invalid_decisions_count_for_nothing_and_an_empty_batch_is_zero() -> None:

@@ -46,8 +46,8 @@ def test_decide_runs_the_c_kernels_on_the_cpu_unless_told_torch(monkeypatch: pyt
     if not cpu_build.has_compiler():
         pytest.skip("no C compiler to build the CPU kernels")
     calls = []
-    run = cpu_router.forward
-    monkeypatch.setattr(cpu_router, "forward", lambda *a: calls.append(1) or run(*a))
+    run = cpu_router.forward_from_linear
+    monkeypatch.setattr(cpu_router, "forward_from_linear", lambda *a: calls.append(1) or run(*a))
     router = ChapterRouter(16, moc.load_config("tiny-moc").memory)
     summary, valid = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
     auto, torch_head = (router.decide(summary, valid, 1, kernel) for kernel in ("auto", "torch"))
@@ -65,8 +65,8 @@ def test_compiled_the_c_kernels_run_large_routers_only(
     if not cpu_build.has_compiler():
         pytest.skip("no C compiler to build the CPU kernels")
     calls = []
-    run = cpu_router.forward
-    monkeypatch.setattr(cpu_router, "forward", lambda *a: calls.append(1) or run(*a))
+    run = cpu_router.forward_from_linear
+    monkeypatch.setattr(cpu_router, "forward_from_linear", lambda *a: calls.append(1) or run(*a))
     cfg = moc.load_config("tiny-moc", [f"memory.n_chapters={chapters}", f"memory.n_tokens={chapters * 4}"])
     router = ChapterRouter(8, cfg.memory)
     summary, valid = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)

@@ -25,7 +25,7 @@ def _library(real: str) -> ctypes.CDLL | str:
     defines = (f"-DREAL={real}", "-DFAST_EXP") if real == "float" else (f"-DREAL={real}",)
     lib = cpu_build.library("cpu_router.c", defines)
     if not isinstance(lib, str):
-        lib.router_forward.argtypes = [_P] * 12 + [_I64] * 4
+        lib.router_forward.argtypes = [_P] * 15 + [_I64] * 5
         lib.router_backward.argtypes = [_P, _F64, _F64] + [_P] * 13 + [_I64] * 5
     return lib
 
@@ -54,19 +54,45 @@ def _check(status: int, what: str) -> None:
                          "or 2^24 chapters or more in float32)")  # fmt: skip
 
 
-def forward(scores: torch.Tensor, w: torch.Tensor, n_shared: int, k: int) -> tuple[torch.Tensor, ...]:
-    """As ``head_forward_torch``: (top_p, top_i, load_balance, z_loss, counts, entropy, probs, lse,
-    routed_share, shared_p)."""
-    lib = _built(scores.dtype)
-    scores, w = scores.contiguous(), w.to(scores.dtype).contiguous()
-    (N, C), R = scores.shape, scores.shape[1] - n_shared
-    new = scores.new_empty
+def forward(
+    scores: torch.Tensor, w: torch.Tensor, n_shared: int, k: int, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """As ``head_forward_torch`` on ``scores + bias`` (bias (C,), added as each row is read): (top_p, top_i,
+    load_balance, z_loss, counts, entropy, probs, lse, routed_share, shared_p)."""
+    scores = scores.contiguous()
+    return _forward(scores, None, None, bias, w, scores.shape[0], scores.shape[1], n_shared, k)
+
+
+def forward_from_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, w: torch.Tensor, n_shared: int, k: int
+) -> tuple[torch.Tensor, ...]:
+    """:func:`forward` on the scores ``x @ weight.T + bias`` (x (N, D), weight (C, D), bias (C,)), which the
+    kernel makes a few decisions at a time and never writes out."""
+    x, weight = x.contiguous(), weight.to(x.dtype).contiguous()
+    return _forward(None, x, weight, bias, w, x.shape[0], weight.shape[0], n_shared, k)
+
+
+def _forward(
+    scores: torch.Tensor | None, x: torch.Tensor | None, weight: torch.Tensor | None,
+    bias: torch.Tensor | None, w: torch.Tensor, N: int, C: int, n_shared: int, k: int,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    like = scores if scores is not None else x
+    assert like is not None
+    lib = _built(like.dtype)
+    w = w.to(like.dtype).contiguous()
+    bias = None if bias is None else bias.to(like.dtype).contiguous()
+    if bias is not None and bias.shape != (C,):
+        raise ValueError(f"the router bias has shape {tuple(bias.shape)}: it needs one entry per chapter, "
+                         f"({C},)")  # fmt: skip
+    R, D = C - n_shared, 0 if x is None else x.shape[1]
+    new = like.new_empty
     probs, top_p, top_i = new(N, R), new(N, k), torch.empty(N, k, dtype=torch.int64)
     lse, routed_share, shared_p, counts = new(N), new(N), new(N, n_shared), new(R)
     lb, z, entropy = new(()), new(()), new(())
     outs = (probs, top_p, top_i, lse, routed_share, shared_p, counts, lb, z, entropy)
-    pointers = (t.data_ptr() for t in (scores, w, *outs))
-    status = lib.router_forward(*pointers, N, C, n_shared, k)
+    inputs = (scores, x, weight, bias, w)
+    pointers = [None if t is None else t.data_ptr() for t in inputs] + [t.data_ptr() for t in outs]
+    status = lib.router_forward(*pointers, N, C, n_shared, k, D)
     _check(status, "forward")
     return top_p, top_i, lb, z, counts, entropy, probs, lse, routed_share, shared_p
 

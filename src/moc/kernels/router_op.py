@@ -1,8 +1,9 @@
 """The router's linear layer and head as registered PyTorch operators (``torch.library``), running the C
 kernels on the CPU.
 
-``torch.ops.moc.router_head(x, weight, bias, w, n_shared, k)`` scores the chapters (``x @ weight.T + bias``)
-and runs the head of ``moc.kernels.cpu_router`` on them; its backward ``torch.ops.moc.router_head_backward``
+``torch.ops.moc.router_head(x, weight, bias, w, n_shared, k)`` runs the head of ``moc.kernels.cpu_router``
+on the chapter scores ``x @ weight.T + bias``, which the C kernel makes itself a few decisions at a time
+(never writing the (N, C) scores); its backward ``torch.ops.moc.router_head_backward``
 takes the gradient on the scores to x, weight and bias inside the C kernel, a few decisions at a time,
 without writing the (N, C) gradient.
 ``torch.compile`` traces both without a graph break. Where the C kernels cannot be built they say so once
@@ -41,9 +42,9 @@ def _c_kernels_run(dtype: torch.dtype) -> bool:
 def router_head_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, n_shared: int, k: int
 ) -> HeadOutputs:
+    if _c_kernels_run(x.dtype):  # the kernel makes the scores itself, a few decisions at a time
+        return cpu_router.forward_from_linear(x, weight, bias, w, n_shared, k)  # type: ignore[return-value]
     scores = torch.addmm(bias, x, weight.t())
-    if _c_kernels_run(scores.dtype):
-        return cpu_router.forward(scores, w, n_shared, k)  # type: ignore[return-value]
     return tuple(t.contiguous() for t in head_forward_torch(scores, w, n_shared, k))  # type: ignore[return-value]
 
 
