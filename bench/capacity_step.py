@@ -20,6 +20,10 @@ process (``train.retain_freed_memory``); ``--default-malloc`` leaves glibc's def
 steps also fault their pages in again. The memory read runs moc's default path (``memory.kernel: auto``:
 the C kernels of ``moc.kernels.cpu_read``, and eager the router head's, ``moc.kernels.cpu_router``);
 ``--torch-read`` runs ``memory.kernel: torch`` instead (the PyTorch read and router head).
+
+``--isolated`` times each MoC model and its dense pair in a fresh process of their own, as a sweep's
+worker trains one model per process (``moc_experiments.experiment.pool``): in a process that built every
+model of a preset first, the later ones run on a heap fragmented by the others' allocations.
 """
 
 from __future__ import annotations
@@ -136,6 +140,52 @@ def time_models(
     return times
 
 
+def _set_up_process(default_malloc: bool) -> None:
+    """One thread, freed memory kept (unless ``--default-malloc``), and dynamo compiling every model."""
+    torch.set_num_threads(1)
+    if not default_malloc:
+        from moc.train.allocator import retain_freed_memory_once
+
+        retain_freed_memory_once()
+    # Every model is a fresh set of guards on the same forward code: keep dynamo compiling them all
+    # rather than running the last ones eager past its recompile limit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 512
+    )
+
+
+def _time_pair_alone(
+    configs: dict[str, Any], batches: list[Batch], compiled: bool, rounds: int, steps: int, fused_adamw: bool
+) -> tuple[dict[str, list[float]], list[str]]:
+    """time_models in this (fresh) process, and the read paths that ran."""
+    from moc.kernels.dispatch import paths_used
+
+    paths_used(reset=True)
+    times = time_models(configs, batches, compiled, rounds, steps, fused_adamw)
+    return times, paths_used(reset=True)
+
+
+def time_isolated(
+    configs: dict[str, Any], matched: dict[str, str], batches: list[Batch], compiled: bool, rounds: int,
+    steps: int, fused_adamw: bool, default_malloc: bool,
+) -> tuple[dict[str, dict[str, list[float]]], list[str]]:  # fmt: skip
+    """Each MoC model and its dense match timed in a fresh process: {moc key: rounds of both}, paths."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    out, paths = {}, set()
+    for key, dense in matched.items():
+        pair = {k: configs[k] for k in (dense, key)}
+        with ProcessPoolExecutor(
+            1, mp_context=mp.get_context("spawn"), initializer=_set_up_process, initargs=(default_malloc,)
+        ) as pool:
+            job = pool.submit(_time_pair_alone, pair, batches, compiled, rounds, steps, fused_adamw)
+            out[key], ran = job.result()
+        paths.update(ran)
+    return out, sorted(paths)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="capacity-bank-series", help="a capacity preset: models and data")
@@ -147,12 +197,9 @@ def main() -> None:
     ap.add_argument("--models", help="comma-separated model keys to time (default: all of the preset's)")
     ap.add_argument("--default-malloc", action="store_true", help="glibc's malloc defaults (see above)")
     ap.add_argument("--torch-read", action="store_true", help="memory.kernel: torch for the MoC models")
+    ap.add_argument("--isolated", action="store_true", help="each MoC model and its pair in a fresh process")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    if not args.default_malloc:
-        from moc.train.allocator import retain_freed_memory_once
-
-        retain_freed_memory_once()
+    _set_up_process(args.default_malloc)
     configs, flops, batches = text_demo_models() if args.text_demo else capacity_models(args.preset)
     if args.models:
         keep = args.models.split(",")
@@ -162,12 +209,6 @@ def main() -> None:
         kinds = {bool(c.memory_layers) for c in configs.values()}
         if kinds != {True, False}:
             ap.error("--models: name at least one MoC model and one dense model to compare it with")
-    # Every model is a fresh set of guards on the same forward code: keep dynamo compiling them all
-    # rather than running the last ones eager past its recompile limit.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(configs))
-    torch._dynamo.config.accumulated_recompile_limit = max(
-        torch._dynamo.config.accumulated_recompile_limit, 64 * len(configs)
-    )
     if args.torch_read:
         for cfg in configs.values():
             if cfg.memory_layers:
@@ -177,12 +218,26 @@ def main() -> None:
     shape = "text demo" if args.text_demo else args.preset
     adamw = "unfused" if args.unfused_adamw else "fused"
     rounds = f"{args.rounds} rounds x {args.steps} steps interleaved"
+    rounds += ", each MoC model and its pair in a fresh process" if args.isolated else ""
     malloc = "glibc defaults" if args.default_malloc else "freed memory kept"
     read = "torch" if args.torch_read else "auto"
     print(f"{shape}: a training step ({adamw} AdamW, malloc: {malloc}, read: {read}), 1 thread, {rounds}")
     from moc.kernels.dispatch import paths_used
 
     for compiled in modes:
+        if args.isolated:
+            alone, ran_isolated = time_isolated(configs, matched, batches, compiled, args.rounds, args.steps,
+                                                not args.unfused_adamw, args.default_malloc)  # fmt: skip
+            print(f"\n{'compiled' if compiled else 'eager'} (memory read: {', '.join(ran_isolated)}):")
+            header = f"{'model':<16} {'inference FLOPs/tok':>20} {'ms/step':>9}"
+            print(f"{header}  vs equal-FLOP dense (its process)")
+            for key, times in alone.items():
+                d = matched[key]
+                ratio = statistics.median(a / b for a, b in zip(times[key], times[d], strict=True))
+                own, theirs = statistics.median(times[key]), statistics.median(times[d])
+                print(f"{key:<16} {flops[key]:>20,.0f} {own:>9.2f}  {ratio:.2f}x {d} ({theirs:.2f} ms, "
+                      f"{flops[d] / flops[key]:.2f}x its FLOPs)")
+            continue
         paths_used(reset=True)
         rounds_ms = time_models(configs, batches, compiled, args.rounds, args.steps, not args.unfused_adamw)
         ms = {k: statistics.median(v) for k, v in rounds_ms.items()}

@@ -4,6 +4,7 @@ always stops the lab with exit status 130 and a message naming a command that ex
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,24 @@ def test_a_job_stopped_by_a_signal_stops_the_pool() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         pool.execute([Job()], 1, lambda j, r: None, stopped)
+
+
+class _Job:
+    def __init__(self, name: str) -> None:
+        self.name, self.cost, self.depends_on, self.log_path = name, 1.0, None, None
+
+
+def _pid(job: _Job) -> dict[str, Any]:
+    return {"pid": os.getpid()}
+
+
+def test_with_workers_each_job_runs_in_a_fresh_process() -> None:
+    """No worker process trains a second model (its heap and compiled graphs would be the first's)."""
+    pids: dict[str, int] = {}
+
+    def done(job: _Job, record: dict[str, Any]) -> None:
+        pids[job.name] = record["pid"]
+
+    pool.execute([_Job(n) for n in "abc"], 2, done, _pid)
+    assert sorted(pids) == ["a", "b", "c"]
+    assert len(set(pids.values())) == 3 and os.getpid() not in pids.values()

@@ -4,7 +4,11 @@
 
 A job is any picklable object with ``name``, ``cost`` (relative, for scheduling), ``depends_on`` (a job
 name or None) and ``log_path`` (where its output goes, or None). Runs are independent processes, so
-``workers`` of them side by side change no number.
+``workers`` of them side by side change no number. With more than one worker each job gets a fresh
+process: a worker that had trained other models before would hold their compiled graphs, and its heap
+would be fragmented by their allocations (freed memory is kept in the process, ``moc.train.allocator``),
+so a later model's step faulted pages in again and ran slower (``bench/capacity_step.py`` measures a
+process crowded with models against one holding a single pair).
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ def execute(
     on_done: Callable[[Any, dict[str, Any]], None],
     run: Callable[[Any], dict[str, Any]],
 ) -> None:
-    """Run ``jobs`` respecting ``depends_on``, at most ``workers`` at a time (in-process when 1)."""
+    """Run ``jobs`` respecting ``depends_on``, at most ``workers`` at a time, each in a fresh process
+    (in this process, one after the other, when ``workers`` is 1)."""
     done: set[str] = set()
     started: set[str] = set()
     if workers <= 1:
@@ -117,7 +122,8 @@ def execute(
             on_done(job, _guarded(job, run))
             done.add(job.name)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    spawn = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, max_tasks_per_child=1) as pool:
         running: dict[Future, Any] = {}
         try:
             while len(done) < len(jobs):

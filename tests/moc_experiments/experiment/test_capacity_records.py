@@ -5,6 +5,7 @@ whole memory path frozen, and the plan's time estimate."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,11 @@ def test_fit_through_torch_compile_trains_like_eager(tmp_path: Path, monkeypatch
             "malloc: glibc defaults, read: torch)",
             "memory read: the PyTorch path",
         ),
+        (
+            ["--isolated"],
+            "each MoC model and its pair in a fresh process",
+            "memory read: cpu backward, cpu forward",
+        ),
     ],
 )
 def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model(
@@ -303,6 +309,8 @@ def test_the_step_bench_runs_and_pairs_each_moc_with_its_dense_model(
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout  # fmt: skip
     assert "moc_2k" in out and "x dense_" in out  # a ratio against the nearest-FLOP dense model
+    if "--isolated" in flags:  # the dense model's time from the MoC model's own process
+        assert re.search(r"moc_2k .* [0-9.]+x dense_\w+ \([0-9.]+ ms,", out), out
     assert "(unfused AdamW," in out.splitlines()[0] and header in out.splitlines()[0]
     if flags or cpu_read.unavailable(torch.float32, 16) is None:  # the C kernels need a compiler
         assert f"eager ({read}):" in out
