@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from interleave import time_interleaved
 
 
 def make_run(batch: int, seq: int, heads: int, hd: int, padded: int, causal: bool) -> Callable[[], None]:
@@ -58,13 +58,7 @@ def main() -> None:
         for padded in sorted({hd, -(-hd // 16) * 16}):
             runs[hd, padded] = make_run(args.batch, args.seq, args.heads, hd, padded, args.causal)
             runs[hd, padded]()  # warm up
-    times: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
-    for _ in range(args.rounds):
-        for key, run in runs.items():
-            t0 = time.process_time()
-            for _ in range(args.steps):
-                run()
-            times[key].append((time.process_time() - t0) / args.steps * 1e3)
+    times = time_interleaved(runs, args.rounds, args.steps)
     mask = "is_causal" if args.causal else "a document mask"
     print(f"SDPA forward + backward, {args.batch} x {args.seq} tokens, {args.heads} heads, {mask}, 1 thread")
     print(f"{'head dim':>8}  {'ms':>7}  {'padded to':>9}  {'ms':>7}  padded / as is")

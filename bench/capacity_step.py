@@ -29,13 +29,15 @@ model of a preset first, the later ones run on a heap fragmented by the others' 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from interleave import time_interleaved
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
@@ -127,17 +129,12 @@ def time_models(
     for key, cfg in configs.items():
         torch.manual_seed(0)
         model = MoCModel(cfg).train()
-        runs[key] = make_step(model, compiled, fused_adamw)
+        step = make_step(model, compiled, fused_adamw)
         for b in batches[:3]:  # warm up (and compile) outside the timed rounds
-            runs[key](b)
-    times: dict[str, list[float]] = {k: [] for k in configs}
-    for r in range(rounds):
-        for key, step in runs.items():
-            t0 = time.process_time()
-            for i in range(steps):
-                step(batches[(r * steps + i) % len(batches)])
-            times[key].append((time.process_time() - t0) / steps * 1e3)
-    return times
+            step(b)
+        # every model takes the batches in the same order
+        runs[key] = functools.partial(lambda step, batch: step(next(batch)), step, itertools.cycle(batches))
+    return time_interleaved(runs, rounds, steps)
 
 
 def _set_up_process(default_malloc: bool) -> None:

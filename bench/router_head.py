@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from interleave import time_interleaved
 
 KERNELS = ("auto", "torch", "c op")
 
@@ -77,13 +77,7 @@ def main() -> None:
     for run in runs.values():
         for _ in range(3):  # warm up (and compile)
             run()
-    times: dict[tuple[str, bool], list[float]] = {key: [] for key in runs}
-    for _ in range(args.rounds):
-        for key, run in runs.items():
-            t0 = time.process_time()
-            for _ in range(args.steps):
-                run()
-            times[key].append((time.process_time() - t0) / args.steps * 1e3)
+    times = time_interleaved(runs, args.rounds, args.steps)
     shape = f"{args.decisions} decisions, d = {args.dim}, {args.chapters} chapters (1 shared, top-2)"
     print(f"router: {shape}, 1 thread")
     print(f"{'memory.kernel':14s} {'eager ms':>9s} {'compiled ms':>12s}  (forward + backward, median)")

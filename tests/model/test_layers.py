@@ -68,3 +68,18 @@ def test_below_the_threshold_the_cpu_attention_runs_padded(monkeypatch: pytest.M
         x = torch.randn(1, 2, 3, hd)
         scaled_dot_product_attention(x, x, x, None, is_causal=True, enable_gqa=False)
     assert seen == [CPU_SDPA_MIN_HEAD_DIM, 16, 24]
+
+
+def test_the_head_dim_bench_times_each_dim_as_is_and_padded() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).parents[2] / "bench" / "attention_head_dim.py"
+    run = [sys.executable, str(bench), "--dims", "8,16", "--batch", "1", "--seq", "8", "--rounds", "1",
+           "--steps", "1"]  # fmt: skip
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows.keys() == {"8", "16"}
+    assert rows["8"][2] == "16" and rows["8"][4].endswith("x") and len(rows["16"]) == 2
+    assert all(float(rows[d][1]) > 0 for d in rows)
