@@ -83,3 +83,28 @@ def test_the_head_dim_bench_times_each_dim_as_is_and_padded() -> None:
     assert rows.keys() == {"8", "16"}
     assert rows["8"][2] == "16" and rows["8"][4].endswith("x") and len(rows["16"]) == 2
     assert all(float(rows[d][1]) > 0 for d in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_norms_and_the_loss_keep_float64_and_widen_only_narrower_dtypes(dtype: torch.dtype) -> None:
+    """RMSNorm, rms_normalize and the LM loss compute in float32 or the input's dtype if wider: a float64
+    model's normalisation matches float64 maths to 1e-12, not to float32's 1e-7."""
+    from moc.model.layers import RMSNorm, float32_or_wider, rms_normalize
+    from moc.model.loss import chunked_linear_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    x = (1 + torch.rand(5, 7, generator=g, dtype=torch.float64) * 1e-3).to(dtype)  # near-equal entries
+    exact = x.double() / x.double().square().mean(-1, keepdim=True).add(1e-6).sqrt()
+    norm = RMSNorm(7, eps=1e-6).to(dtype)
+    for got in (norm(x), rms_normalize(x, 1e-6)):
+        assert got.dtype == dtype
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+        torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol)
+    assert float32_or_wider(x).dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    h, w = (torch.randn(n, 7, generator=g, dtype=torch.float64) for n in (6, 11))
+    labels = torch.randint(0, 11, (6,), generator=g)
+    loss = chunked_linear_cross_entropy(h.to(dtype), w.to(dtype), labels, chunk_size=4)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    if dtype == torch.float64:
+        want = torch.nn.functional.cross_entropy(h @ w.t(), labels)
+        torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)

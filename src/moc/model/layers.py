@@ -21,13 +21,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability under bf16 autocast, return in the input dtype.
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        # Normalise in fp32 (or wider) for stability under bf16 autocast, return in the input dtype.
+        weight = float32_or_wider(self.weight)
+        return F.rms_norm(float32_or_wider(x), (x.shape[-1],), weight, self.eps).to(x.dtype)
+
+
+def float32_or_wider(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or as it is where its dtype is wider (float64): bf16 and fp16 inputs are normalised
+    and summed in float32 without narrowing a float64 model's numbers."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS normalisation without a learned scale. x: (..., d) -> (..., d)."""
-    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+    return F.rms_norm(float32_or_wider(x), (x.shape[-1],), None, eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):

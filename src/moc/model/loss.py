@@ -20,12 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .layers import float32_or_wider
+
 IGNORE_INDEX = -100
 
 
 def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of one chunk. h: (n, d); weight: (V, d); labels: (n,) -> scalar fp32."""
-    logits = F.linear(h, weight).float()
+    """Summed cross-entropy of one chunk. h: (n, d); weight: (V, d); labels: (n,) -> scalar, fp32 (fp64
+    for fp64 inputs)."""
+    logits = float32_or_wider(F.linear(h, weight))
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bank import MemoryBank
-from .layers import RMSNorm, rms_normalize, scaled_dot_product_attention
+from .layers import RMSNorm, float32_or_wider, rms_normalize, scaled_dot_product_attention
 from .read_backend import cpu_kernels_run, read_functions, run_read
 from .router import ChapterRouter, Decisions, RoutingInfo
 from .routing_layout import (
@@ -105,7 +105,7 @@ class MemoryState:
 
     def append(self, r: torch.Tensor, valid: torch.Tensor) -> None:
         """One decoded position: add its router input r (B, d) where valid (B,)."""
-        self.prefix_sum = self.prefix_sum + r.float() * valid[:, None]
+        self.prefix_sum = self.prefix_sum + float32_or_wider(r) * valid[:, None]
         self.prefix_count = self.prefix_count + valid.float()
 
 
@@ -275,7 +275,7 @@ class MemoryLayer(nn.Module):
         dec = self.route(r, valid)  # (B, L, n_sel)
         out = self.read(q.reshape(B * L, 1, H, hd), bank, *_flat(dec))
         if state is not None:  # decoding routes every new token afresh: only the running sum is kept
-            state.start((r.float() * valid[..., None]).sum(1), valid.sum(1).float())
+            state.start((float32_or_wider(r) * valid[..., None]).sum(1), valid.sum(1).float())
         return out.view(B, L, H, hd), dec.aux, dec.info
 
     def _read_tiled(
@@ -328,7 +328,7 @@ class MemoryLayer(nn.Module):
             take = last[:, None, None].expand(B, 1, n)
             kv = self.dense_kv(bank, dec.indices.gather(1, take)[:, 0], dec.weights.gather(1, take)[:, 0])
             state.start(
-                (csum[:, -1] - csum[rows, lay.last_doc_row]).float(),
+                float32_or_wider(csum[:, -1] - csum[rows, lay.last_doc_row]),
                 (ccount[:, -1] - ccount[rows, lay.last_doc_row]).float(),
                 kv,
                 lay.last_chunk if causal else None,
