@@ -125,6 +125,12 @@ def time_models(
     """CPU milliseconds per step of every model in each round, the models interleaved round by round."""
     from moc.model import MoCModel
 
+    # Every model is a fresh set of guards on the same forward code: keep dynamo compiling them all
+    # rather than running the last ones eager past its recompile limit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(configs))
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 64 * len(configs)
+    )
     runs = {}
     for key, cfg in configs.items():
         torch.manual_seed(0)
@@ -138,18 +144,12 @@ def time_models(
 
 
 def _set_up_process(default_malloc: bool) -> None:
-    """One thread, freed memory kept (unless ``--default-malloc``), and dynamo compiling every model."""
+    """One thread, and freed memory kept (unless ``--default-malloc``)."""
     torch.set_num_threads(1)
     if not default_malloc:
         from moc.train.allocator import retain_freed_memory_once
 
         retain_freed_memory_once()
-    # Every model is a fresh set of guards on the same forward code: keep dynamo compiling them all
-    # rather than running the last ones eager past its recompile limit.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    torch._dynamo.config.accumulated_recompile_limit = max(
-        torch._dynamo.config.accumulated_recompile_limit, 512
-    )
 
 
 def _time_pair_alone(
@@ -171,16 +171,18 @@ def time_isolated(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    out, paths = {}, set()
-    for key, dense in matched.items():
-        pair = {k: configs[k] for k in (dense, key)}
-        with ProcessPoolExecutor(
-            1, mp_context=mp.get_context("spawn"), initializer=_set_up_process, initargs=(default_malloc,)
-        ) as pool:
-            job = pool.submit(_time_pair_alone, pair, batches, compiled, rounds, steps, fused_adamw)
-            out[key], ran = job.result()
-        paths.update(ran)
-    return out, sorted(paths)
+    spawn = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        1, mp_context=spawn, initializer=_set_up_process, initargs=(default_malloc,), max_tasks_per_child=1
+    ) as pool:  # one pair after another, each in a new process
+        jobs = {
+            key: pool.submit(_time_pair_alone, {k: configs[k] for k in (dense, key)}, batches, compiled,
+                             rounds, steps, fused_adamw)  # fmt: skip
+            for key, dense in matched.items()
+        }
+        done = {key: job.result() for key, job in jobs.items()}
+    paths = {p for _, ran in done.values() for p in ran}
+    return {key: times for key, (times, _) in done.items()}, sorted(paths)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
  *
  * Built by moc/kernels/cpu_router.py with the system C compiler, one library per dtype (-DREAL=float|
  * double). The maths and every output are those of moc/kernels/router_head.py (head_forward_torch and
- * head_backward_torch), for N decisions' scores l (N, C) (the forward adds the linear layer's bias, so the
- * scores need not be written twice) over S shared chapters and R = C - S routed ones:
+ * head_backward_torch), for N decisions' scores l (N, C) (which the forward can make itself from the
+ * router's linear layer, never writing them out) over S shared chapters and R = C - S routed ones:
  *
  *   p       = softmax(l[S:])                         probs (N, R)
  *   picks   top-k of p, ties to the lowest index     top_p, top_i (N, K)
@@ -183,7 +183,8 @@ static void score_rows(const real *restrict scores, const real *restrict x, cons
 
 /* probs, top_p, top_i, lse_r/lse/routed_share (per decision), shared_p, counts, and the load balance,
    z-loss and entropy from the scores plus bias (C; NULL: none) and w (N,). The scores are given (N, C)
-   where D is 0, else made here from the router's input x (N, D) and weight W (C, D): never written out. Returns 0, 1 when out of memory, 2 for bad sizes. */
+   where D is 0, else made here from the router's input x (N, D) and weight W (C, D): never written out.
+   Returns 0, 1 when out of memory, 2 for bad sizes. */
 int router_forward(const real *restrict scores, const real *restrict x, const real *restrict W,
                    const real *restrict bias, const real *restrict w, real *restrict probs,
                    real *restrict top_p, int64_t *restrict top_i, real *restrict lse_out,
