@@ -12,6 +12,7 @@ import torch
 
 from moc.kernels.op import read, routed_read_op
 from moc.kernels.routed_read import reads_by_chapter
+from moc.model.memory import MemoryLayer
 from moc.model.routing_layout import RoutingContext
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -133,17 +134,41 @@ def test_a_token_routed_model_compiles_whole_and_still_checks_its_input(make_mod
     torch._dynamo.reset()
 
 
-def test_eager_cpu_reads_recompute_kv_instead_of_keeping_it(
+def test_eager_cpu_reads_keep_small_kv_and_recompute_large_kv(
     make_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keeping K/V would make saved memory grow with the chapters a batch reads: the eager CPU path
-    (the autograd Function, K/V recomputed in backward) must not go through the op."""
+    """Eager CPU reads by the C kernels keep K/V for backward (the op) up to EAGER_KEPT_KV_ELEMENTS and
+    recompute them above it (the autograd Function: saved memory independent of the chapters read),
+    with the same loss and gradients, bit for bit."""
     import moc.kernels.op
+    from moc.model import read_backend
 
-    def keeps_kv(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the eager CPU read went through the op")
+    calls: list[int] = []
+    real_read = moc.kernels.op.read
 
-    monkeypatch.setattr(moc.kernels.op, "read", keeps_kv)
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(moc.kernels.op, "read", counted)
     model = make_model("memory.routing=token")
+    layers = [m for m in model.modules() if isinstance(m, MemoryLayer)]
+    assert layers and all(
+        read_backend.cpu_kernels_run(torch.float32, m.head_dim, m.cfg.n_tokens // m.cfg.n_chapters, "auto")
+        for m in layers
+    ), "the C kernels must serve this model's reads"
     ids = torch.randint(0, 256, (2, 12))
-    model(ids, labels=ids).loss.backward()
+    results = []
+    for limit in (read_backend.EAGER_KEPT_KV_ELEMENTS, 0):
+        monkeypatch.setattr(read_backend, "EAGER_KEPT_KV_ELEMENTS", limit)
+        calls.clear()
+        model.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        assert len(calls) == (len(layers) if limit else 0), (limit, len(calls))
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (loss_kept, grads_kept), (loss_recomputed, grads_recomputed) = results
+    assert torch.equal(loss_kept, loss_recomputed)
+    assert len(grads_kept) == len(grads_recomputed)
+    for a, b in zip(grads_kept, grads_recomputed, strict=True):
+        assert torch.equal(a, b)

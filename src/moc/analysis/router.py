@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from moc.model import MoCModel
+from moc.model.layers import float32_or_wider
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _batch_loss(model: MoCModel, batch: Batch) -> tuple[float, int]:
     out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
     targets = batch["targets"]
     loss = F.cross_entropy(
-        out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+        float32_or_wider(out.logits.flatten(0, 1)), targets.flatten(), ignore_index=-100, reduction="sum"
     )
     return float(loss), int((targets != -100).sum())
 

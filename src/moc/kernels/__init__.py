@@ -9,7 +9,10 @@
 - ``router_head``: the router's softmax, top-k and losses from one softmax, with a hand-written backward
   (PyTorch; exported with the model code); ``cpu_router`` the same in C for the CPU (``cpu_router.c``),
   ``router_op`` the router's linear layer and head as a registered operator running it;
-- ``cpu_build``: builds the C kernels (``cpu_read.c``, ``cpu_router.c``, the shared ``cpu_common.h``).
+- ``cpu_norm``: RMS normalisation's forward and backward in C for eager CPU runs (``cpu_norm.c``);
+- ``eager_op``: a registered op's functions as a plain autograd Function, for eager calls;
+- ``cpu_build``: builds the C kernels (``cpu_read.c``, ``cpu_router.c``, ``cpu_norm.c``, the shared
+  ``cpu_common.h``).
 """
 
 from moc.kernels.routed_read import RoutedRead, chapter_coefficients, routed_read

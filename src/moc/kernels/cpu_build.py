@@ -1,4 +1,5 @@
-"""Building moc's C kernels (``cpu_read.c``, ``cpu_router.c``) with the system C compiler, once per machine.
+"""Building moc's C kernels (``cpu_read.c``, ``cpu_router.c``, ``cpu_norm.c``) with the system C compiler,
+once per machine.
 
 Each library (a source file and its ``-D`` defines) is compiled on first use with ``-O3 -march=native`` into
 ``$MOC_CACHE_DIR/kernels`` (default ``~/.cache/moc/kernels``), under a name that hashes the sources (the

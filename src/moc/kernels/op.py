@@ -4,7 +4,8 @@ layer without a graph break at the read.
 ``torch.ops.moc.routed_read(q, k, v, idx, w, weighting, scale, kernel) -> (out, lse)`` and its backward
 ``torch.ops.moc.routed_read_backward`` run the Triton kernels or the blocked PyTorch loops as
 ``memory.kernel`` says (``moc.kernels.dispatch``). Each has a fake (meta) implementation giving output
-shapes from input shapes, and the backward is registered as the forward's autograd formula. Unlike
+shapes from input shapes, and the backward is registered as the forward's autograd formula; eager calls
+of :func:`read` run the same functions as a plain autograd Function (``moc.kernels.eager_op``). Unlike
 :class:`moc.kernels.routed_read.RoutedRead` (which recomputes the projected chapters in backward from a
 Python callable), the op takes the keys and values of the distinct chapters as tensors and keeps them
 for backward: they scale with the chapters read (at most the bank), not with the routing decisions.
@@ -14,16 +15,17 @@ Shapes: q (D, Qt, H, hd), k/v (U, T, Hkv, hd), idx/w (D, n) -> out (D, Qt, H, hd
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from moc.kernels.dispatch import read_backward, read_forward
+from moc.kernels.eager_op import eager_function
 from moc.kernels.routed_read import WEIGHTINGS
 
 
-@torch.library.custom_op("moc::routed_read", mutates_args=())
-def routed_read_op(
+def _routed_read(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -36,6 +38,9 @@ def routed_read_op(
     return read_forward(kernel, q, k, v, idx, w, weighting, scale)
 
 
+routed_read_op = torch.library.custom_op("moc::routed_read", mutates_args=())(_routed_read)
+
+
 @routed_read_op.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
       weighting: str, scale: float, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -43,8 +48,7 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, w: t
     return q.new_empty(q.shape), q.new_empty((D, H, Qt), dtype=torch.promote_types(q.dtype, torch.float32))
 
 
-@torch.library.custom_op("moc::routed_read_backward", mutates_args=())
-def routed_read_backward_op(
+def _routed_read_backward(
     do: torch.Tensor,
     q: torch.Tensor,
     out: torch.Tensor,
@@ -59,6 +63,11 @@ def routed_read_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv, dw = read_backward(kernel, do.contiguous(), q, out, lse, k, v, idx, w, weighting, scale)
     return dq, _as_fake_lays_out(dk, k), _as_fake_lays_out(dv, v), dw
+
+
+routed_read_backward_op = torch.library.custom_op("moc::routed_read_backward", mutates_args=())(
+    _routed_read_backward
+)
 
 
 def _as_fake_lays_out(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -83,13 +92,23 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
     ctx.settings = (weighting, scale, kernel)
 
 
-def _backward(ctx: Any, d_out: torch.Tensor, _d_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    q, k, v, idx, w, out, lse = ctx.saved_tensors
-    dq, dk, dv, dw = routed_read_backward_op(d_out, q, out, lse, k, v, idx, w, *ctx.settings)
-    return dq, dk, dv, None, dw, None, None, None
+def _backward_through(read_backward: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., Any]:
+    """The read's autograd formula, computing the gradients with ``read_backward``."""
+
+    def backward(
+        ctx: Any, d_out: torch.Tensor, _d_lse: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The gradients on q, k, v and w (None for the rest)."""
+        q, k, v, idx, w, out, lse = ctx.saved_tensors
+        dq, dk, dv, dw = read_backward(d_out, q, out, lse, k, v, idx, w, *ctx.settings)
+        return dq, dk, dv, None, dw, None, None, None
+
+    return backward
 
 
-routed_read_op.register_autograd(_backward, setup_context=_setup_context)
+routed_read_op.register_autograd(_backward_through(routed_read_backward_op), setup_context=_setup_context)
+# Eager calls skip torch.library's dispatch (moc.kernels.eager_op): the same functions, less overhead.
+_eager_routed_read = eager_function(_routed_read, _setup_context, _backward_through(_routed_read_backward))
 
 
 def read(
@@ -111,4 +130,5 @@ def read(
             f"idx {tuple(idx.shape)} and w {tuple(w.shape)} must both be (tiles={q.shape[0]}, n_selected)"
         )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return routed_read_op(q, k, v, idx, w, weighting, scale, kernel)[0]
+    run = routed_read_op if torch.compiler.is_compiling() else _eager_routed_read
+    return run(q, k, v, idx, w, weighting, scale, kernel)[0]

@@ -207,7 +207,10 @@ class MemoryLayer(nn.Module):
         if tile_decision is not None:
             rows, weights = rows[tile_decision], weights[tile_decision]
         kv_fn, inputs = self.kv_source(bank, chapters)
-        return run_read(q, rows, weights, kv_fn, inputs, self.weighting, self.cfg.kernel, bank.chapter_size)
+        kv_elements = 2 * chapters.shape[0] * bank.chapter_size * self.k_proj.out_features
+        return run_read(
+            q, rows, weights, kv_fn, inputs, self.weighting, self.cfg.kernel, bank.chapter_size, kv_elements
+        )
 
     def dense_kv(
         self, bank: MemoryBank, indices: torch.Tensor, weights: torch.Tensor

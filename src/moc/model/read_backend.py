@@ -2,13 +2,14 @@
 
 The read's maths lives in ``moc.kernels.routed_read``; this module only chooses how to run it:
 
-    on CUDA or under torch.compile     the registered op ``moc.kernels.op.read`` (K/V of the distinct
-                                       chapters kept for backward; Triton kernels on CUDA, the C
-                                       kernels of ``moc.kernels.cpu_read`` on the CPU)
-    compiled on the CPU without the    plain gather-and-attend ops the compiler fuses (``gathered_read``),
-    C kernels, small read              for reads small enough to gather whole
-    eager                              the autograd Function ``routed_read`` (K/V recomputed in
-                                       backward), running the same kernels as the op
+    on CUDA or under torch.compile,     the registered op ``moc.kernels.op.read`` (K/V of the distinct
+    or eager on the CPU with its C      chapters kept for backward; Triton kernels on CUDA, the C
+    kernels and K/V of at most          kernels of ``moc.kernels.cpu_read`` on the CPU; eager calls
+    EAGER_KEPT_KV_ELEMENTS entries      skip torch.library's dispatch, ``moc.kernels.eager_op``)
+    compiled on the CPU without the     plain gather-and-attend ops the compiler fuses (``gathered_read``),
+    C kernels, small read               for reads small enough to gather whole
+    eager otherwise                     the autograd Function ``routed_read`` (K/V recomputed in
+                                        backward: saved memory independent of the chapters read)
 
 An exported Hugging Face folder has no ``moc``: it holds a copy of ``routed_read.py`` beside this file
 (imported by name below, which is how ``moc.hf.export`` finds it) and reads with the PyTorch loops.
@@ -29,6 +30,11 @@ except ImportError:
     _cpu_read = None
 # Looked up once, at import: the compiled read's choice must not run a PATH search while being traced.
 _CPU_COMPILER = _cpu_read is not None and _cpu_read.has_compiler()
+
+# Eager CPU reads by the C kernels keep K/V of the distinct chapters for backward (the op) when they hold
+# at most this many entries (16 MB in float32), instead of recomputing them: at the bank series' shapes
+# (8,192 tokens) recomputing cost more than the ~1 MB kept.
+EAGER_KEPT_KV_ELEMENTS = 1 << 22
 
 # Reads whose gathered keys, values and scores hold at most this many entries run as plain ops when
 # compiled on the CPU (a token-routed toy model: ~10^6); larger ones keep the memory-bounded read.
@@ -54,23 +60,26 @@ def run_read(
     weighting: str,
     kernel: str,
     chapter_size: int,
+    kv_elements: int,
 ) -> torch.Tensor:
     """The routed read of query tiles q (D, Qt, H, hd) over ``rows`` (D, n) of the distinct chapters
-    whose K, V (U, T, kv_heads, hd) ``kv_fn(*inputs)`` projects, with chapter ``weights`` (D, n)
-    -> (D, Qt, H, hd), run by the implementation that suits the device and compilation."""
+    whose K, V (U, T, kv_heads, hd) ``kv_fn(*inputs)`` projects (``kv_elements`` = 2 U T kv_heads hd
+    entries), with chapter ``weights`` (D, n) -> (D, Qt, H, hd), run by the implementation that suits
+    the device and compilation."""
     compiled_cpu = torch.compiler.is_compiling() and not q.is_cuda
     hd = q.shape[-1]  # a plain int unless compiled with a dynamic head size
-    c_kernels = compiled_cpu and isinstance(hd, int) and cpu_kernels_run(q.dtype, hd, chapter_size, kernel)
+    c_kernels = not q.is_cuda and isinstance(hd, int) and cpu_kernels_run(q.dtype, hd, chapter_size, kernel)
     if compiled_cpu and not c_kernels and gathered_fits(q, rows, chapter_size):
         # Compiled on the CPU with a small read and no C kernels: plain gather-and-attend ops that the
         # compiler fuses (autograd keeps the gathered chapters and the probabilities, a few MB here).
         k, v = kv_fn(*inputs)
         return read_functions()[2](q, k, v, rows, weights, weighting)
-    op = read_op() if q.is_cuda or torch.compiler.is_compiling() else None
+    keep_kv = not torch.compiler.is_compiling() and c_kernels and kv_elements <= EAGER_KEPT_KV_ELEMENTS
+    op = read_op() if q.is_cuda or torch.compiler.is_compiling() or keep_kv else None
     if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
         k, v = kv_fn(*inputs)
         return op(q, k, v, rows, weights, weighting, kernel=kernel)
-    # Eager on the CPU (and in an exported folder): the autograd Function, which recomputes K/V in
+    # Eager otherwise (and in an exported folder): the autograd Function, which recomputes K/V in
     # backward, so saved memory stays independent of how many chapters a batch reads.
     routed_read = read_functions()[0]
     fwd, bwd = read_impls(q.device, kernel)
