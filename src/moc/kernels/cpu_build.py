@@ -17,13 +17,17 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from moc.errors import one_line
 
 KERNEL_DIR = Path(__file__).parent
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-ffp-contract=fast", "-Wno-psabi")
 NO_COMPILER = "no C compiler found: install gcc or set CC"
+REALS = {torch.float32: "float", torch.float64: "double"}  # the C type each library is built for
 
 
 def compiler() -> str | None:
@@ -74,3 +78,22 @@ def library(source: str, defines: tuple[str, ...]) -> ctypes.CDLL | str:
         except (OSError, subprocess.SubprocessError) as e:
             return f"building {out.name} failed ({one_line(e)})"
     return ctypes.CDLL(str(out))
+
+
+def unavailable_for(
+    dtype: torch.dtype, kernels: str, build: Callable[[str], ctypes.CDLL | str]
+) -> str | None:
+    """Why ``kernels`` (their name in messages, e.g. "the CPU norm kernels") cannot run on ``dtype``: not
+    float32 or float64, or ``build(C type)`` gave a reason instead of a library (None: they can)."""
+    if dtype not in REALS:
+        return f"{kernels} support float32 and float64, not {dtype}"
+    lib = build(REALS[dtype])
+    return lib if isinstance(lib, str) else None
+
+
+def built_for(dtype: torch.dtype, kernels: str, build: Callable[[str], ctypes.CDLL | str]) -> ctypes.CDLL:
+    """``build(C type)``'s library for ``dtype``, or a RuntimeError naming why ``kernels`` cannot run."""
+    reason = unavailable_for(dtype, kernels, build)
+    if reason is not None:
+        raise RuntimeError(f"{kernels} cannot run: {reason}")
+    return build(REALS[dtype])  # type: ignore[return-value]

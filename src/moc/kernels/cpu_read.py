@@ -27,7 +27,6 @@ MAX_SELECTED = 64  # chapters one decision reads at most (the per-tile buffers o
 # of a chapter's tokens) then stay in vector registers. Larger reads run faster as the PyTorch path's
 # matrix products (the real-text demo's 32 x 64: 1.22x its dense model's step against 1.16x).
 MAX_CHAPTER_TILE = 256
-_REALS = {torch.float32: "float", torch.float64: "double"}
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 
 
@@ -55,7 +54,7 @@ def suits(head_dim: int, chapter_size: int) -> bool:
 
 def supports(dtype: torch.dtype, chapter_size: int) -> bool:
     """Whether the kernels exist for this dtype and chapter size (a pure check: no build, no I/O)."""
-    return dtype in _REALS and chapter_size & (chapter_size - 1) == 0
+    return dtype in cpu_build.REALS and chapter_size & (chapter_size - 1) == 0
 
 
 def unavailable(
@@ -65,14 +64,14 @@ def unavailable(
     ``head_dim`` it also builds (or finds) the library for that head size; without, it checks only that
     a compiler is there."""
     if not supports(dtype, chapter_size):
-        if dtype not in _REALS:
+        if dtype not in cpu_build.REALS:
             return f"the CPU kernels support float32 and float64, not {dtype}"
         return f"the CPU kernels need a chapter size that is a power of two, not {chapter_size}"
     if n_selected > MAX_SELECTED:
         return f"the CPU kernels read at most {MAX_SELECTED} chapters per decision, not {n_selected}"
     if head_dim is None:
         return None if has_compiler() else cpu_build.NO_COMPILER
-    lib = _library(_REALS[dtype], head_dim, chapter_size)
+    lib = _library(cpu_build.REALS[dtype], head_dim, chapter_size)
     return lib if isinstance(lib, str) else None
 
 
@@ -117,7 +116,7 @@ def forward(
     weighting: str, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(out (D, Qt, H, hd), lse (D, H, Qt)) as ``routed_read_forward_torch``."""
-    lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
+    lib = _library(cpu_build.REALS[q.dtype], q.shape[-1], k.shape[1])
     q, k, v, idx, wq = _operands(q, k, v, idx, w)
     D, Qt, H = q.shape[:3]
     out, lse = torch.empty_like(q), q.new_empty(D, H, Qt)
@@ -133,7 +132,7 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv, dw) as ``routed_read_backward_torch``; dk, dv laid out as the tokens-last k, v read
     (``tokens_last``)."""
-    lib = _library(_REALS[q.dtype], q.shape[-1], k.shape[1])
+    lib = _library(cpu_build.REALS[q.dtype], q.shape[-1], k.shape[1])
     q, k, v, idx, wq = _operands(q, k, v, idx, w)
     do, out, lse = do.to(q.dtype).contiguous(), out.contiguous(), lse.to(q.dtype).contiguous()
     # dk, dv in k's and v's layout, accumulated in place

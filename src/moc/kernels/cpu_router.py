@@ -16,7 +16,6 @@ import torch
 
 from moc.kernels import cpu_build
 
-_REALS = {torch.float32: "float", torch.float64: "double"}
 _I64, _F64, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 
 
@@ -33,17 +32,11 @@ def _library(real: str) -> ctypes.CDLL | str:
 def unavailable(dtype: torch.dtype) -> str | None:
     """Why the C kernels cannot run a router head on scores of ``dtype`` (None: they can; builds or finds
     the library)."""
-    if dtype not in _REALS:
-        return f"the CPU router kernels support float32 and float64, not {dtype}"
-    lib = _library(_REALS[dtype])
-    return lib if isinstance(lib, str) else None
+    return cpu_build.unavailable_for(dtype, "the CPU router kernels", _library)
 
 
 def _built(dtype: torch.dtype) -> ctypes.CDLL:
-    reason = unavailable(dtype)
-    if reason is not None:
-        raise RuntimeError(f"the CPU router kernels cannot run: {reason}")
-    return _library(_REALS[dtype])  # type: ignore[return-value]
+    return cpu_build.built_for(dtype, "the CPU router kernels", _library)
 
 
 def _check(status: int, what: str) -> None:
