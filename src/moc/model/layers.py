@@ -47,7 +47,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
     Eager on the CPU it runs ``moc.kernels.cpu_norm``'s one-pass forward and backward: PyTorch's CPU
     rms_norm differentiates through its decomposition, a dozen passes over x (forward and backward
-    twice as long at the capacity models' widths, 4.6x for an 8k-token bank: ``bench/rms_norm.py``).
+    twice as long at the capacity models' widths, 4x for an 8k-token bank: ``bench/rms_norm.py``).
     Compiled, inductor fuses F.rms_norm itself."""
     xf = float32_or_wider(x)
     w = None if weight is None else float32_or_wider(weight)
