@@ -36,14 +36,19 @@ def _built(dtype: torch.dtype) -> ctypes.CDLL:
     return cpu_build.built_for(dtype, "the CPU norm kernels", _library)
 
 
+def _rows(x: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+    """x contiguous, the weight in x's dtype (or None), and the rows N and width D the kernels take."""
+    x = x.contiguous()
+    D = x.shape[-1]
+    w = None if weight is None else weight.to(x.dtype).contiguous()
+    return x, w, x.numel() // D if D else 0, D
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., D), weight (D,) or None -> (out (..., D), rstd (N,)): rows normalised, N = x.numel() / D."""
     lib = _built(x.dtype)
-    x = x.contiguous()
-    D = x.shape[-1]
-    N = x.numel() // D if D else 0
+    x, w, N, D = _rows(x, weight)
     out, rstd = torch.empty_like(x), x.new_empty(N)
-    w = None if weight is None else weight.to(x.dtype).contiguous()
     if N and D:
         lib.rms_norm_forward(x.data_ptr(), None if w is None else w.data_ptr(), out.data_ptr(),
                              rstd.data_ptr(), N, D, eps)  # fmt: skip
@@ -55,10 +60,8 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gradients on x (..., D) and weight (D,) (None without one) from that on the output g (..., D)."""
     lib = _built(x.dtype)
-    g, x = g.to(x.dtype).contiguous(), x.contiguous()
-    D = x.shape[-1]
-    N = x.numel() // D if D else 0
-    w = None if weight is None else weight.to(x.dtype).contiguous()
+    x, w, N, D = _rows(x, weight)
+    g = g.to(x.dtype).contiguous()
     dx = torch.empty_like(x)
     dw = None if w is None else w.new_zeros(D)
     if N and D:

@@ -66,16 +66,16 @@ def run_read(
     whose K, V (U, T, kv_heads, hd) ``kv_fn(*inputs)`` projects (``kv_elements`` = 2 U T kv_heads hd
     entries), with chapter ``weights`` (D, n) -> (D, Qt, H, hd), run by the implementation that suits
     the device and compilation."""
-    compiled_cpu = torch.compiler.is_compiling() and not q.is_cuda
+    compiling = torch.compiler.is_compiling()
     hd = q.shape[-1]  # a plain int unless compiled with a dynamic head size
     c_kernels = not q.is_cuda and isinstance(hd, int) and cpu_kernels_run(q.dtype, hd, chapter_size, kernel)
-    if compiled_cpu and not c_kernels and gathered_fits(q, rows, chapter_size):
+    if compiling and not q.is_cuda and not c_kernels and gathered_fits(q, rows, chapter_size):
         # Compiled on the CPU with a small read and no C kernels: plain gather-and-attend ops that the
         # compiler fuses (autograd keeps the gathered chapters and the probabilities, a few MB here).
         k, v = kv_fn(*inputs)
         return read_functions()[2](q, k, v, rows, weights, weighting)
-    keep_kv = not torch.compiler.is_compiling() and c_kernels and kv_elements <= EAGER_KEPT_KV_ELEMENTS
-    op = read_op() if q.is_cuda or torch.compiler.is_compiling() or keep_kv else None
+    keep_kv = c_kernels and not compiling and kv_elements <= EAGER_KEPT_KV_ELEMENTS
+    op = read_op() if q.is_cuda or compiling or keep_kv else None
     if op is not None:  # the registered op: K/V of the distinct chapters kept for backward
         k, v = kv_fn(*inputs)
         return op(q, k, v, rows, weights, weighting, kernel=kernel)
